@@ -1,0 +1,1 @@
+"""The testbed shared by tests, benchmarks and `make demo` (see README, "Testbed")."""
