@@ -1,0 +1,125 @@
+"""The pod app: name in the body, keep-alive, health, delay, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.app import app_argv, spawn_local, wait_listening
+from tests.testbed.haproxy import free_port
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def app() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    proc = spawn_local(port, "pod-x")
+    try:
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_starts_fast_and_writes_ready_file(tmp_path: Path) -> None:
+    port = free_port()
+    ready = tmp_path / "ready"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [*app_argv(port, "p", host="127.0.0.1"), "--ready-file", str(ready)],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        wait_listening("127.0.0.1", port, timeout=5, proc=proc)
+        took = time.monotonic() - t0
+        assert took < 0.6, f"listening after {took:.3f}s"  # ~50 ms here; slack for slow CI
+        deadline = time.monotonic() + 2
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert ready.read_text() == str(port)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_name_keepalive_health_delay(app: tuple[subprocess.Popen[bytes], int]) -> None:
+    _, port = app
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b"pod-x")
+            assert resp.getheader("X-Pod") == "pod-x"
+            assert not resp.will_close
+        sock = conn.sock
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"ok")
+        assert conn.sock is sock  # the same connection all along
+        t0 = time.monotonic()
+        conn.request("GET", "/?delay_ms=150")
+        assert conn.getresponse().read() == b"pod-x"
+        assert time.monotonic() - t0 >= 0.15
+    finally:
+        conn.close()
+
+
+def test_sigterm_is_graceful(app: tuple[subprocess.Popen[bytes], int]) -> None:
+    proc, port = app
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    idle.request("GET", "/")
+    idle.getresponse().read()
+    busy = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    busy.request("GET", "/?delay_ms=400")
+    time.sleep(0.1)  # the slow request is in flight
+    result: dict[str, object] = {}
+
+    def read_busy() -> None:
+        resp = busy.getresponse()
+        result["body"] = resp.read()
+        result["close"] = resp.getheader("Connection")
+
+    reader = threading.Thread(target=read_busy)
+    reader.start()
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        # New connections are refused soon after SIGTERM.
+        deadline = time.monotonic() + 2
+        refused = False
+        while time.monotonic() < deadline and not refused:
+            try:
+                http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+                time.sleep(0.01)
+            except ConnectionRefusedError:
+                refused = True
+            except ConnectionResetError:
+                pass  # accepted by the kernel just before the listener closed
+        assert refused
+        # The idle keep-alive connection was closed by the server.
+        assert idle.sock is not None
+        idle.sock.settimeout(2)
+        assert idle.sock.recv(1) == b""
+        reader.join(5)
+        assert result == {"body": b"pod-x", "close": "close"}
+        assert proc.wait(5) == 0
+        assert time.monotonic() - t0 < 2
+    finally:
+        idle.close()
+        busy.close()
+        reader.join(5)
+
+
+def test_main_module_runs_with_this_interpreter() -> None:
+    assert app_argv(1, "n")[0] == sys.executable
