@@ -142,7 +142,9 @@ class NetnsPool:
     def add_veth(self, ip_addr: str | None = None, *, up: bool = True) -> Pod:
         return self.add_many_veth(1, ips=[ip_addr] if ip_addr else None, up=up)[0]
 
-    def add_many_veth(self, count: int, *, ips: Sequence[str] | None = None, up: bool = True) -> list[Pod]:
+    def add_many_veth(
+        self, count: int, *, ips: Sequence[str] | None = None, up: bool = True
+    ) -> list[Pod]:
         """Create ``count`` veth pods with one ``ip -batch`` (fast enough for 200 pods)."""
         pods: list[Pod] = []
         host_lines: list[str] = []
@@ -218,7 +220,9 @@ class NetnsPool:
         tmp = f"{self.tag}t{seq}"
         pod = Pod(name=name, ip=addr, kind="tap")
         self.pods[name] = pod
-        ip_batch([f"netns add {name}", f"tuntap add dev {tmp} mode tap", f"link set {tmp} netns {name}"])
+        ip_batch(
+            [f"netns add {name}", f"tuntap add dev {tmp} mode tap", f"link set {tmp} netns {name}"]
+        )
         ip_batch(self._pod_side(tmp, addr), netns=name)
         return pod
 

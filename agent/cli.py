@@ -1,0 +1,136 @@
+"""``podlb-agent``: argument parsing and exit codes; no business rules here.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage error or missing privilege.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+from collections.abc import Sequence
+
+from agent import __version__, caps
+from agent.settings import EnvDefaults, SettingError, finish_repeatables
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+podlb node agent: direct-to-pod load balancing on Kubernetes.
+Every flag also reads a PODLB_* environment variable (shown in each --help)."""
+
+
+def _build_info() -> dict[str, str]:
+    try:
+        from agent import _build  # type: ignore[attr-defined]  # written by the image build
+
+        commit = str(getattr(_build, "COMMIT", "unknown"))
+    except ImportError:
+        commit = "unknown"
+    return {"version": __version__, "commit": commit, "python": platform.python_version()}
+
+
+def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podlb-agent", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    version = sub.add_parser("version", help="print the version and build commit")
+    version.add_argument("--json", action="store_true", help="print JSON")
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="show every pod network namespace on this host",
+        description="Show every pod network namespace on this host: interfaces, addresses, "
+        "counters and TCP sockets. Needs root (CAP_SYS_ADMIN and CAP_SYS_PTRACE).",
+    )
+    inspect.add_argument("--json", action="store_true", help="print the JSON document (README)")
+    env.add(inspect, "--proc-root", default="/proc", help="where the host's /proc is mounted")
+    env.add(
+        inspect,
+        "--netns-dir",
+        default=["/var/run/netns", "/run/netns"],
+        repeatable=True,
+        metavar="DIR",
+        help="directory of netns bind mounts (repeatable)",
+    )
+    inspect.add_argument(
+        "--include-host", action="store_true", help="also show the host's own namespace"
+    )
+    env.add(
+        inspect,
+        "--netlink-decoder",
+        default="fast",
+        choices=("fast", "pyroute2"),
+        help="netlink decoder: fast (default) or pyroute2 (reference, slower)",
+    )
+    return parser
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    info = _build_info()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"podlb-agent {info['version']} (commit {info['commit']}, python {info['python']})")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace, env: EnvDefaults) -> int:
+    from agent.datapath import Inspector, InspectorConfig
+    from agent.report import snapshot_json, snapshot_table
+
+    lacking = caps.missing(caps.INSPECT_CAPS)
+    if lacking:
+        print(
+            f"podlb-agent inspect: missing capabilities: {caps.describe(lacking)}. "
+            "Run as root (or grant these capabilities).",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    import os
+
+    if not os.path.isdir(args.proc_root):
+        raise SettingError(
+            "--proc-root", args.proc_root, env.source("proc_root"), "no such directory"
+        )
+    config = InspectorConfig(
+        proc_root=args.proc_root,
+        netns_dirs=tuple(args.netns_dir),
+        include_host=args.include_host,
+        decoder=args.netlink_decoder,
+    )
+    snap = Inspector(config).scan()
+    if args.json:
+        json.dump(snapshot_json(snap), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(snapshot_table(snap))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    env = EnvDefaults()
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    finish_repeatables(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "version":
+            return cmd_version(args)
+        if args.command == "inspect":
+            return cmd_inspect(args, env)
+    except SettingError as exc:
+        print(f"podlb-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

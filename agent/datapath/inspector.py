@@ -1,0 +1,293 @@
+"""The datapath inspector: one full scan of every pod network namespace on this host."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+from agent.errors import NamespaceGone, NetlinkError, TransientError
+from agent.model import (
+    Interface,
+    LinkKind,
+    LinkRef,
+    LinkStats,
+    ListeningSocket,
+    NetnsInfo,
+    PodHint,
+    Snapshot,
+    TcpState,
+)
+
+from . import decode as d
+from .discovery import Candidate, classify_oserror, current_inode, discover, pod_uid
+from .netlink import NetnsConnection, RawDump
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NETNS_DIRS = ("/var/run/netns", "/run/netns")
+
+_KINDS = {
+    "veth": LinkKind.VETH,
+    "ipvlan": LinkKind.IPVLAN,
+    "ipvtap": LinkKind.IPVLAN,
+    "macvlan": LinkKind.MACVLAN,
+    "macvtap": LinkKind.MACVLAN,
+    "tun": LinkKind.TUN,
+}
+ARPHRD_ETHER = 1
+
+
+def classify(link: d.RawLink) -> LinkKind:
+    """The kind of a link from its netlink attributes (pure; see tests/unit)."""
+    if link.ifi_type == d.ARPHRD_LOOPBACK:
+        return LinkKind.LOOPBACK
+    if link.info_kind is None:
+        # No rtnl link kind: a physical (or paravirtual) NIC; in a pod that is an ENI.
+        return LinkKind.ENI if link.ifi_type == ARPHRD_ETHER else LinkKind.OTHER
+    return _KINDS.get(link.info_kind, LinkKind.OTHER)
+
+
+def _is_pod_address(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return not (addr.is_loopback or addr.is_link_local)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoder:
+    """Which functions turn raw netlink payloads into records."""
+
+    name: str
+    link: Callable[[memoryview], d.RawLink]
+    addr: Callable[[memoryview], d.RawAddr | None]
+    sock: Callable[[memoryview], d.RawSock]
+
+    @classmethod
+    def from_module(cls, name: str, module: ModuleType) -> Decoder:
+        return cls(name, module.decode_link, module.decode_addr, module.decode_sock)
+
+
+FAST = Decoder.from_module("fast", d)
+
+
+def decoder_named(name: str) -> Decoder:
+    """``fast`` (our lean decoder) or ``pyroute2`` (the reference decoder)."""
+    if name == "fast":
+        return FAST
+    if name == "pyroute2":
+        from . import pyroute2_decode
+
+        return Decoder.from_module("pyroute2", pyroute2_decode)
+    raise ValueError(f"unknown netlink decoder {name!r} (expected fast or pyroute2)")
+
+
+def build_interfaces(
+    raw: RawDump, host_links: dict[int, d.RawLink] | None, decoder: Decoder = FAST
+) -> tuple[Interface, ...]:
+    """Decode one namespace's dumps into interfaces (pure: no I/O)."""
+    links = [decoder.link(p) for t, p in raw.links if t == d.RTM_NEWLINK]
+    by_index = {link.ifindex: link for link in links}
+    addrs: dict[int, list[d.RawAddr]] = {}
+    for t, p in raw.addrs:
+        if t != d.RTM_NEWADDR:
+            continue
+        addr = decoder.addr(p)
+        if addr is not None:
+            addrs.setdefault(addr.ifindex, []).append(addr)
+    out: list[Interface] = []
+    for link in sorted(links, key=lambda x: x.ifindex):
+        kind = classify(link)
+        ref = _resolve(link, by_index, raw.host_nsid, host_links)
+        own = sorted(addrs.get(link.ifindex, []), key=lambda a: (a.family != socket.AF_INET,))
+        s = link.stats
+        out.append(
+            Interface(
+                name=link.name,
+                ifindex=link.ifindex,
+                kind=kind,
+                mode=link.info_mode,
+                mac=link.mac,
+                mtu=link.mtu,
+                state=link.operstate,
+                addresses=tuple(f"{a.address}/{a.prefixlen}" for a in own),
+                peer=ref if kind is LinkKind.VETH else None,
+                parent=ref if kind in (LinkKind.IPVLAN, LinkKind.MACVLAN) else None,
+                stats=LinkStats(
+                    rx_packets=s[0],
+                    tx_packets=s[1],
+                    rx_bytes=s[2],
+                    tx_bytes=s[3],
+                    rx_errors=s[4],
+                    tx_errors=s[5],
+                    rx_dropped=s[6],
+                    tx_dropped=s[7],
+                ),
+                link_ifindex=link.link,
+                link_netnsid=link.link_netnsid,
+                flags=link.flags,
+            )
+        )
+    return tuple(out)
+
+
+def _resolve(
+    link: d.RawLink,
+    local: dict[int, d.RawLink],
+    host_nsid: int | None,
+    host_links: dict[int, d.RawLink] | None,
+) -> LinkRef | None:
+    """The peer / parent of ``link``: by name when it lives here or in the host namespace."""
+    if not link.link:
+        return None
+    if link.link_netnsid is None:
+        other = local.get(link.link)
+        return LinkRef(other.name if other else None, link.link)
+    if host_links is not None and host_nsid is not None and link.link_netnsid == host_nsid:
+        other = host_links.get(link.link)
+        return LinkRef(other.name if other else None, link.link)
+    return LinkRef(None, link.link)  # in a namespace we cannot name from here
+
+
+def build_tcp(raw: RawDump, decoder: Decoder = FAST) -> TcpState:
+    socks = [decoder.sock(p) for t, p in raw.socks if t == d.SOCK_DIAG_BY_FAMILY]
+    listening = sorted(
+        {ListeningSocket(s.src, s.sport) for s in socks if s.state == d.TCP_LISTEN},
+        key=lambda s: (s.port, s.address),
+    )
+    ports = {s.port for s in listening}
+    established: Counter[int] = Counter()
+    outbound = 0
+    for s in socks:
+        if s.state != d.TCP_ESTABLISHED:
+            continue
+        if s.sport in ports:
+            established[s.sport] += 1
+        else:
+            outbound += 1
+    return TcpState(tuple(listening), dict(sorted(established.items())), outbound)
+
+
+@dataclass(frozen=True, slots=True)
+class InspectorConfig:
+    proc_root: str = "/proc"
+    netns_dirs: Sequence[str] = DEFAULT_NETNS_DIRS
+    include_host: bool = False
+    decoder: str = "fast"
+
+
+class Inspector:
+    """Scans every network namespace of the host.
+
+    ``scan()`` must be called from one thread at a time: it moves that thread into each
+    namespace for the few microseconds needed to open two netlink sockets there.
+    """
+
+    def __init__(self, config: InspectorConfig) -> None:
+        self.config = config
+        self.decoder = decoder_named(config.decoder)
+
+    def scan(self) -> Snapshot:
+        started = time.time()
+        t0 = time.perf_counter()
+        skipped: Counter[str] = Counter()
+        home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            host_inode = current_inode()
+            with NetnsConnection.open(None, home_fd) as host:
+                host_links = {
+                    link.ifindex: link
+                    for link in (
+                        self.decoder.link(p) for t, p in host.links() if t == d.RTM_NEWLINK
+                    )
+                }
+            candidates = discover(self.config.proc_root, self.config.netns_dirs, skipped)
+            namespaces: list[NetnsInfo] = []
+            for inode in sorted(candidates):
+                cand = candidates[inode]
+                if inode == host_inode and not self.config.include_host:
+                    continue
+                info = self._scan_one(cand, home_fd, host_links, host_inode, skipped)
+                if info is not None:
+                    namespaces.append(info)
+        finally:
+            os.close(home_fd)
+        return Snapshot(
+            namespaces=tuple(namespaces),
+            host_inode=host_inode,
+            started_at=started,
+            duration_s=time.perf_counter() - t0,
+            skipped=dict(skipped),
+        )
+
+    def _scan_one(
+        self,
+        cand: Candidate,
+        home_fd: int,
+        host_links: dict[int, d.RawLink],
+        host_inode: int,
+        skipped: Counter[str],
+    ) -> NetnsInfo | None:
+        fd, path = self._open(cand, skipped)
+        if fd is None or path is None:
+            return None
+        try:
+            is_host = cand.inode == host_inode
+            conn = NetnsConnection.open(None if is_host else fd, home_fd)
+            with conn:
+                raw = conn.read_all(None if is_host else home_fd)
+        except NamespaceGone:
+            skipped["vanished"] += 1
+            return None
+        except TransientError as exc:  # dump interrupted too often
+            log.debug("namespace %s skipped: %s", path, exc)
+            skipped["dump_interrupted"] += 1
+            return None
+        except (NetlinkError, OSError) as exc:
+            log.debug("namespace %s skipped: %s", path, exc)
+            skipped["netlink_error"] += 1
+            return None
+        finally:
+            os.close(fd)
+        interfaces = build_interfaces(raw, None if is_host else host_links, self.decoder)
+        ips = tuple(
+            ip
+            for iface in interfaces
+            if iface.kind is not LinkKind.LOOPBACK
+            for ip in iface.ips
+            if _is_pod_address(ip)
+        )
+        uid = pod_uid(self.config.proc_root, cand.pids)
+        hint = PodHint(uid, ips) if (uid or ips) and not is_host else None
+        return NetnsInfo(
+            inode=cand.inode,
+            path=path,
+            paths=tuple(cand.paths),
+            pids=tuple(sorted(cand.pids)),
+            pod=hint,
+            interfaces=interfaces,
+            tcp=build_tcp(raw, self.decoder),
+        )
+
+    @staticmethod
+    def _open(cand: Candidate, skipped: Counter[str]) -> tuple[int | None, str | None]:
+        """Open the namespace through the first path that still leads to it."""
+        last = "vanished"
+        for path in cand.paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never O_CREAT
+            except OSError as exc:
+                last = classify_oserror(exc)
+                continue
+            if os.fstat(fd).st_ino != cand.inode:  # pid reused or mount replaced meanwhile
+                os.close(fd)
+                last = "vanished"
+                continue
+            return fd, path
+        skipped[last] += 1
+        return None, None

@@ -1,0 +1,34 @@
+"""The few error classes of podlb (see STYLE.md, principle 7).
+
+Adapters wrap library errors with ``raise ... from``; callers retry only ``TransientError``.
+"""
+
+from __future__ import annotations
+
+
+class PodlbError(Exception):
+    """Base of every error podlb raises on purpose."""
+
+
+class TransientError(PodlbError):
+    """May succeed when retried with backoff (timeouts, 5xx, 429, a vanished race)."""
+
+
+class PermanentError(PodlbError):
+    """Retrying will not help (bad input, 4xx other than 409/429, missing capability)."""
+
+
+class NamespaceGone(TransientError):
+    """A network namespace or process vanished while it was being inspected."""
+
+
+class NetlinkError(PodlbError):
+    """The kernel answered a netlink request with an error."""
+
+    def __init__(self, errno: int, what: str) -> None:
+        super().__init__(f"netlink {what}: errno {errno}")
+        self.errno = errno
+
+
+class DumpInterrupted(TransientError):
+    """A netlink dump was interrupted (NLM_F_DUMP_INTR) more times than allowed."""

@@ -1,0 +1,1 @@
+"""Kubernetes API access: the only importer of the kubernetes client."""

@@ -1,0 +1,1 @@
+"""Load balancer providers behind one small interface."""

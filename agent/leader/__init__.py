@@ -1,0 +1,1 @@
+"""The leader: desired backends (pure), LB diff (pure) and the reconcile loop."""

@@ -1,0 +1,142 @@
+"""Plain value types shared by every part of podlb: no I/O, no Kubernetes, no netlink."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class LinkKind(enum.StrEnum):
+    """How a pod is attached to the node's network."""
+
+    VETH = "veth"
+    IPVLAN = "ipvlan"
+    MACVLAN = "macvlan"
+    ENI = "eni"  # a whole NIC (no link kind) moved into the pod
+    TUN = "tun"  # tun or tap (mode tells which)
+    LOOPBACK = "loopback"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRef:
+    """A link in another namespace (a veth's host-side peer, an ipvlan's parent)."""
+
+    name: str | None
+    ifindex: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStats:
+    """64-bit interface counters (``struct rtnl_link_stats64``)."""
+
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    rx_errors: int = 0
+    tx_errors: int = 0
+    rx_dropped: int = 0
+    tx_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    name: str
+    ifindex: int
+    kind: LinkKind
+    mode: str | None  # ipvlan l2/l3/l3s, macvlan bridge/vepa/..., tun/tap
+    mac: str | None
+    mtu: int
+    state: str  # operational state: up, down, unknown, lowerlayerdown, ...
+    addresses: tuple[str, ...]  # "ip/prefixlen", IPv4 then IPv6
+    peer: LinkRef | None = None
+    parent: LinkRef | None = None
+    stats: LinkStats = field(default_factory=LinkStats)
+    # Not in the JSON: where the peer/parent lives as seen from this namespace (-1 = here).
+    link_ifindex: int = 0
+    link_netnsid: int | None = None
+    flags: int = 0
+
+    @property
+    def is_up(self) -> bool:
+        # Operational state "up"; a tun/tap without a reader is "unknown" with IFF_UP + LOWER_UP.
+        up_lower_up = 0x1 | 0x10000  # IFF_UP | IFF_LOWER_UP
+        return self.state == "up" or (
+            self.state == "unknown" and (self.flags & up_lower_up) == up_lower_up
+        )
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        return tuple(a.split("/", 1)[0] for a in self.addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class ListeningSocket:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpState:
+    """TCP sockets of one namespace, read with sock_diag."""
+
+    listening: tuple[ListeningSocket, ...] = ()
+    # established connections per *listening* local port (server side connections)
+    established: dict[int, int] = field(default_factory=dict)
+    # established connections whose local port is not a listening one (outbound)
+    outbound: int = 0
+
+    def listening_ports(self) -> frozenset[int]:
+        return frozenset(s.port for s in self.listening)
+
+
+@dataclass(frozen=True, slots=True)
+class PodHint:
+    """What the host alone tells about the pod owning a namespace."""
+
+    uid: str | None
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NetnsInfo:
+    """One inspected network namespace."""
+
+    inode: int
+    path: str  # the path it was opened through
+    paths: tuple[str, ...]  # every bind mount and /proc path found for it
+    pids: tuple[int, ...]
+    pod: PodHint | None
+    interfaces: tuple[Interface, ...]
+    tcp: TcpState
+
+    def interface_with_ip(self, ip: str) -> Interface | None:
+        for iface in self.interfaces:
+            if ip in iface.ips:
+                return iface
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The result of one full scan: immutable, published to readers as a whole."""
+
+    namespaces: tuple[NetnsInfo, ...]
+    host_inode: int
+    started_at: float  # wall clock, seconds
+    duration_s: float
+    skipped: dict[str, int]  # namespaces skipped this scan, by reason
+
+    def by_pod_uid(self) -> dict[str, NetnsInfo]:
+        return {ns.pod.uid: ns for ns in self.namespaces if ns.pod and ns.pod.uid}
+
+    def by_ip(self) -> dict[str, NetnsInfo]:
+        out: dict[str, NetnsInfo] = {}
+        for ns in self.namespaces:
+            for iface in ns.interfaces:
+                if iface.kind is LinkKind.LOOPBACK:
+                    continue
+                for ip in iface.ips:
+                    out.setdefault(ip, ns)
+        return out

@@ -1,0 +1,1 @@
+"""The node agent: datapath readiness, condition reporter, drain manager, node HTTP API."""
