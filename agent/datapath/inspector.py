@@ -9,6 +9,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -42,6 +43,8 @@ _KINDS = {
     "tun": LinkKind.TUN,
 }
 ARPHRD_ETHER = 1
+MIN_PER_WORKER = 16  # below this many namespaces per thread, one thread is faster
+_DIAG_TYPES = (d.SOCK_DIAG_BY_FAMILY, d.TCPDIAG_GETSOCK)
 
 
 def classify(link: d.RawLink) -> LinkKind:
@@ -55,6 +58,9 @@ def classify(link: d.RawLink) -> LinkKind:
 
 
 def _is_pod_address(ip: str) -> bool:
+    """Not loopback, not link-local (cheap prefix checks first: this runs for every address)."""
+    if ip.startswith(("127.", "169.254.", "fe80:")) or ip == "::1":
+        return False
     addr = ipaddress.ip_address(ip)
     return not (addr.is_loopback or addr.is_link_local)
 
@@ -155,7 +161,7 @@ def _resolve(
 
 
 def build_tcp(raw: RawDump, decoder: Decoder = FAST) -> TcpState:
-    socks = [decoder.sock(p) for t, p in raw.socks if t == d.SOCK_DIAG_BY_FAMILY]
+    socks = [decoder.sock(p) for t, p in raw.socks if t in _DIAG_TYPES]
     listening = sorted(
         {ListeningSocket(s.src, s.sport) for s in socks if s.state == d.TCP_LISTEN},
         key=lambda s: (s.port, s.address),
@@ -179,13 +185,15 @@ class InspectorConfig:
     netns_dirs: Sequence[str] = DEFAULT_NETNS_DIRS
     include_host: bool = False
     decoder: str = "fast"
+    workers: int = 2  # scanner threads (each enters namespaces on its own)
 
 
 class Inspector:
     """Scans every network namespace of the host.
 
-    ``scan()`` must be called from one thread at a time: it moves that thread into each
-    namespace for the few microseconds needed to open two netlink sockets there.
+    A scanning thread enters each namespace only for the few microseconds needed to open two
+    netlink sockets there, then returns to its own namespace; ``setns`` affects that thread
+    alone, so other threads of the process are never moved.
     """
 
     def __init__(self, config: InspectorConfig) -> None:
@@ -196,27 +204,34 @@ class Inspector:
         started = time.time()
         t0 = time.perf_counter()
         skipped: Counter[str] = Counter()
-        home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            host_inode = current_inode()
-            with NetnsConnection.open(None, home_fd) as host:
-                host_links = {
-                    link.ifindex: link
-                    for link in (
-                        self.decoder.link(p) for t, p in host.links() if t == d.RTM_NEWLINK
-                    )
-                }
-            candidates = discover(self.config.proc_root, self.config.netns_dirs, skipped)
-            namespaces: list[NetnsInfo] = []
-            for inode in sorted(candidates):
-                cand = candidates[inode]
-                if inode == host_inode and not self.config.include_host:
-                    continue
-                info = self._scan_one(cand, home_fd, host_links, host_inode, skipped)
-                if info is not None:
-                    namespaces.append(info)
-        finally:
-            os.close(home_fd)
+        host_inode = current_inode()
+        with NetnsConnection.open(None, -1) as host:
+            host_links = {
+                link.ifindex: link
+                for link in (self.decoder.link(p) for t, p in host.links() if t == d.RTM_NEWLINK)
+            }
+        candidates = discover(self.config.proc_root, self.config.netns_dirs, skipped)
+        todo = [
+            candidates[inode]
+            for inode in sorted(candidates)
+            if inode != host_inode or self.config.include_host
+        ]
+        # Most of a namespace's cost is the kernel walking the TCP hash table, during which
+        # the GIL is released: a few threads overlap those walks with decoding.
+        workers = max(1, min(self.config.workers, len(todo) // MIN_PER_WORKER))
+        chunks = [todo[i::workers] for i in range(workers)]
+        if workers == 1:
+            results = [self._scan_chunk(chunks[0], host_links, host_inode)]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="podlb-scan") as pool:
+                results = list(
+                    pool.map(lambda c: self._scan_chunk(c, host_links, host_inode), chunks)
+                )
+        namespaces: list[NetnsInfo] = []
+        for infos, chunk_skipped in results:
+            namespaces += infos
+            skipped.update(chunk_skipped)
+        namespaces.sort(key=lambda ns: ns.inode)
         return Snapshot(
             namespaces=tuple(namespaces),
             host_inode=host_inode,
@@ -224,6 +239,22 @@ class Inspector:
             duration_s=time.perf_counter() - t0,
             skipped=dict(skipped),
         )
+
+    def _scan_chunk(
+        self, chunk: list[Candidate], host_links: dict[int, d.RawLink], host_inode: int
+    ) -> tuple[list[NetnsInfo], Counter[str]]:
+        """Scan some namespaces from the calling thread (which returns to its own namespace)."""
+        skipped: Counter[str] = Counter()
+        out: list[NetnsInfo] = []
+        home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for cand in chunk:
+                info = self._scan_one(cand, home_fd, host_links, host_inode, skipped)
+                if info is not None:
+                    out.append(info)
+        finally:
+            os.close(home_fd)
+        return out, skipped
 
     def _scan_one(
         self,

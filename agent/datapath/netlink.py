@@ -136,6 +136,8 @@ class RawDump:
 class NetnsConnection:
     """A route and a sock_diag socket that live in one namespace."""
 
+    compat_tcp = True  # class-wide: once the kernel refuses the compat dump, stop asking
+
     def __init__(self, route: NetlinkSocket, diag: NetlinkSocket) -> None:
         self.route = route
         self.diag = diag
@@ -184,6 +186,14 @@ class NetnsConnection:
         return d.decode_nsid(payload)
 
     def tcp(self, states: int) -> list[tuple[int, memoryview]]:
+        """TCP sockets of both families: one compat dump, or two v2 dumps where it is refused."""
+        if self.compat_tcp:
+            try:
+                return self.diag.dump(
+                    functools.partial(d.tcp_diag_compat_request, states), "tcp diag"
+                )
+            except NetlinkError:
+                self.compat_tcp = False
         out: list[tuple[int, memoryview]] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             out += self.diag.dump(functools.partial(_tcp_req, family, states), "tcp sock_diag")
