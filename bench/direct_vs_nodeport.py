@@ -28,8 +28,10 @@ The pods run a tiny threaded HTTP/1.1 server (no DNS) answering ``{"pod", "src"}
 the client address it sees. The LB side is a plain socket HTTP client run from the lb namespace,
 closed loop, in two mixes: ``keepalive`` (``--keepalive-requests`` requests per connection) and
 ``newconn`` (one request per connection, ``Connection: close``; latency includes the connect).
-Rounds alternate the path order (direct first, then NodePort first, …) so machine noise cancels;
-each (round, mix, path) segment runs ``--duration`` seconds or ``--max-requests`` requests.
+Rounds alternate the path order (A B B A, then B A A B, …, each half ``--duration`` / 2 seconds
+or ``--max-requests`` requests) so drift and machine noise cancel; the report gives pooled
+percentiles, the direct/NodePort ratios and the p50 ratio of each round (its spread is the
+noise). By default the LB side runs on the first CPU and the pods on the others (``--no-pin``).
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import signal
 import socket
 import socketserver
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -63,8 +67,8 @@ from tests.testbed.netns import in_netns, ip, ip_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
-NODE_IP = "10.246.0.1"
-LB_IP = "10.246.0.2"
+NODE_IP = "10.246.0.1"  # node 1; node k is 10.246.0.k
+LB_IP = "10.246.0.100"
 LINK_PREFIX = 24
 POD_CIDR = "10.245.0.0/16"
 POD_PORT = 8080
@@ -109,8 +113,10 @@ class _PodServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         socketserver.TCPServer.server_bind(self)
 
 
-def serve_pod(name: str, port: int) -> None:
-    """Run the pod app forever (inside the pod namespace)."""
+def serve_pod(name: str, port: int, cpus: set[int] | None = None) -> None:
+    """Run the pod app forever (inside the pod namespace), on ``cpus`` when given."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     handler = type("Handler", (_PodHandler,), {"pod_name": name})
     with _PodServer(("0.0.0.0", port), handler) as server:
         server.serve_forever(poll_interval=0.5)
@@ -250,11 +256,17 @@ def sweep_leftovers(*, include_alive: bool = False) -> list[str]:
     return removed
 
 
+def node_ip(k: int) -> str:
+    """Address of node ``k`` (1-based) on the VPC segment."""
+    return f"10.246.0.{k}"
+
+
 @dataclass
 class PodInfo:
     name: str  # short name, e.g. pod1 (what the app answers)
     ns: str
     ip: str
+    node: int  # 1-based index of the node it runs on
 
 
 @dataclass
@@ -265,14 +277,16 @@ class Testbed:
     pods: list[PodInfo] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
+    tempdirs: list[Path] = field(default_factory=list)
 
     @property
     def lb(self) -> str:
         return f"{self.tag}-lb"
 
-    @property
-    def node(self) -> str:
-        return f"{self.tag}-node"
+    nodes: int = 1
+
+    def node_ns(self, k: int) -> str:
+        return f"{self.tag}-node{k}"
 
     def close(self) -> None:
         for proc in self.procs:
@@ -284,41 +298,85 @@ class Testbed:
             _delete_netns(ns)
         for ns in list_bench_netns(self.tag):  # created but not yet recorded
             _delete_netns(ns)
+        for d in self.tempdirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
-def build_testbed(tb: Testbed, n_pods: int, extra_services: int = 0) -> None:
-    """Create lb, node and pod namespaces, kube-proxy rules, and start the pod apps."""
-    tb.pods = [
-        PodInfo(name=f"pod{i}", ns=f"{tb.tag}-pod{i}", ip=f"10.245.0.{10 + i}")
-        for i in range(1, n_pods + 1)
-    ]
-    all_ns = [tb.lb, tb.node, *(p.ns for p in tb.pods)]
+def cpu_split() -> tuple[set[int], set[int]] | None:
+    """(LB side, pods) CPU sets: the first allowed CPU for the LB side, the rest for the pods."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None
+    return {allowed[0]}, set(allowed[1:])
+
+
+def build_testbed(
+    tb: Testbed,
+    n_pods: int,
+    extra_services: int = 0,
+    *,
+    haproxy: bool = False,
+    pod_cpus: set[int] | None = None,
+    lb_cpus: set[int] | None = None,
+) -> None:
+    """Create lb, node and pod namespaces, kube-proxy rules, and start the pod apps.
+
+    With ``haproxy``, also an HAProxy (``mode tcp``, like a cloud L4 LB: one backend connection
+    per client connection) in the lb namespace: frontend 127.0.0.1:18001 round robin over the
+    pod IPs, 127.0.0.1:18002 to the NodePort.
+    """
+    tb.pods = []
+    for i in range(1, n_pods + 1):
+        k = (i - 1) % tb.nodes + 1  # pods spread over the nodes
+        tb.pods.append(
+            PodInfo(name=f"pod{i}", ns=f"{tb.tag}-pod{i}", ip=f"10.245.{k}.{10 + i}", node=k)
+        )
+    node_names = [tb.node_ns(k) for k in range(1, tb.nodes + 1)]
+    all_ns = [tb.lb, *node_names, *(p.ns for p in tb.pods)]
     tb.namespaces = list(all_ns)
     ip_batch([f"netns add {ns}" for ns in all_ns])
-    node = [
-        "link set lo up",
-        f"link add eth0 type veth peer name eth0 netns {tb.lb}",
-        f"addr add {NODE_IP}/{LINK_PREFIX} dev eth0",
-        "link set eth0 up",
-        # The "VPC router": also what proxy ARP needs (a route to 169.254.1.1 off the pod link).
-        f"route add default via {LB_IP} dev eth0",
-    ]
-    for i, pod in enumerate(tb.pods, start=1):
-        node += [
-            f"link add vpod{i} type veth peer name eth0 netns {pod.ns}",
-            f"link set vpod{i} up",
-            f"route add {pod.ip}/32 dev vpod{i}",
+    # The lb namespace holds the "VPC": a bridge with the LB's address, one veth to each node.
+    lb = ["link set lo up", "link add vpc type bridge", f"addr add {LB_IP}/{LINK_PREFIX} dev vpc"]
+    lb.append("link set vpc up")
+    for k, ns in enumerate(node_names, start=1):
+        lb += [
+            f"link add n{k} type veth peer name eth0 netns {ns}",
+            f"link set n{k} master vpc",
+            f"link set n{k} up",
+            f"route add 10.245.{k}.0/24 via {node_ip(k)} dev vpc",  # pod IPs are routable
         ]
-    ip_batch(node, netns=tb.node)
-    ip_batch(
-        [
+    ip_batch(lb, netns=tb.lb)
+    for k, ns in enumerate(node_names, start=1):
+        node = [
             "link set lo up",
-            f"addr add {LB_IP}/{LINK_PREFIX} dev eth0",
+            f"addr add {node_ip(k)}/{LINK_PREFIX} dev eth0",
             "link set eth0 up",
-            f"route add {POD_CIDR} via {NODE_IP} dev eth0",
-        ],
-        netns=tb.lb,
-    )
+            # The "VPC router"; also what proxy ARP needs (a route to 169.254.1.1 off the pod
+            # link).
+            f"route add default via {LB_IP} dev eth0",
+        ]
+        node += [
+            f"route add 10.245.{j}.0/24 via {node_ip(j)} dev eth0"
+            for j in range(1, tb.nodes + 1)
+            if j != k
+        ]
+        for i, pod in enumerate(tb.pods, start=1):
+            if pod.node == k:
+                node += [
+                    f"link add vpod{i} type veth peer name eth0 netns {pod.ns}",
+                    f"link set vpod{i} up",
+                    f"route add {pod.ip}/32 dev vpod{i}",
+                ]
+        ip_batch(node, netns=ns)
+        # Forwarding and proxy ARP inside the node namespace only; the host is not touched.
+        knobs = ["net.ipv4.ip_forward=1"]
+        for i, pod in enumerate(tb.pods, start=1):  # proxy ARP at once, as Calico sets it
+            if pod.node == k:
+                knobs += [
+                    f"net.ipv4.conf.vpod{i}.proxy_arp=1",
+                    f"net.ipv4.neigh.vpod{i}.proxy_delay=0",
+                ]
+        _netns_exec(ns, "sysctl", "-q", "-w", *knobs)
     for pod in tb.pods:  # the Calico layout: /32 and a default via a link-local gateway
         ip_batch(
             [
@@ -330,10 +388,6 @@ def build_testbed(tb: Testbed, n_pods: int, extra_services: int = 0) -> None:
             ],
             netns=pod.ns,
         )
-    # Forwarding and proxy ARP inside the node namespace only; the host is not touched.
-    knobs = ["net.ipv4.ip_forward=1"]
-    knobs += [f"net.ipv4.conf.vpod{i}.proxy_arp=1" for i in range(1, n_pods + 1)]
-    _netns_exec(tb.node, "sysctl", "-q", "-w", *knobs)
     # Many short connections from one client: a wide port range and TIME_WAIT reuse.
     _netns_exec(
         tb.lb,
@@ -343,10 +397,14 @@ def build_testbed(tb: Testbed, n_pods: int, extra_services: int = 0) -> None:
         "net.ipv4.ip_local_port_range=1024 65000",
         "net.ipv4.tcp_tw_reuse=1",
     )
+    # Every node has the same rules with every endpoint, as kube-proxy writes them.
     rules = kube_proxy_rules([p.ip for p in tb.pods], extra_services=extra_services)
-    _netns_exec(tb.node, "iptables-restore", stdin=rules)
+    for ns in node_names:
+        _netns_exec(ns, "iptables-restore", stdin=rules)
     for pod in tb.pods:
         argv = [sys.executable, "-m", "bench.direct_vs_nodeport", "--serve-pod", pod.name]
+        if pod_cpus:
+            argv += ["--cpus", ",".join(map(str, sorted(pod_cpus)))]
         tb.procs.append(
             subprocess.Popen(
                 ["ip", "netns", "exec", pod.ns, *argv, "--port", str(POD_PORT)],
@@ -356,10 +414,63 @@ def build_testbed(tb: Testbed, n_pods: int, extra_services: int = 0) -> None:
                 stderr=subprocess.PIPE,
             )
         )
-    _wait_ready(tb)
+    if haproxy:
+        tb.procs.append(_start_haproxy(tb, lb_cpus))
+    _wait_ready(tb, haproxy=haproxy)
 
 
-def _wait_ready(tb: Testbed, timeout: float = 10.0) -> None:
+HAPROXY_DIRECT = ("127.0.0.1", 18001)
+HAPROXY_NODEPORT = ("127.0.0.1", 18002)
+
+
+def haproxy_config(pods: Sequence[PodInfo], nodes: int) -> str:
+    servers = "\n".join(f"  server {p.name} {p.ip}:{POD_PORT}" for p in pods)
+    node_servers = "\n".join(
+        f"  server node{k} {node_ip(k)}:{NODE_PORT}" for k in range(1, nodes + 1)
+    )
+    return f"""global
+  maxconn 4000
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend direct
+  bind {HAPROXY_DIRECT[0]}:{HAPROXY_DIRECT[1]}
+  default_backend direct
+backend direct
+  balance roundrobin
+{servers}
+frontend nodeport
+  bind {HAPROXY_NODEPORT[0]}:{HAPROXY_NODEPORT[1]}
+  default_backend nodeport
+backend nodeport
+  balance roundrobin
+{node_servers}
+"""
+
+
+def _start_haproxy(tb: Testbed, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        raise RuntimeError("--via haproxy needs the haproxy binary (Debian package haproxy)")
+    cfg = Path(tempfile.mkdtemp(prefix=f"{tb.tag}-")) / "haproxy.cfg"
+    cfg.write_text(haproxy_config(tb.pods, tb.nodes))
+    tb.tempdirs.append(cfg.parent)
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", tb.lb, haproxy, "-db", "-f", str(cfg)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    if cpus:  # ip netns exec execs haproxy: same pid
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(proc.pid, cpus)
+    return proc
+
+
+def _wait_ready(tb: Testbed, timeout: float = 10.0, *, haproxy: bool = False) -> None:
     deadline = time.monotonic() + timeout
     for pod in tb.pods:
         while True:
@@ -371,12 +482,24 @@ def _wait_ready(tb: Testbed, timeout: float = 10.0) -> None:
                 for proc in tb.procs:
                     if proc.poll() is not None:
                         err = proc.stderr.read().decode() if proc.stderr else ""
-                        raise RuntimeError(f"pod app exited: {err.strip()[-2000:]}") from exc
+                        msg = f"a testbed process exited: {err.strip()[-2000:]}"
+                        raise RuntimeError(msg) from exc
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{pod.name} ({pod.ip}) not reachable: {exc}") from exc
                 time.sleep(0.05)
-    with in_netns(tb.lb):
-        get_once(NODE_IP, NODE_PORT)
+    checks = [(node_ip(k), NODE_PORT) for k in range(1, tb.nodes + 1)]
+    if haproxy:
+        checks += [HAPROXY_DIRECT, HAPROXY_NODEPORT]
+    for host, port in checks:
+        while True:
+            try:
+                with in_netns(tb.lb):
+                    get_once(host, port)
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{host}:{port} not answering: {exc}") from exc
+                time.sleep(0.05)
 
 
 # -- the LB side: a plain HTTP/1.1 client ---------------------------------------------------
@@ -440,6 +563,7 @@ class Segment:
     elapsed: float = 0.0
     pods: Counter[str] = field(default_factory=Counter)
     srcs: Counter[str] = field(default_factory=Counter)
+    pairs: Counter[tuple[str, str]] = field(default_factory=Counter)  # (pod, source seen)
 
 
 def run_segment(
@@ -478,6 +602,7 @@ def run_segment(
         lat: list[int] = []
         pods: Counter[str] = Counter()
         srcs: Counter[str] = Counter()
+        pairs: Counter[tuple[str, str]] = Counter()
         errors = 0
         with in_netns(lb_ns):
             while time.monotonic() < deadline:
@@ -498,6 +623,7 @@ def run_segment(
                         answer = json.loads(body)
                         pods[answer["pod"]] += 1
                         srcs[answer["src"]] += 1
+                        pairs[(answer["pod"], answer["src"])] += 1
                     else:
                         continue
                     break  # budget spent
@@ -510,6 +636,7 @@ def run_segment(
             seg.latencies_ns.extend(lat)
             seg.pods.update(pods)
             seg.srcs.update(srcs)
+            seg.pairs.update(pairs)
             seg.errors += errors
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
@@ -532,14 +659,19 @@ def percentile(sorted_values: Sequence[int], q: float) -> float:
     return float(sorted_values[idx])
 
 
-def _stats(segments: Sequence[Segment]) -> dict[str, Any]:
+def _stats(segments: Sequence[Segment], pod_node: dict[str, str]) -> dict[str, Any]:
     lat = sorted(v for s in segments for v in s.latencies_ns)
     elapsed = sum(s.elapsed for s in segments)
     pods: Counter[str] = Counter()
     srcs: Counter[str] = Counter()
+    pairs: Counter[tuple[str, str]] = Counter()
     for s in segments:
         pods.update(s.pods)
         srcs.update(s.srcs)
+        pairs.update(s.pairs)
+    # After SNAT the pod sees the node that took the connection: another node = one more hop.
+    nodes = set(pod_node.values())
+    cross = sum(n for (pod, src), n in pairs.items() if src in nodes and src != pod_node.get(pod))
     return {
         "requests": len(lat),
         "errors": sum(s.errors for s in segments),
@@ -551,6 +683,7 @@ def _stats(segments: Sequence[Segment]) -> dict[str, Any]:
         "rps": round(len(lat) / elapsed, 1) if elapsed else 0.0,
         "pods": dict(sorted(pods.items())),
         "src_ips": dict(srcs.most_common()),
+        "cross_node_pct": round(100 * cross / len(lat), 1) if lat else 0.0,
     }
 
 
@@ -558,14 +691,16 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def summarize(segments: Sequence[Segment], rounds_done: int) -> dict[str, Any]:
+def summarize(
+    segments: Sequence[Segment], rounds_done: int, pod_node: dict[str, str]
+) -> dict[str, Any]:
     """Pooled figures per (mix, path), direct/NodePort ratios, and per-round p50 ratios."""
     out: dict[str, Any] = {}
     for mix in MIXES:
         segs = [s for s in segments if s.mix == mix]
         if not segs:
             continue
-        per_path = {p: _stats([s for s in segs if s.path == p]) for p in PATHS}
+        per_path = {p: _stats([s for s in segs if s.path == p], pod_node) for p in PATHS}
         d, n = per_path["direct"], per_path["nodeport"]
         round_ratios = []
         for r in range(rounds_done):
@@ -597,35 +732,41 @@ def _spread(pods: dict[str, int]) -> str:
 def format_report(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = [
-        f"direct pod mode vs NodePort (kube-proxy iptables rules) — {cfg['pods']} pods,"
+        f"direct pod mode vs NodePort (kube-proxy iptables rules) — {cfg['pods']} pods on"
+        f" {cfg['nodes']} node(s),"
         f" {result['rounds_done']} rounds x {cfg['duration']} s per mix and path,"
         f" concurrency {cfg['concurrency']}, keep-alive {cfg['keepalive_requests']} req/conn,"
-        f" {cfg['extra_services']} other Services in KUBE-SERVICES",
+        f" CPUs LB side {cfg['cpus_lb']} / pods {cfg['cpus_pods']},"
+        f" {cfg['extra_services']} other Services in KUBE-SERVICES, LB = {cfg['via']}",
         f"machine: {result['machine']['cpus']} CPUs, kernel {result['machine']['kernel']},"
         f" {result['machine']['iptables']}",
         "",
         f"{'mix':<10} {'path':<9} {'requests':>8} {'err':>4} {'p50 µs':>8} {'p90 µs':>8}"
-        f" {'p99 µs':>8} {'req/s':>8}  source IP seen by pod      spread over pods",
+        f" {'p99 µs':>8} {'req/s':>8} {'x-node':>6}  {'source IP seen by pod':<38}"
+        " spread over pods",
     ]
-    src_label = {LB_IP: "LB", NODE_IP: "node"}
+    src_label = {LB_IP: "LB"}
+    src_label.update({ip_: f"node{k}" for k, ip_ in enumerate(result["addresses"]["nodes"], 1)})
     for mix, m in result["mixes"].items():
         for path in PATHS:
             s = m[path]
-            srcs = ", ".join(f"{ip_} ({src_label.get(ip_, '?')})" for ip_ in s["src_ips"])
+            srcs = ",".join(f"{ip_} ({src_label.get(ip_, '?')})" for ip_ in sorted(s["src_ips"]))
             lines.append(
                 f"{mix:<10} {path:<9} {s['requests']:>8} {s['errors']:>4} {s['p50_us']:>8}"
-                f" {s['p90_us']:>8} {s['p99_us']:>8} {s['rps']:>8}  {srcs:<26} {_spread(s['pods'])}"
+                f" {s['p90_us']:>8} {s['p99_us']:>8} {s['rps']:>8} {s['cross_node_pct']:>5}%"
+                f"  {srcs:<38} {_spread(s['pods'])}"
             )
         r = m["ratio_direct_over_nodeport"]
         lines.append(
             f"{mix:<10} {'d/n':<9} {'':>8} {'':>4} {r['p50']!s:>8} {r['p90']!s:>8}"
-            f" {r['p99']!s:>8} {r['rps']!s:>8}  p50 ratio per round: "
+            f" {r['p99']!s:>8} {r['rps']!s:>8} {'':>6}  p50 ratio per round: "
             + " ".join(f"{x:.2f}" for x in r["p50_per_round"])
         )
     lines.append("")
     lines.append(
         f"total {result['seconds_total']} s (setup {result['seconds_setup']} s);"
-        f" pod sees {LB_IP} = LB address (preserved), {NODE_IP} = node address (SNAT)"
+        f" the pod sees {LB_IP} = the LB (preserved) or a node address (SNAT);"
+        " x-node = requests a node forwarded to a pod on another node"
     )
     return "\n".join(lines)
 
@@ -638,12 +779,15 @@ class Config:
     rounds: int = 6
     duration: float = 1.5
     pods: int = 3
+    nodes: int = 1
     concurrency: int = 1
     keepalive_requests: int = 100
     max_requests: int = 200_000
     mixes: tuple[str, ...] = MIXES
     extra_services: int = 0
     warmup: float = 0.3
+    via: str = "client"  # client | haproxy
+    pin: bool = True  # LB side (client, HAProxy) on one CPU, the pods on the others
     max_total: float = 120.0
 
 
@@ -679,17 +823,31 @@ def run_bench(cfg: Config, log: Any = None) -> dict[str, Any]:
     """Build the testbed, run the alternated rounds, clean up; return the result document."""
     t_start = time.monotonic()
     sweep_leftovers()
-    tb = Testbed(tag=f"dvn{os.getpid()}x{secrets.token_hex(2)}")
+    tb = Testbed(tag=f"dvn{os.getpid()}x{secrets.token_hex(2)}", nodes=cfg.nodes)
     segments: list[Segment] = []
     rounds_done = 0
+    split = cpu_split() if cfg.pin else None
+    lb_cpus, pod_cpus = split if split else (None, None)
+    old_affinity = os.sched_getaffinity(0)
     with _signals_raise():
         try:
-            build_testbed(tb, cfg.pods, cfg.extra_services)
+            if lb_cpus:  # this process is the client; its worker threads inherit it
+                os.sched_setaffinity(0, lb_cpus)
+            build_testbed(
+                tb,
+                cfg.pods,
+                cfg.extra_services,
+                haproxy=cfg.via == "haproxy",
+                pod_cpus=pod_cpus,
+                lb_cpus=lb_cpus,
+            )
             t_setup = time.monotonic() - t_start
             targets = {
                 "direct": [(p.ip, POD_PORT) for p in tb.pods],
-                "nodeport": [(NODE_IP, NODE_PORT)],
+                "nodeport": [(node_ip(k), NODE_PORT) for k in range(1, cfg.nodes + 1)],
             }
+            if cfg.via == "haproxy":
+                targets = {"direct": [HAPROXY_DIRECT], "nodeport": [HAPROXY_NODEPORT]}
 
             def segment(path: str, mix: str, rnd: int, duration: float) -> Segment:
                 return run_segment(
@@ -710,15 +868,18 @@ def run_bench(cfg: Config, log: Any = None) -> dict[str, Any]:
             for rnd in range(cfg.rounds):
                 if time.monotonic() - t_start > cfg.max_total:
                     break
+                # A B B A in even rounds, B A A B in odd ones: a drift within a round and
+                # the order of the paths both cancel.
                 order = PATHS if rnd % 2 == 0 else PATHS[::-1]
                 for mix in cfg.mixes:
-                    for path in order:
-                        segments.append(segment(path, mix, rnd, cfg.duration))
+                    for path in (*order, *order[::-1]):
+                        segments.append(segment(path, mix, rnd, cfg.duration / 2))
                 rounds_done += 1
                 if log:
                     log(f"round {rnd + 1}/{cfg.rounds} done")
         finally:
             tb.close()
+            os.sched_setaffinity(0, old_affinity)
     left = list_bench_netns(tb.tag)
     return {
         "tag": tb.tag,
@@ -726,15 +887,23 @@ def run_bench(cfg: Config, log: Any = None) -> dict[str, Any]:
             "rounds": cfg.rounds,
             "duration": cfg.duration,
             "pods": cfg.pods,
+            "nodes": cfg.nodes,
             "concurrency": cfg.concurrency,
             "keepalive_requests": cfg.keepalive_requests,
             "max_requests": cfg.max_requests,
             "extra_services": cfg.extra_services,
+            "via": cfg.via,
+            "cpus_lb": sorted(lb_cpus) if lb_cpus else None,
+            "cpus_pods": sorted(pod_cpus) if pod_cpus else None,
         },
         "machine": _machine(),
-        "addresses": {"lb": LB_IP, "node": NODE_IP, "pods": {p.name: p.ip for p in tb.pods}},
+        "addresses": {
+            "lb": LB_IP,
+            "nodes": [node_ip(k) for k in range(1, cfg.nodes + 1)],
+            "pods": {p.name: {"ip": p.ip, "node": node_ip(p.node)} for p in tb.pods},
+        },
         "rounds_done": rounds_done,
-        "mixes": summarize(segments, rounds_done),
+        "mixes": summarize(segments, rounds_done, {p.name: node_ip(p.node) for p in tb.pods}),
         "seconds_setup": round(t_setup, 2),
         "seconds_total": round(time.monotonic() - t_start, 2),
         "leftover_netns": left,
@@ -748,6 +917,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--duration", type=float, default=1.5, help="seconds per mix and path per round"
     )
     ap.add_argument("--pods", type=int, default=3, help="pod namespaces (>= 2)")
+    ap.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="node namespaces (pods spread over them; the NodePort is used on each, so"
+        " kube-proxy sends some connections to a pod on another node: the extra hop)",
+    )
     ap.add_argument("--concurrency", type=int, default=1, help="client connections in parallel")
     ap.add_argument("--keepalive-requests", type=int, default=100, help="requests per conn")
     ap.add_argument("--max-requests", type=int, default=200_000, help="cap per segment")
@@ -755,13 +931,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--extra-services", type=int, default=0, help="other Services walked in KUBE-SERVICES"
     )
+    ap.add_argument(
+        "--via",
+        choices=["client", "haproxy"],
+        default="client",
+        help="the LB: the bench's own client (picks the pod itself in direct mode) or an"
+        " HAProxy in mode tcp in the lb namespace, the client talking to it on loopback",
+    )
+    ap.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the LB side to the first CPU and the pods to the others",
+    )
     ap.add_argument("--json", action="store_true", help="print the JSON document only")
     ap.add_argument("--cleanup", action="store_true", help="remove leftover bench namespaces")
     ap.add_argument("--serve-pod", metavar="NAME", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=POD_PORT, help=argparse.SUPPRESS)
+    ap.add_argument("--cpus", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_pod:
-        serve_pod(args.serve_pod, args.port)
+        cpus = {int(c) for c in args.cpus.split(",") if c}
+        serve_pod(args.serve_pod, args.port, cpus or None)
         return 0
     if os.geteuid() != 0:
         print("needs root (creates network namespaces)", file=sys.stderr)
@@ -770,18 +961,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for ns in sweep_leftovers():
             print(f"removed {ns}")
         return 0
+    if not 1 <= args.nodes <= 9 or args.nodes > args.pods:
+        ap.error("need 1 <= --nodes <= min(9, --pods)")
     if args.pods < 2 or args.rounds < 1 or args.duration <= 0 or args.concurrency < 1:
         ap.error("need --pods >= 2, --rounds >= 1, --duration > 0, --concurrency >= 1")
     cfg = Config(
         rounds=args.rounds,
         duration=args.duration,
         pods=args.pods,
+        nodes=args.nodes,
         concurrency=args.concurrency,
         keepalive_requests=args.keepalive_requests,
         max_requests=args.max_requests,
         mixes=MIXES if args.mix == "both" else (args.mix,),
         extra_services=args.extra_services,
         warmup=min(0.3, args.duration),
+        via=args.via,
+        pin=args.pin,
     )
     log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = run_bench(cfg, log=log)

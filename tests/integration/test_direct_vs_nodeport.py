@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench.direct_vs_nodeport import LB_IP, NODE_IP, list_bench_netns, sweep_leftovers
+from bench.direct_vs_nodeport import LB_IP, list_bench_netns, node_ip, sweep_leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,16 +61,11 @@ def _run_bench(*args: str, timeout: float = 30.0) -> dict[str, Any]:
     return dict(json.loads(out))
 
 
-def test_direct_vs_nodeport_structure() -> None:
-    forward_before = _host_ip_forward()
-    result = _run_bench("--rounds", "2", "--duration", "0.5", "--pods", "3")
-
-    assert result["rounds_done"] == 2
+def _check_structure(result: dict[str, Any], mixes: tuple[str, ...], nodes: int) -> None:
+    node_ips = {node_ip(k) for k in range(1, nodes + 1)}
     assert result["leftover_netns"] == []
     assert list_bench_netns(result["tag"]) == []
-    assert _host_ip_forward() == forward_before  # forwarding only inside the bench namespaces
-
-    for mix in ("keepalive", "newconn"):
+    for mix in mixes:
         m = result["mixes"][mix]
         direct, nodeport = m["direct"], m["nodeport"]
         # Both paths answered, without errors.
@@ -78,15 +73,37 @@ def test_direct_vs_nodeport_structure() -> None:
             assert stats["requests"] > 20, (mix, stats)
             assert stats["errors"] == 0, (mix, stats)
             assert stats["p50_us"] > 0
-        # Direct: the pod sees the LB's own address. NodePort: SNAT, the pod sees the node.
+        # Direct: the pod sees the LB's own address. NodePort: SNAT, the pod sees a node.
         assert set(direct["src_ips"]) == {LB_IP}, (mix, direct["src_ips"])
-        assert set(nodeport["src_ips"]) == {NODE_IP}, (mix, nodeport["src_ips"])
+        assert set(nodeport["src_ips"]) <= node_ips, (mix, nodeport["src_ips"])
+        assert LB_IP not in nodeport["src_ips"]
         # Both paths spread over more than one pod (LB round robin / kube-proxy statistic).
         assert len(direct["pods"]) > 1, (mix, direct["pods"])
         assert len(nodeport["pods"]) > 1, (mix, nodeport["pods"])
-        assert set(direct["pods"]) <= {"pod1", "pod2", "pod3"}
+        assert direct["cross_node_pct"] == 0
+        if nodes > 1 and mix == "newconn":  # every new connection is a fresh random pick
+            assert set(nodeport["src_ips"]) == node_ips
+            assert nodeport["cross_node_pct"] > 0
         ratios = m["ratio_direct_over_nodeport"]
         assert ratios["p50"] is not None and ratios["p50"] > 0
+
+
+def test_direct_vs_nodeport_structure() -> None:
+    forward_before = _host_ip_forward()
+    result = _run_bench("--rounds", "2", "--duration", "0.5", "--pods", "3", "--nodes", "2")
+    assert result["rounds_done"] == 2
+    assert _host_ip_forward() == forward_before  # forwarding only inside the bench namespaces
+    _check_structure(result, ("keepalive", "newconn"), nodes=2)
+
+
+@pytest.mark.haproxy
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs the haproxy binary")
+def test_direct_vs_nodeport_via_haproxy() -> None:
+    result = _run_bench(
+        "--rounds", "1", "--duration", "0.4", "--mix", "newconn", "--nodes", "2", "--via", "haproxy"
+    )
+    assert result["config"]["via"] == "haproxy"
+    _check_structure(result, ("newconn",), nodes=2)
 
 
 def test_sigterm_cleans_up() -> None:
