@@ -32,3 +32,15 @@ class NetlinkError(PodlbError):
 
 class DumpInterrupted(TransientError):
     """A netlink dump was interrupted (NLM_F_DUMP_INTR) more times than allowed."""
+
+
+class NotFound(PermanentError):
+    """The object does not exist (HTTP 404): a pod that is gone, a Lease not yet created."""
+
+
+class Conflict(TransientError):
+    """Optimistic concurrency lost (HTTP 409 on update) or the name already exists on create."""
+
+
+class Unauthorized(PermanentError):
+    """HTTP 401 / 403: the credentials or the RBAC rules do not allow the request."""

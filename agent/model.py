@@ -140,3 +140,104 @@ class Snapshot:
                 for ip in iface.ips:
                     out.setdefault(ip, ns)
         return out
+
+
+# -- Kubernetes objects, reduced to what podlb decides on ---------------------------------
+
+DATAPATH_READY = "podlb.io/datapath-ready"
+LB_READY = "podlb.io/lb-ready"
+
+DIRECT_ANNOTATIONS: dict[str, str] = {
+    "podlb.io/direct": "true",
+    "service.cloud.tencent.com/direct-access": "true",
+    "service.beta.kubernetes.io/cce-load-balancer-backend-type": "eni",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PodKey:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None  # RFC 3339, as stored
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPort:
+    port: int
+    name: str | None = None
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    namespace: str
+    name: str
+    uid: str
+    node_name: str | None
+    ips: tuple[str, ...]
+    phase: str
+    host_network: bool = False
+    terminating: bool = False  # metadata.deletionTimestamp is set
+    grace_period_s: int = 30  # spec.terminationGracePeriodSeconds
+    readiness_gates: tuple[str, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    ports: tuple[ContainerPort, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    resource_version: str = ""
+
+    @property
+    def key(self) -> PodKey:
+        return PodKey(self.namespace, self.name)
+
+    def condition(self, ctype: str) -> Condition | None:
+        for cond in self.conditions:
+            if cond.type == ctype:
+                return cond
+        return None
+
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    port: int
+    target_port: int | str  # number, or a container port name
+    protocol: str = "TCP"
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    uid: str
+    type: str
+    selector: tuple[tuple[str, str], ...] | None  # None: no selector
+    ports: tuple[ServicePort, ...]
+    annotations: tuple[tuple[str, str], ...] = ()
+    resource_version: str = ""
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
+
+    def selects(self, pod: Pod) -> bool:
+        if not self.selector or pod.namespace != self.namespace:
+            return False
+        labels = pod.label_map()
+        return all(labels.get(k) == v for k, v in self.selector)

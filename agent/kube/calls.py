@@ -1,0 +1,103 @@
+"""Every API call goes through :func:`call`: errors classified, requests counted."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from agent.errors import Conflict, NotFound, PermanentError, TransientError, Unauthorized
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Gone(TransientError):
+    """The watch resourceVersion is too old (HTTP 410): relist."""
+
+
+class RequestObserver(Protocol):
+    def __call__(self, verb: str, resource: str, code: str) -> None: ...
+
+
+def _noop(verb: str, resource: str, code: str) -> None:
+    del verb, resource, code
+
+
+class Calls:
+    """Runs API calls, turns library errors into ours and reports (verb, resource, code)."""
+
+    def __init__(self, observe: RequestObserver = _noop) -> None:
+        self.observe = observe
+
+    def __call__(self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        try:
+            result = fn(*args, **kw)
+        except ApiException as exc:
+            self.observe(verb, resource, str(exc.status or 0))
+            raise classify(exc, f"{verb} {resource}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            self.observe(verb, resource, "error")
+            raise TransientError(f"{verb} {resource}: {exc}") from exc
+        self.observe(verb, resource, "200")
+        return result
+
+    def stream(
+        self, verb: str, resource: str, events: Iterator[dict[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
+        """Iterate a watch stream, classifying its errors the same way (410 -> Gone)."""
+        try:
+            first = True
+            for event in events:
+                if first:
+                    self.observe(verb, resource, "200")
+                    first = False
+                yield event
+        except ApiException as exc:
+            self.observe(verb, resource, str(exc.status or 0))
+            if exc.status == 410:
+                raise Gone(f"{verb} {resource}: 410 Gone") from exc
+            raise classify(exc, f"{verb} {resource}") from exc
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            self.observe(verb, resource, "error")
+            raise TransientError(f"{verb} {resource}: {exc}") from exc
+
+
+def classify(exc: ApiException, what: str) -> Exception:
+    status = exc.status or 0
+    reason = _reason(exc)
+    msg = f"{what}: HTTP {status} {reason}".rstrip()
+    if status == 404:
+        return NotFound(msg)
+    if status == 409:
+        return Conflict(msg)
+    if status in (401, 403):
+        return Unauthorized(msg)
+    if status == 429 or status >= 500 or status == 0:
+        return TransientError(msg)
+    return PermanentError(msg)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds from a Retry-After header on the cause of ``exc``, if any."""
+    cause = exc.__cause__
+    if isinstance(cause, ApiException) and cause.headers:
+        value = cause.headers.get("Retry-After")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+    return None
+
+
+def _reason(exc: ApiException) -> str:
+    import json
+
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return str(exc.reason or "")
+    return str(body.get("message") or exc.reason or "")

@@ -1,0 +1,196 @@
+"""List + watch with resume, relist on 410 Gone, backoff on failure and periodic resync.
+
+Objects are read as raw JSON (no client-side model deserialization: it is the costliest part
+of the official client) and converted to podlb's frozen model types. Handlers only mark work
+(level-triggered, STYLE.md principle 4): they get the key that changed, never a delta to apply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from kubernetes import watch
+
+from agent.clock import Clock
+from agent.errors import PodlbError, TransientError
+
+from .calls import Calls, Gone, retry_after
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Key = tuple[str, str]
+
+WATCH_TIMEOUT_S = 300  # the server ends each watch after about this long; we then resume
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class Informer(Generic[T]):
+    """Keeps a local cache of one resource, fed by list + watch.
+
+    ``list_fn`` is a client list function (``CoreV1Api.list_namespaced_pod`` …) called with
+    ``kwargs`` (selectors). ``on_change(key)`` is called for every add / update / delete, and
+    ``on_resync()`` after every (re)list and each ``resync_s``.
+    """
+
+    def __init__(
+        self,
+        resource: str,
+        list_fn: Callable[..., Any],
+        convert: Callable[[dict[str, Any]], T],
+        calls: Calls,
+        clock: Clock,
+        *,
+        kwargs: dict[str, Any] | None = None,
+        on_change: Callable[[Key], None] | None = None,
+        on_resync: Callable[[], None] | None = None,
+        resync_s: float = 300.0,
+        watch_timeout_s: int = WATCH_TIMEOUT_S,
+        request_timeout_s: float = 10.0,
+    ) -> None:
+        self.resource = resource
+        self.list_fn = list_fn
+        self.convert = convert
+        self.calls = calls
+        self.clock = clock
+        self.kwargs = dict(kwargs or {})
+        self.on_change = on_change or (lambda key: None)
+        self.on_resync = on_resync or (lambda: None)
+        self.resync_s = resync_s
+        self.watch_timeout_s = watch_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self._lock = threading.Lock()
+        self._items: dict[Key, T] = {}
+        self._watch: watch.Watch | None = None
+        self.synced = threading.Event()
+        self.resource_version = ""
+        self.relists = 0
+        self.failures = 0
+
+    # -- reading the cache -----------------------------------------------------------------
+    def get(self, key: Key) -> T | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def items(self) -> list[T]:
+        with self._lock:
+            return list(self._items.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """List, then watch until ``stop``; never returns early on API errors."""
+        backoff = BACKOFF_MIN_S
+        need_list = True
+        next_resync = self.clock.monotonic() + self._jitter(self.resync_s)
+        while not stop.is_set():
+            try:
+                if need_list:
+                    self._list()
+                    need_list = False
+                    self.on_resync()
+                self._watch_once(stop)
+                backoff = BACKOFF_MIN_S
+            except Gone:
+                log.info("%s watch expired (410 Gone): relisting", self.resource)
+                need_list = True
+                continue
+            except PodlbError as exc:
+                self.failures += 1
+                delay = retry_after(exc) or self._jitter(backoff)
+                log.warning(
+                    "%s list/watch failed: %s; retrying in %.1fs", self.resource, exc, delay
+                )
+                if self.clock.wait(stop, delay):
+                    break
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            if self.clock.monotonic() >= next_resync:
+                next_resync = self.clock.monotonic() + self._jitter(self.resync_s)
+                self.on_resync()
+
+    def stop_watch(self) -> None:
+        """End the current watch now (used on shutdown)."""
+        w = self._watch
+        if w is not None:
+            w.stop()
+
+    @staticmethod
+    def _jitter(seconds: float) -> float:
+        return seconds * random.uniform(0.9, 1.1)
+
+    def _list(self) -> None:
+        resp = self.calls(
+            "list",
+            self.resource,
+            self.list_fn,
+            _preload_content=False,
+            _request_timeout=self.request_timeout_s,
+            **self.kwargs,
+        )
+        try:
+            body = json.loads(resp.data)
+        except ValueError as exc:
+            raise TransientError(f"list {self.resource}: unparsable response") from exc
+        fresh: dict[Key, T] = {}
+        for obj in body.get("items") or []:
+            meta = obj.get("metadata") or {}
+            fresh[(meta.get("namespace", ""), meta.get("name", ""))] = self.convert(obj)
+        with self._lock:
+            old = self._items
+            self._items = fresh
+        self.resource_version = (body.get("metadata") or {}).get("resourceVersion", "")
+        self.relists += 1
+        self.synced.set()
+        for key in set(old) | set(fresh):
+            if old.get(key) != fresh.get(key):
+                self.on_change(key)
+
+    def _watch_once(self, stop: threading.Event) -> None:
+        w = watch.Watch()
+        self._watch = w
+        try:
+            stream = w.stream(
+                self.list_fn,
+                resource_version=self.resource_version,
+                timeout_seconds=self.watch_timeout_s,
+                allow_watch_bookmarks=True,
+                deserialize=False,
+                _request_timeout=(self.request_timeout_s, self.watch_timeout_s + 30),
+                **self.kwargs,
+            )
+            for event in self.calls.stream("watch", self.resource, stream):
+                if stop.is_set():
+                    break
+                self._apply(event)
+        finally:
+            self._watch = None
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        etype = event.get("type")
+        obj = event.get("object") or {}
+        meta = obj.get("metadata") or {}
+        rv = meta.get("resourceVersion")
+        if etype == "BOOKMARK":
+            if rv:
+                self.resource_version = rv
+            return
+        if etype not in ("ADDED", "MODIFIED", "DELETED"):
+            log.warning("%s watch: ignoring event of type %r", self.resource, etype)
+            return
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        with self._lock:
+            if etype == "DELETED":
+                self._items.pop(key, None)
+            else:
+                self._items[key] = self.convert(obj)
+        if rv:
+            self.resource_version = rv
+        self.on_change(key)

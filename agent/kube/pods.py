@@ -1,0 +1,86 @@
+"""Pod status patches (our condition type only) and Events, through the official client."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from kubernetes import client
+
+from agent.clock import Clock
+from agent.model import Condition, Pod, PodKey
+
+from .calls import Calls
+
+
+class PodStatusSink:
+    """Writes one condition with a strategic-merge patch of ``pods/status``.
+
+    Strategic merge merges ``status.conditions`` by ``type``: kubelet's conditions and other
+    controllers' are left as they are. (The client sends a dict body to a PATCH as
+    ``application/strategic-merge-patch+json``; a list would be a JSON patch.)
+    """
+
+    def __init__(
+        self, api: client.ApiClient, calls: Calls, clock: Clock, component: str, host: str
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.calls = calls
+        self.clock = clock
+        self.component = component
+        self.host = host
+
+    def patch_condition(self, key: PodKey, condition: Condition) -> None:
+        body = {"status": {"conditions": [condition_dict(condition)]}}
+        self.calls(
+            "patch",
+            "pods/status",
+            self.core.patch_namespaced_pod_status,
+            key.name,
+            key.namespace,
+            body,
+            _preload_content=False,
+        )
+
+    def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None:
+        now = self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{pod.name}.{secrets.token_hex(8)}", "namespace": pod.namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "uid": pod.uid,
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": event_type,
+            "source": {"component": self.component, "host": self.host},
+            "reportingComponent": f"podlb.io/{self.component}",
+            "reportingInstance": self.host,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.calls(
+            "create",
+            "events",
+            self.core.create_namespaced_event,
+            pod.namespace,
+            body,
+            _preload_content=False,
+        )
+
+
+def condition_dict(condition: Condition) -> dict[str, Any]:
+    return {
+        "type": condition.type,
+        "status": condition.status,
+        "reason": condition.reason,
+        "message": condition.message,
+        "lastTransitionTime": condition.last_transition_time,
+        "lastProbeTime": None,
+    }

@@ -1,0 +1,207 @@
+"""Every metric podlb exports, on an injected registry (never the global one).
+
+Names follow ``podlb_<subsystem>_<name>_<unit>``; labels are bounded (no IPs). Per-pod series
+come from a collector that reads the latest published view, so series of deleted pods vanish
+with the pod.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from agent import __version__
+from agent.model import LinkKind, NetnsInfo, Pod
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """One local pod as the node agent sees it (for metrics and /v1/pods)."""
+
+    pod: Pod
+    netns: NetnsInfo | None
+    opted_in: bool
+    datapath_ready: bool | None  # None: not evaluated (not opted in)
+    reason: str | None
+    serving_ports: frozenset[int]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        Gauge("podlb_build_info", "podlb build", ["version"], registry=r).labels(__version__).set(1)
+        self.scan_duration = Histogram(
+            "podlb_scan_duration_seconds",
+            "Time of one full inspection of every pod network namespace",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.scan_namespaces = Gauge(
+            "podlb_scan_namespaces", "Network namespaces seen by the last scan", registry=r
+        )
+        self.scan_skipped = Counter(
+            "podlb_scan_namespaces_skipped_total",
+            "Namespaces skipped during scans, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.scan_errors = Counter(
+            "podlb_scan_errors_total", "Scans that failed as a whole", registry=r
+        )
+        self.api_requests = Counter(
+            "podlb_kube_requests_total",
+            "Kubernetes API requests by verb, resource and HTTP code (error: no answer)",
+            ["verb", "resource", "code"],
+            registry=r,
+        )
+        self.condition_writes = Counter(
+            "podlb_condition_writes_total",
+            "Condition writes by condition type and outcome (written, skipped, gone, error)",
+            ["condition", "outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            "podlb_pod_transitions_total",
+            "Condition transitions by condition type and reason",
+            ["condition", "reason"],
+            registry=r,
+        )
+        self.is_leader = Gauge(
+            "podlb_leader_is_leader", "1 while this agent is the elected leader", registry=r
+        )
+        self.leader_transitions = Counter(
+            "podlb_leader_transitions_total",
+            "Times this agent started or stopped leading",
+            registry=r,
+        )
+        self.informer_synced = Gauge(
+            "podlb_kube_informer_synced", "1 once the informer listed", ["resource"], registry=r
+        )
+
+    def observe_request(self, verb: str, resource: str, code: str) -> None:
+        self.api_requests.labels(verb, resource, code).inc()
+
+
+_IFACE_COUNTERS = (
+    ("receive_bytes", "rx_bytes"),
+    ("transmit_bytes", "tx_bytes"),
+    ("receive_packets", "rx_packets"),
+    ("transmit_packets", "tx_packets"),
+    ("receive_errors", "rx_errors"),
+    ("transmit_errors", "tx_errors"),
+    ("receive_drops", "rx_dropped"),
+    ("transmit_drops", "tx_dropped"),
+)
+
+
+class PodCollector(Collector):
+    """Per-pod series from the latest view: interface counters, link state, connections."""
+
+    def __init__(self, views: Callable[[], Iterable[PodView]]) -> None:
+        self.views = views
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["namespace", "pod", "interface", "kind"]
+        counters = {
+            name: CounterMetricFamily(
+                f"podlb_pod_interface_{name}",
+                f"Pod interface {name.replace('_', ' ')}",
+                labels=labels,
+            )
+            for name, _ in _IFACE_COUNTERS
+        }
+        up = GaugeMetricFamily(
+            "podlb_pod_interface_up", "1 if the pod interface is operationally up", labels=labels
+        )
+        conns = GaugeMetricFamily(
+            "podlb_pod_tcp_established_connections",
+            "Established TCP connections on the pod's listening ports",
+            labels=["namespace", "pod"],
+        )
+        listening = GaugeMetricFamily(
+            "podlb_pod_tcp_listening_ports",
+            "TCP ports the pod listens on",
+            labels=["namespace", "pod"],
+        )
+        ready = GaugeMetricFamily(
+            "podlb_pod_datapath_ready",
+            "1 if the pod's datapath is ready (opted-in pods only)",
+            labels=["namespace", "pod", "reason"],
+        )
+        for view in self.views():
+            ns, name = view.pod.namespace, view.pod.name
+            if view.datapath_ready is not None:
+                ready.add_metric([ns, name, view.reason or ""], 1.0 if view.datapath_ready else 0.0)
+            if view.netns is None:
+                continue
+            for iface in view.netns.interfaces:
+                if iface.kind is LinkKind.LOOPBACK:
+                    continue
+                values = [ns, name, iface.name, iface.kind.value]
+                for metric, attr in _IFACE_COUNTERS:
+                    counters[metric].add_metric(values, float(getattr(iface.stats, attr)))
+                up.add_metric(values, 1.0 if iface.is_up else 0.0)
+            conns.add_metric([ns, name], float(sum(view.netns.tcp.established.values())))
+            listening.add_metric([ns, name], float(len(view.netns.tcp.listening_ports())))
+        yield from counters.values()
+        yield from (up, conns, listening, ready)
+
+
+class NodeCollector(Collector):
+    """Node metrics from psutil and /proc: CPU, memory, load, NIC counters, conntrack."""
+
+    def __init__(self, proc_root: str = "/proc") -> None:
+        self.proc_root = proc_root
+        psutil.cpu_percent(None)  # prime: later calls measure since the previous one
+
+    def _read_int(self, rel: str) -> float | None:
+        try:
+            with open(os.path.join(self.proc_root, rel), encoding="ascii") as f:
+                return float(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        cpu = GaugeMetricFamily(
+            "podlb_node_cpu_usage_ratio", "Node CPU busy ratio since last scrape"
+        )
+        cpu.add_metric([], psutil.cpu_percent(None) / 100.0)
+        yield cpu
+        mem = psutil.virtual_memory()
+        total = GaugeMetricFamily("podlb_node_memory_total_bytes", "Node memory")
+        total.add_metric([], float(mem.total))
+        avail = GaugeMetricFamily("podlb_node_memory_available_bytes", "Node memory available")
+        avail.add_metric([], float(mem.available))
+        yield total
+        yield avail
+        load = GaugeMetricFamily("podlb_node_load", "Node load average", labels=["window"])
+        for window, value in zip(("1m", "5m", "15m"), os.getloadavg(), strict=True):
+            load.add_metric([window], value)
+        yield load
+        rx = CounterMetricFamily(
+            "podlb_node_nic_receive_bytes", "Node NIC received bytes", labels=["interface"]
+        )
+        tx = CounterMetricFamily(
+            "podlb_node_nic_transmit_bytes", "Node NIC transmitted bytes", labels=["interface"]
+        )
+        for nic, c in sorted(psutil.net_io_counters(pernic=True).items()):
+            rx.add_metric([nic], float(c.bytes_recv))
+            tx.add_metric([nic], float(c.bytes_sent))
+        yield rx
+        yield tx
+        for name, rel, help_ in (
+            ("entries", "sys/net/netfilter/nf_conntrack_count", "Conntrack entries"),
+            ("limit", "sys/net/netfilter/nf_conntrack_max", "Conntrack table size"),
+        ):
+            found = self._read_int(rel)
+            if found is not None:
+                g = GaugeMetricFamily(f"podlb_node_conntrack_{name}", help_)
+                g.add_metric([], found)
+                yield g
