@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import contextlib
 import hashlib
 import json
@@ -79,6 +80,7 @@ SERVICE_PORT_NAME = "bench/web:http"  # namespace/name:portname, as kube-proxy h
 MASQ_MARK = "0x4000"
 PATHS = ("direct", "nodeport")
 MIXES = ("keepalive", "newconn")
+STALL_MS = 200  # the minimum TCP retransmission timeout
 TAG_RE = re.compile(r"^dvn(\d+)x[0-9a-f]{4}-")
 
 
@@ -680,6 +682,9 @@ def _stats(segments: Sequence[Segment], pod_node: dict[str, str]) -> dict[str, A
         "p90_us": round(percentile(lat, 0.90) / 1000, 1),
         "p99_us": round(percentile(lat, 0.99) / 1000, 1),
         "mean_us": round(sum(lat) / len(lat) / 1000, 1) if lat else 0.0,
+        "max_ms": round(lat[-1] / 1e6, 1) if lat else 0.0,
+        # Requests slower than STALL_MS: a lost SYN / segment waiting for a retransmission.
+        "stalls": len(lat) - bisect.bisect_left(lat, STALL_MS * 1_000_000),
         "rps": round(len(lat) / elapsed, 1) if elapsed else 0.0,
         "pods": dict(sorted(pods.items())),
         "src_ips": dict(srcs.most_common()),
@@ -709,15 +714,17 @@ def summarize(
                 round_ratios.append(
                     _ratio(percentile(by["direct"], 0.5), percentile(by["nodeport"], 0.5))
                 )
-        rr = sorted(x for x in round_ratios if x is not None)
+        chrono = [x for x in round_ratios if x is not None]
+        rr = sorted(chrono)
         out[mix] = {
             **per_path,
             "ratio_direct_over_nodeport": {
                 "p50": _ratio(d["p50_us"], n["p50_us"]),
                 "p90": _ratio(d["p90_us"], n["p90_us"]),
                 "p99": _ratio(d["p99_us"], n["p99_us"]),
+                "mean": _ratio(d["mean_us"], n["mean_us"]),
                 "rps": _ratio(d["rps"], n["rps"]),
-                "p50_per_round": rr,
+                "p50_per_round": chrono,  # in run order
                 "p50_round_median": rr[len(rr) // 2] if rr else None,
             },
         }
@@ -742,7 +749,8 @@ def format_report(result: dict[str, Any]) -> str:
         f" {result['machine']['iptables']}",
         "",
         f"{'mix':<10} {'path':<9} {'requests':>8} {'err':>4} {'p50 µs':>8} {'p90 µs':>8}"
-        f" {'p99 µs':>8} {'req/s':>8} {'x-node':>6}  {'source IP seen by pod':<38}"
+        f" {'p99 µs':>8} {'mean µs':>8} {'req/s':>8} {'stalls':>6} {'x-node':>6}"
+        f"  {'source IP seen by pod':<38}"
         " spread over pods",
     ]
     src_label = {LB_IP: "LB"}
@@ -753,20 +761,24 @@ def format_report(result: dict[str, Any]) -> str:
             srcs = ",".join(f"{ip_} ({src_label.get(ip_, '?')})" for ip_ in sorted(s["src_ips"]))
             lines.append(
                 f"{mix:<10} {path:<9} {s['requests']:>8} {s['errors']:>4} {s['p50_us']:>8}"
-                f" {s['p90_us']:>8} {s['p99_us']:>8} {s['rps']:>8} {s['cross_node_pct']:>5}%"
+                f" {s['p90_us']:>8} {s['p99_us']:>8} {s['mean_us']:>8} {s['rps']:>8}"
+                f" {s['stalls']:>6} {s['cross_node_pct']:>5}%"
                 f"  {srcs:<38} {_spread(s['pods'])}"
             )
         r = m["ratio_direct_over_nodeport"]
         lines.append(
             f"{mix:<10} {'d/n':<9} {'':>8} {'':>4} {r['p50']!s:>8} {r['p90']!s:>8}"
-            f" {r['p99']!s:>8} {r['rps']!s:>8} {'':>6}  p50 ratio per round: "
+            f" {r['p99']!s:>8} {r['mean']!s:>8} {r['rps']!s:>8} {'':>6} {'':>6}"
+            "  p50 ratio by round (run order): "
             + " ".join(f"{x:.2f}" for x in r["p50_per_round"])
+            + f" (median {r['p50_round_median']})"
         )
     lines.append("")
     lines.append(
         f"total {result['seconds_total']} s (setup {result['seconds_setup']} s);"
         f" the pod sees {LB_IP} = the LB (preserved) or a node address (SNAT);"
-        " x-node = requests a node forwarded to a pod on another node"
+        " x-node = requests a node forwarded to a pod on another node;"
+        f" stalls = requests over {STALL_MS} ms (a TCP retransmission)"
     )
     return "\n".join(lines)
 
