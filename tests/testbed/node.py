@@ -162,11 +162,13 @@ class _PodRuntime:
         md = obj["metadata"]
         self.node = node
         self.obj = obj  # the latest object seen (watch) or written (patch answer)
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # serializes status writers (held over HTTP calls)
+        self.obj_lock = threading.Lock()  # guards ``obj`` only, never held over I/O
         self.pod: Pod | None = None
         self.containers: list[_Container] = []
         self.containers_ready = False
         self.started = threading.Event()
+        self.wake = threading.Event()  # the pod's own thread re-checks status when set
         self.terminating = False
         self.gone = threading.Event()
         self.record = PodRecord(md.get("namespace", "default"), md["name"], node, md.get("uid", ""))
@@ -219,6 +221,8 @@ class Kubelet:
         self.records: dict[str, PodRecord] = {}
         self._threads: list[threading.Thread] = []
         self._watches: list[watch.Watch] = []
+        self._pod_threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
         self.errors: list[str] = []
 
     @classmethod
@@ -292,6 +296,14 @@ class Kubelet:
             w.stop()
         for t in self._threads:
             t.join(self.watch_timeout + 5)
+        with self._lock:
+            runtimes = list(self._pods.values())
+        with self._threads_lock:
+            threads = [t for t in self._pod_threads if t.name.startswith("start-")]
+        for rt in runtimes:
+            rt.wake.set()
+        for t in threads:
+            t.join(5)
         with self._lock:
             runtimes = list(self._pods.values())
         for rt in runtimes:
@@ -370,9 +382,8 @@ class Kubelet:
                             allow_watch_bookmarks=True,
                             timeout_seconds=self.watch_timeout,
                             _request_timeout=self.watch_timeout + 10,
-                            deserialize=False,
                         ):
-                            obj = ev["object"]
+                            obj = ev["raw_object"]
                             rv = obj.get("metadata", {}).get("resourceVersion") or rv
                             if ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
                                 self._on_event(node, ev["type"], obj)
@@ -416,7 +427,7 @@ class Kubelet:
                 self.records[key] = rt.record
                 self._spawn(self._start_pod, rt, name=f"start-{key}")
                 return
-        with rt.lock:
+        with rt.obj_lock:
             if etype != "DELETED" and _rv(obj) >= _rv(rt.obj):
                 rt.obj = obj
         if etype == "DELETED":
@@ -431,8 +442,7 @@ class Kubelet:
                 rt.record.deletion_seen_at = time.monotonic()
                 self._spawn(self._terminate, rt, name=f"term-{key}")
             return
-        if rt.started.is_set():
-            self._sync_ready(rt)
+        rt.wake.set()  # Ready is re-evaluated by the pod's thread, never here
 
     def _spawn(self, fn: Callable[[_PodRuntime], None], rt: _PodRuntime, name: str) -> None:
         def run() -> None:
@@ -444,6 +454,8 @@ class Kubelet:
 
         t = threading.Thread(target=run, name=name, daemon=True)
         t.start()
+        with self._threads_lock:
+            self._pod_threads = [x for x in self._pod_threads if x.is_alive()] + [t]
 
     # -- start --------------------------------------------------------------------------
     def _alloc_ip(self, node: str) -> str:
@@ -587,9 +599,10 @@ class Kubelet:
                             "containerStatuses": self._container_statuses(rt, ready=ok),
                         },
                     )
-                self._sync_ready(rt)
+            self._sync_ready(rt)
             interval = self.ready_probe_interval if ok else self.probe_interval
-            self._stop.wait(interval)
+            rt.wake.wait(interval)
+            rt.wake.clear()
 
     def _sync_ready(self, rt: _PodRuntime) -> None:
         """Write Ready when it differs from what the latest object says."""
@@ -643,7 +656,7 @@ class Kubelet:
                 self._err(f"patch status {rt.ns}/{rt.name}: {e.status} {e.reason}")
             return
         obj = self.api_client.sanitize_for_serialization(resp)
-        with rt.lock:
+        with rt.obj_lock:
             if _rv(obj) >= _rv(rt.obj):
                 rt.obj = obj
 
