@@ -13,7 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__, caps
-from agent.settings import EnvDefaults, SettingError, finish_repeatables
+from agent.settings import (
+    EnvDefaults,
+    SettingError,
+    add_run_flags,
+    finish_repeatables,
+    run_settings,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -67,7 +73,31 @@ def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
         choices=("fast", "pyroute2"),
         help="netlink decoder: fast (default) or pyroute2 (reference, slower)",
     )
+    run = sub.add_parser(
+        "run",
+        help="run the node agent (DaemonSet)",
+        description="Run the node agent: watch this node's pods, inspect their namespaces, "
+        "report podlb.io/datapath-ready, serve the node API and take part in leader election.",
+    )
+    add_run_flags(run, env)
     return parser
+
+
+def cmd_run(args: argparse.Namespace, env: EnvDefaults) -> int:
+    settings = run_settings(args, env)
+    lacking = caps.missing(caps.INSPECT_CAPS)
+    if lacking:
+        print(f"podlb-agent run: missing capabilities: {caps.describe(lacking)}", file=sys.stderr)
+        return EXIT_USAGE
+    from agent import logs, runtime
+    from agent.errors import PermanentError
+
+    logs.setup(settings.log_format, settings.log_level)
+    try:
+        return runtime.run(settings)
+    except PermanentError as exc:
+        logging.getLogger("agent").error("cannot start: %s", exc)
+        return EXIT_FAILURE
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -123,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_version(args)
         if args.command == "inspect":
             return cmd_inspect(args, env)
+        if args.command == "run":
+            return cmd_run(args, env)
     except SettingError as exc:
         print(f"podlb-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 ENV_PREFIX = "PODLB_"
@@ -74,3 +77,144 @@ def finish_repeatables(args: argparse.Namespace) -> None:
             if getattr(args, dest, None) is None:
                 setattr(args, dest, value)
             delattr(args, key)
+
+
+# -- podlb-agent run ---------------------------------------------------------------------
+
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """Everything ``podlb-agent run`` needs, validated. Units are in the field names."""
+
+    node_name: str  # the node this agent serves (downward API spec.nodeName)
+    namespace: str  # the agent's own namespace, where the Lease lives
+    identity: str  # this agent's name in the Lease (pod name, else hostname)
+    kubeconfig: str | None  # a kubeconfig file; None: in-cluster service account
+    kube_server: str | None  # explicit API server URL (with kube_token_file)
+    kube_token_file: str | None
+    listen_host: str
+    listen_port: int
+    log_format: str  # text | json
+    log_level: str
+    scan_interval_s: float  # full namespace scan period (also runs soon after pod changes)
+    resync_s: float  # periodic full re-decision and condition re-check
+    proc_root: str
+    netns_dirs: tuple[str, ...]
+    lease_name: str
+    lease_duration_s: float
+    renew_deadline_s: float
+    retry_period_s: float
+    status_rate_per_s: float  # condition writes per second (token bucket)
+    shutdown_timeout_s: float  # workers must stop within this on SIGTERM
+
+    def describe(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
+    env.add(parser, "--node-name", help="node this agent serves (required)")
+    env.add(parser, "--namespace", default="podlb-system", help="the agent's namespace (Lease)")
+    env.add(parser, "--identity", help="name in the Lease (default: pod name, else hostname)")
+    env.add(parser, "--pod-name", help="this agent's pod name (downward API)")
+    env.add(parser, "--kubeconfig", help="kubeconfig file (default: in-cluster config)")
+    env.add(parser, "--kube-server", help="API server URL (tests; with --kube-token-file)")
+    env.add(parser, "--kube-token-file", help="bearer token file for --kube-server")
+    env.add(parser, "--listen", default="0.0.0.0:9808", help="node HTTP API HOST:PORT")
+    env.add(parser, "--log-format", default="text", choices=("text", "json"), help="log format")
+    env.add(parser, "--log-level", default="info", choices=LOG_LEVELS, help="log level")
+    env.add(parser, "--scan-interval", default="5", help="seconds between namespace scans")
+    env.add(parser, "--resync", default="300", help="seconds between full resyncs")
+    env.add(parser, "--proc-root", default="/proc", help="where the host's /proc is mounted")
+    env.add(
+        parser,
+        "--netns-dir",
+        default=["/var/run/netns", "/run/netns"],
+        repeatable=True,
+        metavar="DIR",
+        help="directory of netns bind mounts (repeatable)",
+    )
+    env.add(parser, "--lease-name", default="podlb-leader", help="leader election Lease name")
+    env.add(parser, "--lease-duration", default="15", help="leader Lease duration, seconds")
+    env.add(parser, "--renew-deadline", default="10", help="leader renew deadline, seconds")
+    env.add(parser, "--retry-period", default="2", help="leader retry period, seconds")
+    env.add(parser, "--status-rate", default="20", help="pod status writes per second")
+    env.add(parser, "--shutdown-timeout", default="10", help="seconds to stop on SIGTERM")
+
+
+def _number(args: argparse.Namespace, env: EnvDefaults, dest: str, lo: float, hi: float) -> float:
+    raw = getattr(args, dest)
+    flag = "--" + dest.replace("_", "-")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise SettingError(flag, raw, env.source(dest), "not a number") from None
+    if not lo <= value <= hi:
+        raise SettingError(flag, raw, env.source(dest), f"must be between {lo:g} and {hi:g}")
+    return value
+
+
+def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
+    """Validate ``run``'s flags; raise :class:`SettingError` naming the first bad one."""
+    node = (args.node_name or "").strip()
+    if not node:
+        raise SettingError("--node-name", args.node_name, env.source("node_name"), "required")
+    if not _DNS1123.match(node):
+        raise SettingError("--node-name", node, env.source("node_name"), "not a DNS-1123 name")
+    namespace = args.namespace
+    if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", namespace or ""):
+        raise SettingError(
+            "--namespace", namespace, env.source("namespace"), "not a namespace name"
+        )
+    host, sep, port_s = (args.listen or "").rpartition(":")
+    if not sep or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise SettingError("--listen", args.listen, env.source("listen"), "expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    if args.kube_server and not re.match(r"^https?://", args.kube_server):
+        raise SettingError(
+            "--kube-server", args.kube_server, env.source("kube_server"), "expected http(s)://..."
+        )
+    for dest in ("kubeconfig", "kube_token_file"):
+        path = getattr(args, dest)
+        if path and not os.path.isfile(path):
+            raise SettingError(
+                "--" + dest.replace("_", "-"), path, env.source(dest), "no such file"
+            )
+    if not os.path.isdir(args.proc_root):
+        raise SettingError(
+            "--proc-root", args.proc_root, env.source("proc_root"), "no such directory"
+        )
+    lease = _number(args, env, "lease_duration", 1, 3600)
+    renew = _number(args, env, "renew_deadline", 0.1, 3600)
+    retry = _number(args, env, "retry_period", 0.05, 3600)
+    if not retry < renew < lease:
+        raise SettingError(
+            "--renew-deadline",
+            args.renew_deadline,
+            env.source("renew_deadline"),
+            "need retry-period < renew-deadline < lease-duration",
+        )
+    return RunSettings(
+        node_name=node,
+        namespace=namespace,
+        identity=args.identity or args.pod_name or socket.gethostname(),
+        kubeconfig=args.kubeconfig,
+        kube_server=args.kube_server,
+        kube_token_file=args.kube_token_file,
+        listen_host=host,
+        listen_port=int(port_s),
+        log_format=args.log_format,
+        log_level=args.log_level,
+        scan_interval_s=_number(args, env, "scan_interval", 0.1, 3600),
+        resync_s=_number(args, env, "resync", 1, 86400),
+        proc_root=args.proc_root,
+        netns_dirs=tuple(args.netns_dir),
+        lease_name=args.lease_name,
+        lease_duration_s=lease,
+        renew_deadline_s=renew,
+        retry_period_s=retry,
+        status_rate_per_s=_number(args, env, "status_rate", 0.1, 10000),
+        shutdown_timeout_s=_number(args, env, "shutdown_timeout", 0.5, 600),
+    )

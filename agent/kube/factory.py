@@ -1,0 +1,68 @@
+"""Builds every Kubernetes adapter from one API client (used by the composition root)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kubernetes import client
+
+from agent.clock import Clock
+from agent.model import Pod, Service
+
+from .calls import Calls
+from .client import KubeAccess, api_client
+from .convert import pod_from_dict, service_from_dict
+from .informer import Informer, Key
+from .lease import LeaseStore
+from .pods import PodStatusSink
+
+
+class KubeAdapters:
+    def __init__(self, access: KubeAccess, calls: Calls, clock: Clock) -> None:
+        self.api = api_client(access)
+        self.calls = calls
+        self.clock = clock
+        self.core = client.CoreV1Api(self.api)
+
+    def node_pods(
+        self,
+        node_name: str,
+        on_change: Callable[[Key], None],
+        on_resync: Callable[[], None],
+        resync_s: float,
+    ) -> Informer[Pod]:
+        """Pods scheduled to ``node_name`` (field selector ``spec.nodeName``)."""
+        return Informer(
+            "pods",
+            self.core.list_pod_for_all_namespaces,
+            pod_from_dict,
+            self.calls,
+            self.clock,
+            kwargs={"field_selector": f"spec.nodeName={node_name}"},
+            on_change=on_change,
+            on_resync=on_resync,
+            resync_s=resync_s,
+        )
+
+    def services(
+        self, on_change: Callable[[Key], None], on_resync: Callable[[], None], resync_s: float
+    ) -> Informer[Service]:
+        return Informer(
+            "services",
+            self.core.list_service_for_all_namespaces,
+            service_from_dict,
+            self.calls,
+            self.clock,
+            on_change=on_change,
+            on_resync=on_resync,
+            resync_s=resync_s,
+        )
+
+    def status_sink(self, component: str, host: str) -> PodStatusSink:
+        return PodStatusSink(self.api, self.calls, self.clock, component, host)
+
+    def lease_store(self, namespace: str, name: str) -> LeaseStore:
+        return LeaseStore(self.api, self.calls, namespace, name)
+
+    def close(self) -> None:
+        self.api.close()

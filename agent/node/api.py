@@ -1,0 +1,148 @@
+"""The node HTTP API: /healthz /readyz /metrics /v1/pods (one server, bounded requests)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from agent.metrics import PodView
+from agent.model import DATAPATH_READY, LB_READY
+from agent.report import namespace_json
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 10.0
+
+
+def pod_view_json(view: PodView) -> dict[str, Any]:
+    pod = view.pod
+    ns = view.netns
+    main = None
+    if ns is not None:
+        for ip in pod.ips:
+            main = ns.interface_with_ip(ip)
+            if main:
+                break
+    conds = {}
+    for ctype in (DATAPATH_READY, LB_READY):
+        c = pod.condition(ctype)
+        conds[ctype] = (
+            {"status": c.status, "reason": c.reason, "message": c.message,
+             "lastTransitionTime": c.last_transition_time}
+            if c else None
+        )  # fmt: skip
+    return {
+        "namespace": pod.namespace,
+        "name": pod.name,
+        "uid": pod.uid,
+        "ips": list(pod.ips),
+        "phase": pod.phase,
+        "terminating": pod.terminating,
+        "opted_in": view.opted_in,
+        "serving_ports": sorted(view.serving_ports),
+        "datapath": {"ready": view.datapath_ready, "reason": view.reason},
+        "interface": (
+            {"name": main.name, "kind": main.kind.value, "mode": main.mode, "state": main.state}
+            if main
+            else None
+        ),
+        "tcp": namespace_json(ns)["tcp"] if ns is not None else None,
+        "netns": {"inode": ns.inode, "path": ns.path} if ns is not None else None,
+        "conditions": conds,
+    }
+
+
+class NodeAPI:
+    """One HTTP server for probes, metrics and introspection; GET only."""
+
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        registry: CollectorRegistry,
+        views: Callable[[], list[PodView]],
+        ready: Callable[[], bool],
+    ) -> None:
+        self.registry = registry
+        self.views = views
+        self.ready = ready
+        self.routes: dict[str, Callable[[BaseHTTPRequestHandler], tuple[int, str, bytes]]] = {
+            "/healthz": lambda h: (200, "text/plain", b"ok\n"),
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+            "/v1/pods": self._pods,
+        }
+        self.server = ThreadingHTTPServer(listen, self._handler())
+        self.server.daemon_threads = True
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def _readyz(self, h: BaseHTTPRequestHandler) -> tuple[int, str, bytes]:
+        if self.ready():
+            return 200, "text/plain", b"ready\n"
+        return 503, "text/plain", b"not ready: informers not synced or no scan completed yet\n"
+
+    def _metrics(self, h: BaseHTTPRequestHandler) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    def _pods(self, h: BaseHTTPRequestHandler) -> tuple[int, str, bytes]:
+        views = sorted(self.views(), key=lambda v: (v.pod.namespace, v.pod.name))
+        body = json.dumps({"pods": [pod_view_json(v) for v in views]}, indent=1)
+        return 200, "application/json", body.encode()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "podlb-agent"
+            protocol_version = "HTTP/1.1"
+            timeout = REQUEST_TIMEOUT_S  # socket timeout: a slow or silent client is cut off
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("%s - %s", self.address_string(), format % args)
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                route = api.routes.get(path)
+                if route is None:
+                    self._send(404, "text/plain", b"not found\n")
+                    return
+                try:
+                    code, ctype, body = route(self)
+                except Exception:  # a bug in one route must not kill the server
+                    log.exception("node API %s failed", path)
+                    code, ctype, body = 500, "text/plain", b"internal error\n"
+                self._send(code, ctype, body)
+
+            do_HEAD = do_GET
+
+            def _not_allowed(self) -> None:
+                self._send(405, "text/plain", b"method not allowed\n")
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
+
+        return Handler
+
+    def serve(self, stop: threading.Event) -> None:
+        thread = threading.Thread(target=self.server.serve_forever, name="node-api", daemon=True)
+        thread.start()
+        stop.wait()
+        self.server.shutdown()
+        self.server.server_close()
+        thread.join(timeout=5)

@@ -1,0 +1,191 @@
+"""The composition root: builds every adapter and worker from the settings, runs them, stops
+them on SIGTERM within a deadline. An unexpected exception in any worker stops the process with
+a non-zero exit, so Kubernetes restarts it instead of it limping on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from prometheus_client import CollectorRegistry
+
+from agent import __version__
+from agent.clock import Clock
+from agent.datapath import Inspector, InspectorConfig
+from agent.kube.calls import Calls
+from agent.kube.client import KubeAccess
+from agent.kube.factory import KubeAdapters
+from agent.leader.election import ElectionConfig, LeaderElector, LeaderScope
+from agent.metrics import Metrics, NodeCollector, PodCollector
+from agent.model import DATAPATH_READY
+from agent.node.agent import NodeAgent
+from agent.node.api import NodeAPI
+from agent.node.reporter import ConditionReporter
+from agent.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_WORKER_FAILED = 1
+
+
+@dataclass
+class Supervisor:
+    """Runs named workers in threads; the first to fail stops everyone."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    failed: list[str] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        def body() -> None:
+            try:
+                target(self.stop)
+            except BaseException:
+                log.exception("worker %s failed: stopping the agent", name)
+                self.failed.append(name)
+                self.stop.set()
+
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def join(self, timeout_s: float) -> list[str]:
+        """Wait for every worker up to ``timeout_s`` in all; return those still running."""
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in self.threads if t.is_alive()]
+
+
+def leader_placeholder(scope: LeaderScope) -> None:
+    """Leader-only work. The next issue fills it (desired backends, LB provider)."""
+    log.info("leader work started")
+    while not scope.wait(5.0):
+        log.debug("leader: nothing to reconcile yet (no LB provider)")
+    log.info("leader work stopped")
+
+
+def run(settings: RunSettings, *, install_signals: bool = True) -> int:
+    log.info("podlb-agent %s starting: %s", __version__, settings.describe())
+    clock = Clock()
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    calls = Calls(metrics.observe_request)
+    token = None
+    if settings.kube_token_file:
+        with open(settings.kube_token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    kube = KubeAdapters(
+        KubeAccess(kubeconfig=settings.kubeconfig, host=settings.kube_server, token=token),
+        calls,
+        clock,
+    )
+    sup = Supervisor()
+
+    agent_ref: list[NodeAgent] = []
+
+    def poke(key: object = None) -> None:
+        if agent_ref:
+            agent_ref[0].poke(key)
+
+    def on_pod_change(key: tuple[str, str]) -> None:
+        from agent.model import PodKey
+
+        reporter.mark_dirty(PodKey(*key))
+        poke(key)
+
+    def on_resync() -> None:
+        reporter.resync()
+        poke()
+
+    pods = kube.node_pods(settings.node_name, on_pod_change, on_resync, settings.resync_s)
+    services = kube.services(poke, poke, settings.resync_s)
+
+    def lookup(key: object) -> object:
+        from agent.model import PodKey
+
+        assert isinstance(key, PodKey)
+        return pods.get((key.namespace, key.name))
+
+    reporter = ConditionReporter(
+        DATAPATH_READY,
+        kube.status_sink("podlb-agent", settings.node_name),
+        lookup,  # type: ignore[arg-type]
+        clock,
+        rate_per_s=settings.status_rate_per_s,
+        burst=max(10, int(settings.status_rate_per_s * 2)),
+        on_write=lambda outcome, reason: metrics.condition_writes.labels(
+            DATAPATH_READY, outcome
+        ).inc(),
+    )
+    inspector = Inspector(
+        InspectorConfig(proc_root=settings.proc_root, netns_dirs=settings.netns_dirs)
+    )
+    agent = NodeAgent(
+        settings.node_name,
+        inspector,
+        pods.items,
+        services.items,
+        reporter,
+        metrics,
+        clock,
+        scan_interval_s=settings.scan_interval_s,
+        synced=lambda: pods.synced.is_set() and services.synced.is_set(),
+    )
+    agent_ref.append(agent)
+    registry.register(PodCollector(agent.views))
+    registry.register(NodeCollector(settings.proc_root))
+    api = NodeAPI((settings.listen_host, settings.listen_port), registry, agent.views, agent.ready)
+    log.info("node API listening on %s:%d", *api.address)
+
+    def on_leader_change(leading: bool, holder: str | None) -> None:
+        metrics.is_leader.set(1 if leading else 0)
+        metrics.leader_transitions.inc()
+
+    elector = LeaderElector(
+        kube.lease_store(settings.namespace, settings.lease_name),
+        settings.identity,
+        clock,
+        ElectionConfig(
+            lease_duration_s=settings.lease_duration_s,
+            renew_deadline_s=settings.renew_deadline_s,
+            retry_period_s=settings.retry_period_s,
+        ),
+        on_change=on_leader_change,
+    )
+
+    sup.start("informer-pods", pods.run)
+    sup.start("informer-services", services.run)
+    sup.start("scanner", agent.run)
+    sup.start("condition-writer", reporter.run)
+    sup.start("node-api", api.serve)
+    sup.start("leader-election", lambda stop: elector.run(stop, leader_placeholder))
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        sup.stop.set()
+
+    if install_signals:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    while not sup.stop.wait(1.0):
+        pass
+    pods.stop_watch()
+    services.stop_watch()
+    stuck = sup.join(settings.shutdown_timeout_s)
+    kube.close()
+    if stuck:
+        log.error("workers still running after %.0fs: %s", settings.shutdown_timeout_s, stuck)
+    if sup.failed:
+        log.error("stopped because worker(s) failed: %s", ", ".join(sup.failed))
+        return EXIT_WORKER_FAILED
+    log.info("stopped cleanly")
+    return EXIT_OK

@@ -1,0 +1,211 @@
+"""``podlb-agent run`` as real processes, against the API double and the simulated kubelet."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.testbed.agents import AgentProcess, agents
+from tests.testbed.app import app_argv
+from tests.testbed.kubeapi import KubeAPIServer
+from tests.testbed.node import Kubelet, make_pod
+from tests.testbed.rbac import AGENT_NAMESPACE, AGENT_RULES, AGENT_TOKEN
+
+pytestmark = pytest.mark.netns
+
+GATE = "podlb.io/lb-ready"
+COND = "podlb.io/datapath-ready"
+
+
+@pytest.fixture
+def api() -> Iterator[KubeAPIServer]:
+    with KubeAPIServer(port=0) as server:
+        server.add_token(AGENT_TOKEN, AGENT_RULES)
+        core = client.CoreV1Api(server.api_client())
+        for ns in (AGENT_NAMESPACE, "shop"):
+            core.create_namespace({"metadata": {"name": ns}})
+        yield server
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or pred}")
+
+
+def condition(core: client.CoreV1Api, name: str, ctype: str = COND) -> dict[str, Any] | None:
+    pod = core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, "shop"))
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return dict(c)
+    return None
+
+
+def forbidden(api: KubeAPIServer) -> list[Any]:
+    return [r for r in api.requests if r.code in (401, 403)]
+
+
+def test_three_agents_report_their_own_pods_and_not_listening(api: KubeAPIServer) -> None:
+    nodes = ["node-a", "node-b", "node-c"]
+    core = client.CoreV1Api(api.api_client())
+    with Kubelet.for_api(api, nodes) as kubelet, agents(api.url, AGENT_TOKEN, nodes) as procs:
+        for node in nodes:
+            for i in range(2):
+                core.create_namespaced_pod(
+                    "shop",
+                    make_pod(f"web-{node[-1]}{i}", node, namespace="shop", readiness_gates=[GATE]),
+                )
+        # a pod that is not opted in: inspected, shown, but no condition written on it
+        core.create_namespaced_pod("shop", make_pod("plain", "node-a", namespace="shop"))
+        for p in procs:
+            p.wait_ready()
+        names = [f"web-{n[-1]}{i}" for n in nodes for i in range(2)]
+        for name in names:
+            wait_for(
+                lambda n=name: (condition(core, n) or {}).get("status") == "True",
+                what=f"{name} datapath-ready True",
+            )
+        for p in procs:
+            listed = p.get_json("/v1/pods")["pods"]
+            mine = {x["name"] for x in listed}
+            assert mine == {f"web-{p.node[-1]}{i}" for i in range(2)} | (
+                {"plain"} if p.node == "node-a" else set()
+            )
+            for x in listed:
+                assert x["interface"]["kind"] == "veth"
+                assert x["tcp"]["listening"] == [{"address": "0.0.0.0", "port": 8080}]
+        plain = next(x for x in procs[0].get_json("/v1/pods")["pods"] if x["name"] == "plain")
+        assert plain["opted_in"] is False and plain["datapath"]["ready"] is None
+        assert condition(core, "plain") is None
+        assert condition(core, "web-a0", "Ready") is not None  # kubelet's condition untouched
+
+        # The app stops listening: NotListening; it listens again: True.
+        netns = kubelet.pod_netns("web-b1", "shop")
+        assert netns is not None
+        first = dict(condition(core, "web-b1") or {})
+        for proc in list(netns.procs):
+            proc.kill()
+        cond = wait_for(
+            lambda: (c := condition(core, "web-b1")) and c["status"] == "False" and c,
+            what="NotListening",
+        )
+        assert cond["reason"] == "NotListening"
+        assert cond["lastTransitionTime"] >= first["lastTransitionTime"]
+        netns.popen(app_argv(8080, "web-b1"))
+        wait_for(lambda: (condition(core, "web-b1") or {}).get("status") == "True", what="back")
+        events = core.list_namespaced_event("shop").items
+        reasons = [e.reason for e in events if e.involved_object.name == "web-b1"]
+        assert "DatapathReadyTrue" in reasons and "DatapathReadyNotListening" in reasons
+
+        metrics = procs[1].get("/metrics")[1].decode()
+        assert (
+            'podlb_pod_datapath_ready{namespace="shop",pod="web-b1",reason="Ready"} 1.0' in metrics
+        )
+        assert "podlb_pod_interface_receive_bytes_total" in metrics
+        assert "podlb_scan_duration_seconds_count" in metrics
+        assert (
+            'podlb_kube_requests_total{code="200",resource="pods/status",verb="patch"}' in metrics
+        )
+    assert forbidden(api) == []
+
+
+def test_no_write_when_nothing_changes(api: KubeAPIServer) -> None:
+    core = client.CoreV1Api(api.api_client())
+    with Kubelet.for_api(api, ["node-a"]), agents(api.url, AGENT_TOKEN, ["node-a"]) as procs:
+        core.create_namespaced_pod(
+            "shop", make_pod("web", "node-a", namespace="shop", readiness_gates=[GATE])
+        )
+        procs[0].wait_ready()
+        wait_for(lambda: (condition(core, "web") or {}).get("status") == "True")
+        time.sleep(0.5)
+        before = [r for r in api.requests if r.verb in ("patch", "create", "update")]
+        time.sleep(2.5)  # several scans (0.5 s apart) and lease renewals
+        after = [r for r in api.requests if r.verb in ("patch", "create", "update")]
+        writes = [r for r in after[len(before) :] if r.resource != "leases"]
+        assert writes == []
+
+
+def test_api_outage_keeps_serving_and_recovers(api: KubeAPIServer) -> None:
+    core = client.CoreV1Api(api.api_client())
+    with (
+        Kubelet.for_api(api, ["node-a"]) as kubelet,
+        agents(api.url, AGENT_TOKEN, ["node-a"]) as procs,
+    ):
+        core.create_namespaced_pod(
+            "shop", make_pod("web", "node-a", namespace="shop", readiness_gates=[GATE])
+        )
+        agent = procs[0]
+        agent.wait_ready()
+        wait_for(lambda: (condition(core, "web") or {}).get("status") == "True")
+        api.faults.refuse()
+        try:
+            netns = kubelet.pod_netns("web", "shop")
+            assert netns is not None
+            for proc in list(netns.procs):
+                proc.kill()
+            # Still serving metrics and /v1/pods, and its view follows the datapath.
+            wait_for(
+                lambda: (
+                    agent.get_json("/v1/pods")["pods"][0]["datapath"]["reason"] == "NotListening"
+                ),
+                what="agent sees NotListening during the outage",
+            )
+            assert agent.get("/metrics")[0] == 200
+            assert agent.get("/healthz")[0] == 200
+        finally:
+            api.faults.accept()
+        cond = wait_for(
+            lambda: (c := condition(core, "web")) and c["status"] == "False" and c,
+            timeout=30,
+            what="condition written after the API came back",
+        )
+        assert cond["reason"] == "NotListening"
+        assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_sigterm_stops_cleanly(api: KubeAPIServer) -> None:
+    proc = AgentProcess(api.url, AGENT_TOKEN, "node-a").start()
+    try:
+        proc.wait_ready()
+        t0 = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        assert proc.proc is not None
+        assert proc.proc.wait(15) == 0, proc.log_text()
+        assert time.monotonic() - t0 < 12
+        assert "stopped cleanly" in proc.log_text()
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--node-name", ""], {}, "invalid --node-name"),
+        (["--node-name", "n1", "--scan-interval", "abc"], {}, "--scan-interval='abc' (from flag"),
+        (["--node-name", "n1"], {"PODLB_LISTEN": "nope"}, "(from environment PODLB_LISTEN)"),
+        (["--node-name", "n1", "--renew-deadline", "20"], {}, "renew-deadline < lease-duration"),
+    ],
+)
+def test_invalid_settings_exit_2(args: list[str], env: dict[str, str], needle: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 2, out
+    assert needle in out.stderr
