@@ -193,3 +193,21 @@ def test_rolling_update_keeps_capacity(api: Any, kubelet: Kubelet, core: client.
     assert actions.count("create") == 2 and actions.count("delete") == 2
     assert actions.index("ready") < actions.index("delete")
     assert rep.total_s > 0 and "rollout" in rep.summary()
+
+
+@pytest.mark.haproxy
+def test_kubelet_pods_behind_haproxy(kubelet: Kubelet, core: client.CoreV1Api) -> None:
+    from tests.testbed.haproxy import HAProxy, supports_dynamic_servers
+    from tests.testbed.load import run_load
+
+    if not supports_dynamic_servers():
+        pytest.skip("needs haproxy >= 2.4")
+    for i, node in enumerate(["node-a", "node-b"]):
+        core.create_namespaced_pod("default", make_pod(f"lb-{i}", node))
+    with HAProxy(server_options="check inter 200ms fall 2 rise 1") as lb:
+        for i in range(2):
+            kubelet.wait_ready(f"lb-{i}", timeout=15)
+            lb.add_server("be", f"s{i}", kubelet.record(f"lb-{i}").ip, 8080)
+        res = run_load(lb.url, mode="keepalive", count=40, concurrency=2)
+    assert res.ok == 40, res.summary()
+    assert set(res.by_pod) == {"lb-0", "lb-1"}

@@ -692,7 +692,11 @@ class Kubelet:
             for t in threads:
                 t.start()
             for t in threads:
-                t.join(max(0.0, deadline - time.monotonic()))
+                while t.is_alive() and not self._stop.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    t.join(min(left, 0.1))
             rt.record.prestop_s = time.monotonic() - t0
             rt.record.prestop_timed_out = any(t.is_alive() for t in threads)
         left = deadline - time.monotonic()
