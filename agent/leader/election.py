@@ -195,6 +195,7 @@ class LeaderElector:
         self._reported: tuple[bool, str | None] | None = None
         self._last_error: str | None = None
         self._waiting_logged = False
+        self._stopped_at = 0.0  # monotonic time the last scope was stopped
         self._wake = threading.Event()  # stop was set or the leader work ended: look now
 
     @property
@@ -264,7 +265,10 @@ class LeaderElector:
             thread = self._lead_thread
         if scope is None and thread is not None and thread.is_alive():
             # The previous leader work has not returned yet: never run it twice at once.
-            if not self._waiting_logged:
+            overdue = (
+                self._clock.monotonic() - self._stopped_at > self._config.leader_stop_timeout_s
+            )
+            if overdue and not self._waiting_logged:
                 self._waiting_logged = True
                 log.error(
                     "leader election: %s does not campaign: the previous leader work has not "
@@ -389,6 +393,7 @@ class LeaderElector:
                 return
             scope._stop()
             self._scope = None
+            self._stopped_at = self._clock.monotonic()
         log.log(level, "leader election: %s stopped leading: %s", self._identity, why)
         self._report()
 

@@ -6,6 +6,8 @@ acts; the tests assert that no two identities ever act at overlapping times.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import re
 import threading
@@ -18,7 +20,7 @@ import pytest
 from kubernetes import client
 
 from agent.clock import Clock
-from agent.errors import TransientError
+from agent.errors import Conflict, TransientError
 from agent.kube.calls import Calls
 from agent.kube.lease import LeaseStore
 from agent.leader.election import ElectionConfig, LeaderElector, LeaderScope
@@ -317,3 +319,38 @@ def test_api_outage_stops_the_leader_and_one_leads_after(
     api.faults.clear()
     wait_for(lambda: len(leaders(group)) == 1, 5.0, "a leader after the outage")
     hold_steady(group, 0.5)
+
+
+def test_lease_store_round_trip_conflicts_and_foreign_metadata(api: KubeAPIServer) -> None:
+    admin = api.api_client()
+    store = LeaseStore(admin, Calls(), NS, LEASE, timeout_s=2.0)
+    try:
+        assert store.get() is None  # 404
+        t = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)  # microsecond 0: still 6 digits
+        made = store.create(LeaseRecord("a", 15, t, t, 0))
+        assert made == LeaseRecord("a", 15, t, t, 0, made.resource_version)
+        assert raw_lease(api)["spec"]["renewTime"] == "2026-03-04T05:06:07.000000Z"
+        with pytest.raises(Conflict):
+            store.create(LeaseRecord("b", 15, t, t, 0))
+        # someone labels the Lease; our next PUT must neither lose the label nor skip a version
+        client.CoordinationV1Api(admin).patch_namespaced_lease(
+            LEASE, NS, {"metadata": {"labels": {"team": "net"}}}
+        )
+        with pytest.raises(Conflict):
+            store.update(dataclasses.replace(made, renew_time=t + dt.timedelta(seconds=1)))
+        current = store.get()
+        assert current is not None and current.holder == "a"
+        later = t + dt.timedelta(seconds=2, microseconds=5)
+        updated = store.update(dataclasses.replace(current, renew_time=later, transitions=1))
+        assert updated.renew_time == later and updated.transitions == 1
+        lease = raw_lease(api)
+        assert lease["metadata"]["labels"] == {"team": "net"}
+        assert lease["spec"]["renewTime"] == "2026-03-04T05:06:09.000005Z"
+        released = store.update(LeaseRecord("", 1, later, later, 1, updated.resource_version))
+        assert released.holder == "" and not released.held
+        with pytest.raises(ValueError, match="resourceVersion"):
+            store.update(LeaseRecord("a", 15, t, t, 0))
+        with pytest.raises(ValueError, match="timezone"):
+            store.update(LeaseRecord("a", 15, None, dt.datetime(2026, 1, 1), 0, "1"))
+    finally:
+        admin.close()
