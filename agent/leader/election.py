@@ -410,7 +410,11 @@ class LeaderElector:
             if leading:
                 log.info("leader election: the leader is %s (this agent)", self._identity)
             else:
-                log.info("leader election: the leader is %s", holder or "nobody")
+                log.info(
+                    "leader election: the leader is %s (seen by %s)",
+                    holder or "nobody we know of",
+                    self._identity,
+                )
             if self._on_change is not None:
                 self._on_change(leading, holder)
 
