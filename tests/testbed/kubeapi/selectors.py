@@ -55,7 +55,7 @@ def _check_value(value: str) -> None:
 def parse_label_selector(text: str | None) -> Matcher:
     if not text or not text.strip():
         return lambda _o: True
-    reqs: list[Callable[[dict[str, str]], bool]] = []
+    reqs: list[tuple[str, str, Any]] = []
     for raw in _split_top(text):
         term = raw.strip()
         if not term:
@@ -75,9 +75,9 @@ def parse_label_selector(text: str | None) -> Matcher:
                         "unable to parse requirement: for 'in', 'notin' operators, "
                         "values set can't be empty"
                     )
-                reqs.append(lambda lb, k=key, vs=values: k in lb and lb[k] in vs)
+                reqs.append(("in", key, values))
             else:
-                reqs.append(lambda lb, k=key, vs=values: k not in lb or lb[k] not in vs)
+                reqs.append(("notin", key, values))
             continue
         m = re.match(r"^([^=!<>\s]+)\s*(==|=|!=|<|>)\s*(\S*)$", term)
         if m:
@@ -92,34 +92,47 @@ def parse_label_selector(text: str | None) -> Matcher:
                         "the value must be an integer"
                     ) from None
 
-                def cmp(lb: dict[str, str], k: str = key, n: int = num, o: str = op) -> bool:
-                    try:
-                        have = int(lb[k])
-                    except (KeyError, ValueError):
-                        return False
-                    return have > n if o == ">" else have < n
-
-                reqs.append(cmp)
+                reqs.append((op, key, num))
                 continue
             _check_value(val)
             if op == "!=":
-                reqs.append(lambda lb, k=key, v=val: lb.get(k) != v)
+                reqs.append(("!=", key, val))
             else:
-                reqs.append(lambda lb, k=key, v=val: k in lb and lb[k] == v)
+                reqs.append(("=", key, val))
             continue
         if term.startswith("!"):
             key = term[1:].strip()
             _check_key(key, term)
-            reqs.append(lambda lb, k=key: k not in lb)
+            reqs.append(("!", key, None))
             continue
         _check_key(term, term)
-        reqs.append(lambda lb, k=term: k in lb)
+        reqs.append(("exists", term, None))
 
     def match(obj: Obj) -> bool:
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        return all(r(labels) for r in reqs)
+        return all(_requirement(labels, *r) for r in reqs)
 
     return match
+
+
+def _requirement(labels: dict[str, str], op: str, key: str, arg: Any) -> bool:
+    if op == "in":
+        return key in labels and labels[key] in arg
+    if op == "notin":
+        return key not in labels or labels[key] not in arg
+    if op == "!=":
+        return bool(labels.get(key) != arg)
+    if op == "=":
+        return key in labels and labels[key] == arg
+    if op == "!":
+        return key not in labels
+    if op == "exists":
+        return key in labels
+    try:
+        have = int(labels[key])
+    except (KeyError, ValueError):
+        return False
+    return bool(have > arg if op == ">" else have < arg)
 
 
 def field_value(obj: Obj, path: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 import ipaddress
 import logging
@@ -188,7 +189,7 @@ class Store:
 
     def list_rv(
         self, resource: str, ns: str | None = None, match: Callable[[Obj], bool] | None = None
-    ) -> tuple[list[Obj], int]:
+    ) -> tuple[builtins.list[Obj], int]:
         res = lookup(resource)
         with self.lock:
             items = [
