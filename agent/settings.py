@@ -125,7 +125,12 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(parser, "--listen", default="0.0.0.0:9808", help="node HTTP API HOST:PORT")
     env.add(parser, "--log-format", default="text", choices=("text", "json"), help="log format")
     env.add(parser, "--log-level", default="info", choices=LOG_LEVELS, help="log level")
-    env.add(parser, "--scan-interval", default="5", help="seconds between namespace scans")
+    env.add(
+        parser,
+        "--scan-interval",
+        default="10",
+        help="seconds between full namespace scans (pod changes also trigger one)",
+    )
     env.add(parser, "--resync", default="300", help="seconds between full resyncs")
     env.add(parser, "--proc-root", default="/proc", help="where the host's /proc is mounted")
     env.add(

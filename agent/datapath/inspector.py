@@ -199,6 +199,7 @@ class Inspector:
     def __init__(self, config: InspectorConfig) -> None:
         self.config = config
         self.decoder = decoder_named(config.decoder)
+        self._uids: dict[int, str] = {}  # namespace inode -> pod UID or ""; pruned every scan
 
     def scan(self) -> Snapshot:
         started = time.time()
@@ -232,6 +233,9 @@ class Inspector:
             namespaces += infos
             skipped.update(chunk_skipped)
         namespaces.sort(key=lambda ns: ns.inode)
+        # Inodes are reused once a namespace is freed: forget those not seen any more.
+        for gone in set(self._uids) - set(candidates):
+            del self._uids[gone]
         return Snapshot(
             namespaces=tuple(namespaces),
             host_inode=host_inode,
@@ -293,7 +297,13 @@ class Inspector:
             for ip in iface.ips
             if _is_pod_address(ip)
         )
-        uid = pod_uid(self.config.proc_root, cand.pids)
+        # A namespace never changes pods: read the cgroup once per namespace, not per scan
+        # ("" = its processes are in no pod's cgroup).
+        cached = self._uids.get(cand.inode)
+        if cached is None and cand.pids:
+            cached = pod_uid(self.config.proc_root, cand.pids) or ""
+            self._uids[cand.inode] = cached
+        uid = cached or None
         hint = PodHint(uid, ips) if (uid or ips) and not is_host else None
         return NetnsInfo(
             inode=cand.inode,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socketserver
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +60,23 @@ def pod_view_json(view: PodView) -> dict[str, Any]:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host name (getfqdn): no DNS at start-up.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, TimeoutError)):
+            return  # the client went away: nothing to report
+        log.exception("node API: error serving %s", client_address)
+
+
 class NodeAPI:
     """One HTTP server for probes, metrics and introspection; GET only."""
 
@@ -77,8 +96,7 @@ class NodeAPI:
             "/metrics": self._metrics,
             "/v1/pods": self._pods,
         }
-        self.server = ThreadingHTTPServer(listen, self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(listen, self._handler())
 
     @property
     def address(self) -> tuple[str, int]:

@@ -9,6 +9,7 @@ import json
 import secrets
 import socket
 import socketserver
+import sys
 import threading
 import time
 import urllib.parse
@@ -61,6 +62,7 @@ class RecordedRequest(NamedTuple):
     namespace: str | None
     name: str | None
     code: int
+    user: str = ""  # who made it ("" when unauthenticated)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class RequestInfo:
     namespace: str | None = None
     name: str | None = None
     discovery: Any = None  # a non-resource document to serve
+    user: str = ""  # set once the bearer token is known
 
 
 @dataclass
@@ -185,6 +188,13 @@ class _HTTPServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-request (a cut watch, an agent killed) is normal here.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.conns_lock:
@@ -319,7 +329,9 @@ class KubeAPIServer:
     def _record(self, info: RequestInfo, code: int) -> None:
         res = info.resource.name if info.resource else info.path
         self.requests.append(
-            RecordedRequest(info.verb, res, info.subresource, info.namespace, info.name, code)
+            RecordedRequest(
+                info.verb, res, info.subresource, info.namespace, info.name, code, info.user
+            )
         )
 
     # -- discovery
@@ -589,6 +601,7 @@ class _Handler(BaseHTTPRequestHandler):
             if who is None:
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             user, rules = who
+            info.user = user
             if info.resource is None:
                 if info.path in NON_RESOURCE_OK:
                     code = 200
