@@ -122,6 +122,8 @@ class NodeAPI:
         class Handler(BaseHTTPRequestHandler):
             server_version = "podlb-agent"
             protocol_version = "HTTP/1.1"
+            # Errors about unparsable request lines still get a status line (not HTTP/0.9).
+            default_request_version = "HTTP/1.0"
             timeout = REQUEST_TIMEOUT_S  # socket timeout: a slow or silent client is cut off
 
             def log_message(self, format: str, *args: Any) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -209,3 +211,71 @@ def test_invalid_settings_exit_2(args: list[str], env: dict[str, str], needle: s
     )
     assert out.returncode == 2, out
     assert needle in out.stderr
+
+
+def leader_of(procs: list[AgentProcess]) -> list[str]:
+    out = []
+    for p in procs:
+        if p.proc is None or p.proc.poll() is not None:
+            continue
+        try:
+            text = p.get("/metrics", timeout=1)[1].decode()
+        except OSError:
+            continue
+        if "\npodlb_leader_is_leader 1.0" in text:
+            out.append(p.identity)
+    return out
+
+
+def test_leader_killed_or_stopped_is_replaced(api: KubeAPIServer) -> None:
+    fast = ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.3"]
+    nodes = ["node-a", "node-b", "node-c"]
+    with agents(api.url, AGENT_TOKEN, nodes, extra=fast) as procs:
+        for p in procs:
+            p.wait_ready()
+        [first] = wait_for(
+            lambda: (ls := leader_of(procs)) and len(ls) == 1 and ls, what="a leader"
+        )
+        killed = next(p for p in procs if p.identity == first)
+        t0 = time.monotonic()
+        killed.signal(signal.SIGKILL)  # no release: the others wait for the lease to expire
+        [second] = wait_for(lambda: leader_of(procs), timeout=10, what="a new leader")
+        assert second != first
+        assert time.monotonic() - t0 < 3 + 2  # lease duration + retry slack
+        stopped = next(p for p in procs if p.identity == second)
+        t1 = time.monotonic()
+        assert stopped.stop() == 0  # clean stop releases the lease
+        [third] = wait_for(lambda: leader_of(procs), timeout=10, what="a third leader")
+        assert third not in (first, second)
+        assert time.monotonic() - t1 < 3  # well under a lease duration: released, not expired
+
+
+def test_deleted_pod_series_vanish_and_garbage_requests(api: KubeAPIServer) -> None:
+    core = client.CoreV1Api(api.api_client())
+    with (
+        Kubelet.for_api(api, ["node-a"]) as kubelet,
+        agents(api.url, AGENT_TOKEN, ["node-a"]) as procs,
+    ):
+        agent = procs[0]
+        core.create_namespaced_pod("shop", make_pod("gone", "node-a", namespace="shop", grace=1))
+        agent.wait_ready()
+        wait_for(lambda: 'pod="gone"' in agent.get("/metrics")[1].decode(), what="series")
+        core.delete_namespaced_pod("gone", "shop")
+        kubelet.wait_gone("gone", "shop")
+        wait_for(lambda: 'pod="gone"' not in agent.get("/metrics")[1].decode(), what="no series")
+
+        import socket as pysocket
+
+        for garbage in (b"\x00\xff garbage\r\n\r\n", b"GET " + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"):
+            with pysocket.create_connection(("127.0.0.1", agent.port), timeout=5) as s:
+                s.sendall(garbage)
+                reply = s.recv(200)
+            assert reply.startswith(b"HTTP/1.") and reply[9:10] == b"4", reply  # a 4xx
+        assert agent.get("/nope")[0] == 404
+        req = urllib.request.Request(agent.url + "/v1/pods", method="DELETE")
+        try:
+            urllib.request.urlopen(req, timeout=2)
+            raise AssertionError("DELETE accepted")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 405
+        assert agent.get("/healthz")[0] == 200
