@@ -23,12 +23,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 from agent.datapath import Inspector, InspectorConfig  # noqa: E402
 from tests.testbed.netns import NetnsPool, socket_in_netns  # noqa: E402
@@ -37,14 +39,13 @@ TARGET_MS_200 = 100.0
 TARGET_RATIO = 20.0
 
 
-def timed_scans(inspector: Inspector, repeat: int) -> tuple[float, int]:
-    times = []
-    count = 0
-    for _ in range(repeat):
-        snap = inspector.scan()
-        times.append(snap.duration_s)
-        count = len(snap.namespaces)
-    return statistics.median(times), count
+def timed_scans(config: InspectorConfig, repeat: int) -> tuple[float, float, int]:
+    """(first scan, median of the next ``repeat``, namespaces): the first one opens the
+    netlink sockets of every namespace, the next ones reuse them, as the agent does."""
+    with Inspector(config) as inspector:
+        first = inspector.scan()
+        times = [inspector.scan().duration_s for _ in range(repeat)]
+    return first.duration_s, statistics.median(times), len(first.namespaces)
 
 
 def shell_scan(names: list[str]) -> float:
@@ -56,8 +57,31 @@ def shell_scan(names: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_size(n: int, repeat: int) -> dict[str, float | int]:
-    with NetnsPool(prefix="plb") as pool:
+CHILD_EHASH = "/proc/sys/net/ipv4/tcp_child_ehash_entries"
+
+
+@contextlib.contextmanager
+def child_ehash(entries: int) -> Iterator[None]:
+    """Namespaces created inside get a TCP hash table of their own (Linux >= 6.1).
+
+    By default every namespace shares the host's established-socket hash (here 262144
+    buckets), and each sock_diag dump walks all of it, whatever the namespace holds: that walk
+    is about half of a scan. The sysctl is restored on exit; it only affects namespaces
+    created while it is set.
+    """
+    if entries <= 0:
+        yield
+        return
+    old = Path(CHILD_EHASH).read_text().strip()
+    Path(CHILD_EHASH).write_text(str(entries))
+    try:
+        yield
+    finally:
+        Path(CHILD_EHASH).write_text(old)
+
+
+def bench_size(n: int, repeat: int, ehash: int = 0) -> dict[str, float | int]:
+    with child_ehash(ehash), NetnsPool(prefix="plb") as pool:
         pods = pool.add_many_veth(n)
         sockets = []
         try:
@@ -66,17 +90,17 @@ def bench_size(n: int, repeat: int) -> dict[str, float | int]:
                 s.bind((pod.ip, 8080))
                 s.listen()
                 sockets.append(s)
-            fast, seen = timed_scans(Inspector(InspectorConfig()), repeat)
-            ref, _ = timed_scans(
-                Inspector(InspectorConfig(decoder="pyroute2")), max(1, repeat // 2)
-            )
+            cold, fast, seen = timed_scans(InspectorConfig(), repeat)
+            _, ref, _ = timed_scans(InspectorConfig(decoder="pyroute2"), max(1, repeat // 2))
             shell = shell_scan([p.name for p in pods])
         finally:
             for s in sockets:
                 s.close()
     return {
         "pods": n,
+        "child_ehash": ehash,
         "namespaces_scanned": seen,
+        "first_scan_ms": cold * 1000,
         "scan_ms": fast * 1000,
         "per_pod_us": fast / n * 1e6,
         "pyroute2_decoder_ms": ref * 1000,
@@ -89,33 +113,45 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50,100,200")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--child-ehash",
+        type=int,
+        default=1024,
+        help="also measure with net.ipv4.tcp_child_ehash_entries=N (0: skip that row)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/inspect.py needs root (creates network namespaces)", file=sys.stderr)
         return 2
-    rows = [bench_size(int(n), args.repeat) for n in args.sizes.split(",")]
+    sizes = [int(n) for n in args.sizes.split(",")]
+    rows = [bench_size(n, args.repeat) for n in sizes]
+    if args.child_ehash > 0 and Path(CHILD_EHASH).exists():
+        rows += [bench_size(n, args.repeat, args.child_ehash) for n in sizes]
     if args.json:
         print(json.dumps({"machine": {"cpus": os.cpu_count()}, "results": rows}, indent=2))
     else:
         print(
-            f"{'pods':>5} {'scanned':>8} {'scan ms':>8} {'us/pod':>7} "
+            f"{'ehash':>6} {'pods':>5} {'scanned':>8} {'first ms':>9} {'scan ms':>8} {'us/pod':>7} "
             f"{'pyroute2 ms':>12} {'shell ms':>9} {'x shell':>8}"
         )
         for r in rows:
             print(
-                f"{r['pods']:>5} {r['namespaces_scanned']:>8} {r['scan_ms']:>8.1f} "
+                f"{r['child_ehash'] or 'host':>6} "
+                f"{r['pods']:>5} {r['namespaces_scanned']:>8} {r['first_scan_ms']:>9.1f} "
+                f"{r['scan_ms']:>8.1f} "
                 f"{r['per_pod_us']:>7.0f} {r['pyroute2_decoder_ms']:>12.1f} "
                 f"{r['shell_ms']:>9.0f} {r['speedup_vs_shell']:>7.1f}x"
             )
-    last = rows[-1]
-    ok = last["scan_ms"] < TARGET_MS_200 and last["speedup_vs_shell"] >= TARGET_RATIO
-    verdict = "meets" if ok else "MISSES"
-    print(
-        f"target: {last['pods']} pods < {TARGET_MS_200:.0f} ms and >= {TARGET_RATIO:.0f}x the "
-        f"shell baseline: {verdict}",
-        file=sys.stderr,
-    )
+    for r in rows:
+        if r["pods"] != max(sizes):
+            continue
+        ok = r["scan_ms"] < TARGET_MS_200 and r["speedup_vs_shell"] >= TARGET_RATIO
+        print(
+            f"target ({r['pods']} pods < {TARGET_MS_200:.0f} ms, >= {TARGET_RATIO:.0f}x shell), "
+            f"{'per-namespace' if r['child_ehash'] else 'shared host'} TCP hash: "
+            f"{'meets' if ok else 'MISSES'}"
+        )
     return 0
 
 

@@ -249,6 +249,21 @@ def decode_link(payload: memoryview) -> RawLink:
     )
 
 
+def decode_link_name(item: tuple[int, memoryview]) -> RawLink | None:
+    """Only ifindex and name of a link (what is needed of the host's links)."""
+    mtype, payload = item
+    if mtype != RTM_NEWLINK:
+        return None
+    _family, ifi_type, ifindex, flags, _change = IFINFOMSG.unpack_from(payload)
+    for atype, val in attrs(payload, IFINFOMSG.size):
+        if atype == IFLA_IFNAME:
+            name = _cstr(val)
+            break
+    else:
+        name = ""
+    return RawLink(ifindex, ifi_type, flags, name, None, 0, "unknown", 0, None, None, None, ())
+
+
 _LINK_ATTRS = frozenset(
     {
         IFLA_ADDRESS,

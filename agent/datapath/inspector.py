@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -200,6 +201,23 @@ class Inspector:
         self.config = config
         self.decoder = decoder_named(config.decoder)
         self._uids: dict[int, str] = {}  # namespace inode -> pod UID or ""; pruned every scan
+        # Netlink sockets stay open from one scan to the next (opening them means entering
+        # the namespace). A held socket keeps its namespace alive, so those of namespaces no
+        # longer discovered are closed at the end of every scan.
+        self._conns: dict[int, NetnsConnection] = {}
+        self._conns_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            conn.close()
+
+    def __enter__(self) -> Inspector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def scan(self) -> Snapshot:
         started = time.time()
@@ -207,9 +225,9 @@ class Inspector:
         skipped: Counter[str] = Counter()
         host_inode = current_inode()
         with NetnsConnection.open(None, -1) as host:
+            # Only names are needed from the host's links (peers and parents).
             host_links = {
-                link.ifindex: link
-                for link in (self.decoder.link(p) for t, p in host.links() if t == d.RTM_NEWLINK)
+                link.ifindex: link for link in map(d.decode_link_name, host.links()) if link
             }
         candidates = discover(self.config.proc_root, self.config.netns_dirs, skipped)
         todo = [
@@ -236,6 +254,10 @@ class Inspector:
         # Inodes are reused once a namespace is freed: forget those not seen any more.
         for gone in set(self._uids) - set(candidates):
             del self._uids[gone]
+        with self._conns_lock:
+            stale = [self._conns.pop(i) for i in set(self._conns) - set(candidates)]
+        for conn in stale:
+            conn.close()
         return Snapshot(
             namespaces=tuple(namespaces),
             host_inode=host_inode,
@@ -268,27 +290,28 @@ class Inspector:
         host_inode: int,
         skipped: Counter[str],
     ) -> NetnsInfo | None:
-        fd, path = self._open(cand, skipped)
-        if fd is None or path is None:
-            return None
+        is_host = cand.inode == host_inode
+        with self._conns_lock:
+            conn = self._conns.get(cand.inode)
+        path = cand.paths[0] if cand.paths else f"inode:{cand.inode}"
         try:
-            is_host = cand.inode == host_inode
-            conn = NetnsConnection.open(None if is_host else fd, home_fd)
-            with conn:
-                raw = conn.read_all(None if is_host else home_fd)
-        except NamespaceGone:
-            skipped["vanished"] += 1
-            return None
-        except TransientError as exc:  # dump interrupted too often
+            if conn is None:
+                conn, path = self._connect(cand, home_fd, is_host, skipped)
+                if conn is None:
+                    return None
+                with self._conns_lock:
+                    self._conns[cand.inode] = conn
+            raw = conn.read_all(None if is_host else home_fd)
+        except (NetlinkError, OSError, TransientError) as exc:
+            self._drop(cand.inode)
             log.debug("namespace %s skipped: %s", path, exc)
-            skipped["dump_interrupted"] += 1
+            if isinstance(exc, NamespaceGone):
+                skipped["vanished"] += 1
+            elif isinstance(exc, TransientError):  # dump interrupted too often
+                skipped["dump_interrupted"] += 1
+            else:
+                skipped["netlink_error"] += 1
             return None
-        except (NetlinkError, OSError) as exc:
-            log.debug("namespace %s skipped: %s", path, exc)
-            skipped["netlink_error"] += 1
-            return None
-        finally:
-            os.close(fd)
         interfaces = build_interfaces(raw, None if is_host else host_links, self.decoder)
         ips = tuple(
             ip
@@ -314,6 +337,23 @@ class Inspector:
             interfaces=interfaces,
             tcp=build_tcp(raw, self.decoder),
         )
+
+    def _connect(
+        self, cand: Candidate, home_fd: int, is_host: bool, skipped: Counter[str]
+    ) -> tuple[NetnsConnection | None, str]:
+        fd, path = self._open(cand, skipped)
+        if fd is None or path is None:
+            return None, ""
+        try:
+            return NetnsConnection.open(None if is_host else fd, home_fd), path
+        finally:
+            os.close(fd)
+
+    def _drop(self, inode: int) -> None:
+        with self._conns_lock:
+            conn = self._conns.pop(inode, None)
+        if conn is not None:
+            conn.close()
 
     @staticmethod
     def _open(cand: Candidate, skipped: Counter[str]) -> tuple[int | None, str | None]:

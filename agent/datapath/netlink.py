@@ -141,6 +141,7 @@ class NetnsConnection:
     def __init__(self, route: NetlinkSocket, diag: NetlinkSocket) -> None:
         self.route = route
         self.diag = diag
+        self.host_nsid: int | None = None
 
     @classmethod
     def open(cls, target_fd: int | None, home_fd: int) -> NetnsConnection:
@@ -201,9 +202,12 @@ class NetnsConnection:
 
     def read_all(self, host_fd: int | None) -> RawDump:
         states = (1 << d.TCP_LISTEN) | (1 << d.TCP_ESTABLISHED)
+        if host_fd is not None and self.host_nsid is None:
+            # An assigned nsid never changes for the life of the two namespaces.
+            self.host_nsid = self.nsid_of(host_fd)
         return RawDump(
             links=self.links(),
             addrs=self.addrs(),
             socks=self.tcp(states),
-            host_nsid=self.nsid_of(host_fd) if host_fd is not None else None,
+            host_nsid=self.host_nsid if host_fd is not None else None,
         )
