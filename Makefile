@@ -45,8 +45,11 @@ lint: deps
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+## bench: every benchmark (a few minutes; each prints its figures and its baseline)
 bench: deps
-	$(PY) bench/inspect.py
+	$(PY) -m bench.inspect
+	$(PY) -m bench.agent_footprint
+	$(PY) -m bench.direct_vs_nodeport
 
 clean:
 	rm -rf $(VENV) .sysdeps.stamp build *.egg-info .mypy_cache .ruff_cache .pytest_cache

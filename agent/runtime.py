@@ -6,6 +6,7 @@ a non-zero exit, so Kubernetes restarts it instead of it limping on.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import threading
 import time
@@ -72,8 +73,16 @@ def leader_placeholder(scope: LeaderScope) -> None:
     log.info("leader work stopped")
 
 
+def raise_fd_limit() -> None:
+    """The inspector keeps two netlink sockets per pod namespace open: lift the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     log.info("podlb-agent %s starting: %s", __version__, settings.describe())
+    raise_fd_limit()
     clock = Clock()
     registry = CollectorRegistry()
     metrics = Metrics(registry)
@@ -102,11 +111,16 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         poke(key)
 
     def on_resync() -> None:
+        metrics.informer_synced.labels("pods").set(1)
         reporter.resync()
         poke()
 
+    def on_services_resync() -> None:
+        metrics.informer_synced.labels("services").set(1)
+        poke()
+
     pods = kube.node_pods(settings.node_name, on_pod_change, on_resync, settings.resync_s)
-    services = kube.services(poke, poke, settings.resync_s)
+    services = kube.services(poke, on_services_resync, settings.resync_s)
 
     def lookup(key: object) -> object:
         from agent.model import PodKey
@@ -182,6 +196,7 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     services.stop_watch()
     stuck = sup.join(settings.shutdown_timeout_s)
     kube.close()
+    inspector.close()
     if stuck:
         log.error("workers still running after %.0fs: %s", settings.shutdown_timeout_s, stuck)
     if sup.failed:

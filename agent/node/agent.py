@@ -130,4 +130,3 @@ class NodeAgent:
         for key, view in views.items():
             if not view.opted_in:
                 self.reporter.forget(key)
-        self.metrics.informer_synced.labels("pods").set(1)
