@@ -16,6 +16,7 @@ from agent import __version__, caps
 from agent.settings import (
     EnvDefaults,
     SettingError,
+    add_path_flags,
     add_run_flags,
     finish_repeatables,
     run_settings,
@@ -54,15 +55,7 @@ def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
         "counters and TCP sockets. Needs root (CAP_SYS_ADMIN and CAP_SYS_PTRACE).",
     )
     inspect.add_argument("--json", action="store_true", help="print the JSON document (README)")
-    env.add(inspect, "--proc-root", default="/proc", help="where the host's /proc is mounted")
-    env.add(
-        inspect,
-        "--netns-dir",
-        default=["/var/run/netns", "/run/netns"],
-        repeatable=True,
-        metavar="DIR",
-        help="directory of netns bind mounts (repeatable)",
-    )
+    add_path_flags(inspect, env)
     inspect.add_argument(
         "--include-host", action="store_true", help="also show the host's own namespace"
     )

@@ -114,6 +114,19 @@ class RunSettings:
         return asdict(self)
 
 
+def add_path_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
+    """Where the inspector looks (shared by ``inspect`` and ``run``)."""
+    env.add(parser, "--proc-root", default="/proc", help="where the host's /proc is mounted")
+    env.add(
+        parser,
+        "--netns-dir",
+        default=["/var/run/netns", "/run/netns"],
+        repeatable=True,
+        metavar="DIR",
+        help="directory of netns bind mounts (repeatable)",
+    )
+
+
 def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(parser, "--node-name", help="node this agent serves (required)")
     env.add(parser, "--namespace", default="podlb-system", help="the agent's namespace (Lease)")
@@ -132,15 +145,7 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
         help="seconds between full namespace scans (pod changes also trigger one)",
     )
     env.add(parser, "--resync", default="300", help="seconds between full resyncs")
-    env.add(parser, "--proc-root", default="/proc", help="where the host's /proc is mounted")
-    env.add(
-        parser,
-        "--netns-dir",
-        default=["/var/run/netns", "/run/netns"],
-        repeatable=True,
-        metavar="DIR",
-        help="directory of netns bind mounts (repeatable)",
-    )
+    add_path_flags(parser, env)
     env.add(parser, "--lease-name", default="podlb-leader", help="leader election Lease name")
     env.add(parser, "--lease-duration", default="15", help="leader Lease duration, seconds")
     env.add(parser, "--renew-deadline", default="10", help="leader renew deadline, seconds")

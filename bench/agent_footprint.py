@@ -28,7 +28,7 @@ from kubernetes import client
 from tests.testbed.agents import AgentProcess
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.node import Kubelet, make_pod
-from tests.testbed.rbac import AGENT_NAMESPACE, AGENT_RULES, AGENT_TOKEN
+from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
 
 # The container image runs the agent with these (Dockerfile): no docstrings in memory (the
 # kubernetes client's are about 11 MiB) and two malloc arenas instead of 8 per core.
@@ -68,11 +68,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (creates network namespaces)", file=sys.stderr)
         return 2
-    with KubeAPIServer(port=0) as api:
-        api.add_token(AGENT_TOKEN, AGENT_RULES)
+    with agent_cluster("bench") as api:
         core = client.CoreV1Api(api.api_client())
-        for ns in (AGENT_NAMESPACE, "bench"):
-            core.create_namespace({"metadata": {"name": ns}})
         with Kubelet.for_api(api, ["node-a"], ready_probe_interval=5.0) as kubelet:
             t0 = time.monotonic()
             for i in range(args.pods):

@@ -16,7 +16,7 @@ from tests.testbed.agents import AgentProcess, agents
 from tests.testbed.app import app_argv
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.node import Kubelet, make_pod
-from tests.testbed.rbac import AGENT_NAMESPACE, AGENT_RULES, AGENT_TOKEN
+from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
 
 pytestmark = pytest.mark.netns
 
@@ -26,11 +26,7 @@ COND = "podlb.io/datapath-ready"
 
 @pytest.fixture
 def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(port=0) as server:
-        server.add_token(AGENT_TOKEN, AGENT_RULES)
-        core = client.CoreV1Api(server.api_client())
-        for ns in (AGENT_NAMESPACE, "shop"):
-            core.create_namespace({"metadata": {"name": ns}})
+    with agent_cluster("shop") as server:
         yield server
 
 

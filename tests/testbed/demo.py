@@ -51,16 +51,12 @@ def agent_demo() -> None:
 
     from tests.testbed.agents import AgentProcess
     from tests.testbed.app import app_argv
-    from tests.testbed.kubeapi import KubeAPIServer
     from tests.testbed.node import Kubelet, make_pod
-    from tests.testbed.rbac import AGENT_NAMESPACE, AGENT_RULES, AGENT_TOKEN
+    from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
 
     banner("2. podlb-agent run: datapath readiness reported to Kubernetes")
-    with KubeAPIServer(port=0) as api:
-        api.add_token(AGENT_TOKEN, AGENT_RULES)
+    with agent_cluster("shop") as api:
         core = client.CoreV1Api(api.api_client())
-        for ns in (AGENT_NAMESPACE, "shop"):
-            core.create_namespace({"metadata": {"name": ns}})
         with Kubelet.for_api(api, ["node-a"]) as kubelet:
             agent = AgentProcess(api.url, AGENT_TOKEN, "node-a").start()
             try:

@@ -6,7 +6,12 @@ test catches (and a test checks the manifests grant the same).
 
 from __future__ import annotations
 
-from tests.testbed.kubeapi import Rule
+import contextlib
+from collections.abc import Iterator
+
+from kubernetes import client
+
+from tests.testbed.kubeapi import KubeAPIServer, Rule
 
 AGENT_NAMESPACE = "podlb-system"
 AGENT_TOKEN = "podlb-system:podlb-agent"
@@ -31,3 +36,14 @@ NAMESPACE_RULES = [
     ),
 ]
 AGENT_RULES = CLUSTER_RULES + NAMESPACE_RULES
+
+
+@contextlib.contextmanager
+def agent_cluster(*namespaces: str) -> Iterator[KubeAPIServer]:
+    """An API double with the agent's token, its namespace and ``namespaces`` created."""
+    with KubeAPIServer(port=0) as api:
+        api.add_token(AGENT_TOKEN, AGENT_RULES)
+        core = client.CoreV1Api(api.api_client())
+        for ns in (AGENT_NAMESPACE, *namespaces):
+            core.create_namespace({"metadata": {"name": ns}})
+        yield api
