@@ -241,3 +241,31 @@ class Service:
             return False
         labels = pod.label_map()
         return all(labels.get(k) == v for k, v in self.selector)
+
+
+@dataclass(frozen=True, slots=True)
+class SlicePort:
+    name: str  # "" when the Service port has no name
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool | None
+    serving: bool | None
+    terminating: bool | None
+    node_name: str | None = None
+    pod: PodKey | None = None  # targetRef of kind Pod
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service: str | None  # label kubernetes.io/service-name
+    address_type: str  # IPv4 | IPv6 | FQDN
+    ports: tuple[SlicePort, ...]
+    endpoints: tuple[Endpoint, ...]
+    resource_version: str = ""

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.model import Condition, ContainerPort, Pod, Service, ServicePort
+from agent.model import (
+    Condition,
+    ContainerPort,
+    Endpoint,
+    EndpointSlice,
+    Pod,
+    PodKey,
+    Service,
+    ServicePort,
+    SlicePort,
+)
 
 
 def _pairs(mapping: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
@@ -83,5 +93,40 @@ def service_from_dict(obj: dict[str, Any]) -> Service:
         selector=_pairs(selector) if selector else None,
         ports=tuple(ports),
         annotations=_pairs(meta.get("annotations")),
+        resource_version=meta.get("resourceVersion", ""),
+    )
+
+
+def endpointslice_from_dict(obj: dict[str, Any]) -> EndpointSlice:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace", "")
+    endpoints = []
+    for ep in obj.get("endpoints") or []:
+        cond = ep.get("conditions") or {}
+        ref = ep.get("targetRef") or {}
+        pod = None
+        if ref.get("kind") == "Pod" and ref.get("name"):
+            pod = PodKey(ref.get("namespace") or ns, ref["name"])
+        endpoints.append(
+            Endpoint(
+                addresses=tuple(ep.get("addresses") or ()),
+                ready=cond.get("ready"),
+                serving=cond.get("serving"),
+                terminating=cond.get("terminating"),
+                node_name=ep.get("nodeName"),
+                pod=pod,
+            )
+        )
+    return EndpointSlice(
+        namespace=ns,
+        name=meta.get("name", ""),
+        service=(meta.get("labels") or {}).get("kubernetes.io/service-name"),
+        address_type=obj.get("addressType", "IPv4"),
+        ports=tuple(
+            SlicePort(p.get("name") or "", int(p["port"]), p.get("protocol", "TCP"))
+            for p in obj.get("ports") or []
+            if p.get("port") is not None
+        ),
+        endpoints=tuple(endpoints),
         resource_version=meta.get("resourceVersion", ""),
     )

@@ -1,0 +1,90 @@
+"""The LB provider interface: observe a pool, apply a plan, report health and sessions.
+
+A *pool* is the LB's group of backends for one Service port (an HAProxy backend, a CLB
+listener/rule, a BLB server group). A provider may drive several LB *instances* that must all
+converge (two HAProxy processes behind a VIP): the leader plans and applies per instance and a
+backend is healthy only when every instance reports it UP.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.errors import PermanentError
+
+
+class AdminState(enum.StrEnum):
+    READY = "ready"  # takes new traffic
+    DRAIN = "drain"  # no new traffic, existing sessions continue, health checks continue
+    MAINT = "maint"  # out of service
+
+
+class Health(enum.StrEnum):
+    UP = "up"  # the LB's health check passes
+    DOWN = "down"  # it fails
+    CHECKING = "checking"  # no verdict yet (just added, or checks disabled)
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedServer:
+    name: str
+    address: str
+    port: int
+    weight: int
+    admin: AdminState
+    health: Health
+    sessions: int  # current sessions (connections) on this server
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    pool: str
+    servers: dict[str, ObservedServer] = field(default_factory=dict)
+
+
+class Op(enum.StrEnum):
+    ADD = "add"  # create the server (health checks on), then make it ready
+    SET_WEIGHT = "set_weight"
+    ENABLE = "enable"  # drain/maint -> ready
+    DRAIN = "drain"  # ready -> drain: no new connections
+    REMOVE = "remove"  # maint + delete; only once drained (no sessions)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    op: Op
+    server: str
+    address: str | None = None
+    port: int | None = None
+    weight: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    done: int = 0
+    failed: tuple[tuple[Action, str], ...] = ()  # the action and the LB's answer
+
+
+class PoolNotFound(PermanentError):
+    """The LB has no such pool (an HAProxy backend must exist in its configuration)."""
+
+
+class LBProvider(Protocol):
+    """What the leader needs of a load balancer. I/O only: no decisions here.
+
+    ``observe`` and ``apply`` raise ``TransientError`` when the instance cannot be reached
+    (after bounded retries), ``PoolNotFound`` for an unknown pool. ``apply`` runs every action
+    it can and reports each rejected one in the result instead of stopping.
+    """
+
+    name: str
+
+    def instances(self) -> Sequence[str]: ...
+
+    def observe(self, instance: str, pool: str) -> PoolState: ...
+
+    def apply(self, instance: str, pool: str, actions: Sequence[Action]) -> ApplyResult: ...

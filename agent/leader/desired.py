@@ -1,0 +1,260 @@
+"""Desired backends of every LB pool (pure): Services + EndpointSlices + pods -> pools.
+
+A Service in direct mode gets one pool per TCP port. A pod behind it is a *backend* when it is
+``ContainersReady`` (not ``Ready``: that waits on our own readiness gate, which would deadlock)
+and its ``podlb.io/datapath-ready`` is not False; a terminating pod is a *draining* backend.
+Problems (bad annotations, no selector, ports that resolve to nothing, a cap reached) are
+returned as data with a typed reason; the caller turns them into Events and metrics.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from agent.model import (
+    DATAPATH_READY,
+    DIRECT_ANNOTATIONS,
+    EndpointSlice,
+    Pod,
+    PodKey,
+    Service,
+    ServicePort,
+)
+
+DIRECT = "podlb.io/direct"
+LB_POOL = "podlb.io/lb-pool"
+WEIGHT = "podlb.io/weight"
+MAX_BACKENDS = "podlb.io/max-backends"
+DEFAULT_WEIGHT = 100
+MAX_WEIGHT = 256  # HAProxy's limit; other providers scale
+
+
+class Problem(enum.StrEnum):
+    NO_SELECTOR = "NoSelector"
+    BAD_ANNOTATION = "BadAnnotation"
+    PORT_UNRESOLVED = "PortUnresolved"
+    CAP_REACHED = "MaxBackendsReached"
+    POOL_NOT_FOUND = "PoolNotFound"  # filled in by the reconcile loop
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    namespace: str
+    name: str  # the Service (or pod, for a pod annotation)
+    problem: Problem
+    message: str
+    kind: str = "Service"
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    server: str  # the server's name in the pool: "<ip>_<port>" (unique per pool)
+    address: str
+    port: int
+    weight: int
+    draining: bool
+    pod: PodKey
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    pool: str
+    service: PodKey  # (namespace, name) of the Service; PodKey is a plain namespaced key
+    service_port: str  # name or number, for messages
+    backends: Mapping[str, Backend] = field(default_factory=dict)
+    # Pods the Service selects that are not backends (not ContainersReady, datapath False).
+    others: frozenset[PodKey] = frozenset()
+    capped: int = 0  # backends left out because of podlb.io/max-backends
+
+
+def direct_mode(svc: Service) -> tuple[bool, str | None]:
+    """(is direct, a problem message if an annotation value is invalid)."""
+    raw = svc.annotation(DIRECT)
+    if raw is not None and raw.strip().lower() not in ("true", "false"):
+        return False, f'{DIRECT}: "{raw}" is not "true" or "false"'
+    if raw is not None and raw.strip().lower() == "true":
+        return True, None
+    if svc.type != "LoadBalancer":
+        return False, None
+    for key, value in DIRECT_ANNOTATIONS.items():
+        if key == DIRECT:
+            continue
+        got = svc.annotation(key)
+        if got is not None and got.strip().lower() == value:
+            return True, None
+    return False, None
+
+
+def server_name(address: str, port: int) -> str:
+    return f"{address.replace(':', '-')}_{port}"
+
+
+def pool_name(svc: Service, sp: ServicePort) -> str:
+    base = svc.annotation(LB_POOL)
+    label = sp.name or str(sp.port)
+    if base:
+        return base if len(svc.ports) == 1 else f"{base}-{label}"
+    return f"{svc.namespace}.{svc.name}.{label}"
+
+
+def _int_annotation(value: str | None, lo: int, hi: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value.strip())
+    except ValueError:
+        return None
+    return n if lo <= n <= hi else None
+
+
+def is_backend(pod: Pod) -> bool:
+    cr = pod.condition("ContainersReady")
+    dp = pod.condition(DATAPATH_READY)
+    return cr is not None and cr.status == "True" and (dp is None or dp.status != "False")
+
+
+def desired_pools(
+    services: Iterable[Service],
+    slices: Iterable[EndpointSlice],
+    pods: Mapping[PodKey, Pod],
+    registered: Mapping[str, frozenset[str]] | None = None,
+) -> tuple[list[PoolSpec], list[Finding]]:
+    """Every direct-mode Service port's pool. ``registered`` (pool -> servers the LB has now)
+    keeps the choice under ``podlb.io/max-backends`` stable: those already in stay in."""
+    registered = registered or {}
+    by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
+    for sl in slices:
+        if sl.service:
+            by_service.setdefault((sl.namespace, sl.service), []).append(sl)
+    pools: list[PoolSpec] = []
+    findings: list[Finding] = []
+    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
+        direct, problem = direct_mode(svc)
+        if problem:
+            findings.append(Finding(svc.namespace, svc.name, Problem.BAD_ANNOTATION, problem))
+        if not direct:
+            continue
+        if not svc.selector:
+            findings.append(
+                Finding(
+                    svc.namespace,
+                    svc.name,
+                    Problem.NO_SELECTOR,
+                    "a direct-mode Service needs a selector: podlb registers the pods it selects",
+                )
+            )
+            continue
+        cap = _int_annotation(svc.annotation(MAX_BACKENDS), 1, 100_000)
+        if svc.annotation(MAX_BACKENDS) is not None and cap is None:
+            findings.append(
+                Finding(
+                    svc.namespace,
+                    svc.name,
+                    Problem.BAD_ANNOTATION,
+                    f"{MAX_BACKENDS}: {svc.annotation(MAX_BACKENDS)!r} is not an integer >= 1",
+                )
+            )
+        svc_slices = by_service.get((svc.namespace, svc.name), [])
+        for sp in svc.ports:
+            if sp.protocol != "TCP":
+                continue
+            pool = pool_name(svc, sp)
+            spec, extra = _pool(svc, sp, pool, svc_slices, pods, cap, registered.get(pool))
+            pools.append(spec)
+            findings += extra
+    return pools, findings
+
+
+def _pool(
+    svc: Service,
+    sp: ServicePort,
+    pool: str,
+    slices: list[EndpointSlice],
+    pods: Mapping[PodKey, Pod],
+    cap: int | None,
+    registered: frozenset[str] | None,
+) -> tuple[PoolSpec, list[Finding]]:
+    findings: list[Finding] = []
+    candidates: dict[str, Backend] = {}
+    others: set[PodKey] = set()
+    port_label = sp.name or str(sp.port)
+    resolved_any = False
+    for sl in slices:
+        if sl.address_type not in ("IPv4", "IPv6"):
+            continue
+        port = next((p.port for p in sl.ports if p.name == (sp.name or "")), None)
+        if port is None:
+            continue
+        resolved_any = True
+        for ep in sl.endpoints:
+            if ep.pod is None or not ep.addresses:
+                continue
+            pod = pods.get(ep.pod)
+            if pod is None or pod.uid == "":
+                continue
+            terminating = pod.terminating or bool(ep.terminating)
+            if not terminating and not is_backend(pod):
+                others.add(ep.pod)
+                continue
+            weight = DEFAULT_WEIGHT
+            raw_weight = pod.annotation(WEIGHT)
+            if raw_weight is not None:
+                parsed = _int_annotation(raw_weight, 0, MAX_WEIGHT)
+                if parsed is None:
+                    findings.append(
+                        Finding(
+                            pod.namespace,
+                            pod.name,
+                            Problem.BAD_ANNOTATION,
+                            f"{WEIGHT}: {raw_weight!r} is not an integer 0-{MAX_WEIGHT}",
+                            kind="Pod",
+                        )
+                    )
+                else:
+                    weight = parsed
+            address = str(ipaddress.ip_address(ep.addresses[0]))
+            name = server_name(address, port)
+            candidates[name] = Backend(name, address, port, weight, terminating, ep.pod)
+    if not resolved_any and slices:
+        findings.append(
+            Finding(
+                svc.namespace,
+                svc.name,
+                Problem.PORT_UNRESOLVED,
+                f"port {port_label}: its targetPort resolves to no port of the selected pods",
+            )
+        )
+    backends = candidates
+    capped = 0
+    if cap is not None:
+        live = [b for b in candidates.values() if not b.draining]
+        if len(live) > cap:
+            registered = registered or frozenset()
+            # Stable: whoever the LB has now keeps its slot; then by name.
+            live.sort(key=lambda b: (b.server not in registered, b.server))
+            keep = {b.server for b in live[:cap]}
+            capped = len(live) - cap
+            backends = {n: b for n, b in candidates.items() if b.draining or n in keep}
+            others |= {b.pod for b in live[cap:]}
+            findings.append(
+                Finding(
+                    svc.namespace,
+                    svc.name,
+                    Problem.CAP_REACHED,
+                    f"pool {pool}: {len(live)} ready pods, {MAX_BACKENDS}={cap}: {capped} left out",
+                )
+            )
+    return (
+        PoolSpec(
+            pool=pool,
+            service=PodKey(svc.namespace, svc.name),
+            service_port=port_label,
+            backends=backends,
+            others=frozenset(others),
+            capped=capped,
+        ),
+        findings,
+    )

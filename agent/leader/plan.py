@@ -1,0 +1,144 @@
+"""From desired pools and what the LB reports to LB actions and lb-ready verdicts (pure).
+
+Order matters: capacity is added before any is taken away (adds and enables first, drains,
+removals last), and a server is removed only once drained: no sessions left, or drained for
+longer than the drain timeout.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from agent.lb.base import Action, AdminState, Health, Op, PoolState
+from agent.model import PodKey
+
+from .desired import PoolSpec
+
+_ORDER = {Op.ADD: 0, Op.ENABLE: 1, Op.SET_WEIGHT: 2, Op.DRAIN: 3, Op.REMOVE: 4}
+
+
+def plan_pool(
+    spec: PoolSpec | None,
+    observed: PoolState,
+    *,
+    drain_age_s: Mapping[str, float] | None = None,
+    drain_timeout_s: float = 30.0,
+    fail_static: bool = False,
+) -> list[Action]:
+    """Actions that move one LB instance's pool towards ``spec``.
+
+    ``spec`` None means no Service wants this pool any more (it is emptied). ``drain_age_s``
+    tells how long each draining server has been draining. With ``fail_static`` nothing is
+    drained or removed (the inputs cannot be trusted), only added or enabled.
+    """
+    drain_age_s = drain_age_s or {}
+    wanted = dict(spec.backends) if spec is not None else {}
+    actions: list[Action] = []
+
+    def drain_or_remove(name: str) -> None:
+        obs = observed.servers[name]
+        if obs.admin is AdminState.READY:
+            actions.append(Action(Op.DRAIN, name))
+        elif obs.sessions == 0 or drain_age_s.get(name, 0.0) >= drain_timeout_s:
+            actions.append(Action(Op.REMOVE, name))
+
+    for name, backend in wanted.items():
+        obs = observed.servers.get(name)
+        if backend.draining:
+            if obs is not None and not fail_static:
+                drain_or_remove(name)
+            continue
+        if obs is None:
+            actions.append(Action(Op.ADD, name, backend.address, backend.port, backend.weight))
+            continue
+        if obs.admin is not AdminState.READY:
+            actions.append(Action(Op.ENABLE, name))
+        if obs.weight != backend.weight:
+            actions.append(Action(Op.SET_WEIGHT, name, weight=backend.weight))
+    if not fail_static:
+        for name in observed.servers:
+            if name not in wanted:
+                drain_or_remove(name)
+    actions.sort(key=lambda a: (_ORDER[a.op], a.server))
+    return actions
+
+
+class LBReason(enum.StrEnum):
+    HEALTHY = "Healthy"
+    REGISTERING = "Registering"
+    UNHEALTHY = "Unhealthy"
+    DRAINING = "Draining"
+    DEREGISTERED = "Deregistered"
+
+
+@dataclass(frozen=True, slots=True)
+class LBVerdict:
+    ready: bool
+    reason: LBReason
+    message: str
+
+    @property
+    def status(self) -> str:
+        return "True" if self.ready else "False"
+
+
+def lb_verdicts(
+    pools: Iterable[PoolSpec], observed: Mapping[str, Mapping[str, PoolState]]
+) -> dict[PodKey, LBVerdict]:
+    """``podlb.io/lb-ready`` for every pod behind a direct Service.
+
+    ``observed`` is instance -> pool -> state, for every instance of the provider. True only
+    when every instance reports every one of the pod's servers UP.
+    """
+    instances = list(observed)
+    per_pod: dict[PodKey, list[LBVerdict]] = {}
+    for spec in pools:
+        states = [observed[i].get(spec.pool) for i in instances]
+        for backend in spec.backends.values():
+            present = [
+                s.servers[backend.server]
+                for s in states
+                if s is not None and backend.server in s.servers
+            ]
+            where = f"{spec.pool}/{backend.server}"
+            if backend.draining:
+                if present:
+                    v = LBVerdict(False, LBReason.DRAINING, f"{where}: draining")
+                else:
+                    v = LBVerdict(False, LBReason.DEREGISTERED, f"{where}: removed from the LB")
+            elif len(present) < len(instances) or not instances:
+                v = LBVerdict(
+                    False,
+                    LBReason.REGISTERING,
+                    f"{where}: registered on {len(present)} of {len(instances)} LB instances",
+                )
+            elif any(s.health is Health.DOWN for s in present):
+                v = LBVerdict(False, LBReason.UNHEALTHY, f"{where}: the LB health check fails")
+            elif all(s.health is Health.UP and s.admin is AdminState.READY for s in present):
+                v = LBVerdict(True, LBReason.HEALTHY, f"{where}: UP on every LB instance")
+            else:
+                v = LBVerdict(False, LBReason.REGISTERING, f"{where}: waiting for health checks")
+            per_pod.setdefault(backend.pod, []).append(v)
+        for pod in spec.others:
+            per_pod.setdefault(pod, []).append(
+                LBVerdict(False, LBReason.DEREGISTERED, f"{spec.pool}: not a backend (not ready)")
+            )
+    return {pod: _combine(vs) for pod, vs in per_pod.items()}
+
+
+_BADNESS = {
+    LBReason.DRAINING: 0,
+    LBReason.UNHEALTHY: 1,
+    LBReason.REGISTERING: 2,
+    LBReason.DEREGISTERED: 3,
+    LBReason.HEALTHY: 4,
+}
+
+
+def _combine(verdicts: list[LBVerdict]) -> LBVerdict:
+    """A pod behind several pools is ready only when ready in all; else the first problem."""
+    if all(v.ready for v in verdicts):
+        return verdicts[0]
+    return min((v for v in verdicts if not v.ready), key=lambda v: _BADNESS[v.reason])

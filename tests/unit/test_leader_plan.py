@@ -1,0 +1,250 @@
+"""Desired backends and the LB plan, table-driven over plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState
+from agent.leader.desired import Problem, desired_pools, direct_mode, server_name
+from agent.leader.plan import LBReason, lb_verdicts, plan_pool
+from agent.model import (
+    Condition,
+    Endpoint,
+    EndpointSlice,
+    Pod,
+    PodKey,
+    Service,
+    ServicePort,
+    SlicePort,
+)
+
+NS = "shop"
+
+
+def svc(annotations: dict[str, str] | None = None, **kw: Any) -> Service:
+    base: dict[str, Any] = dict(
+        namespace=NS,
+        name="web",
+        uid="s1",
+        type="LoadBalancer",
+        selector=(("app", "web"),),
+        ports=(ServicePort(80, "http", name="http"),),
+        annotations=tuple(
+            (annotations if annotations is not None else {"podlb.io/direct": "true"}).items()
+        ),
+    )
+    base.update(kw)
+    return Service(**base)
+
+
+def pod(name: str, *, cr: str = "True", dp: str | None = "True", **kw: Any) -> Pod:
+    conds = [Condition("ContainersReady", cr)]
+    if dp is not None:
+        conds.append(Condition("podlb.io/datapath-ready", dp))
+    base: dict[str, Any] = dict(
+        namespace=NS,
+        name=name,
+        uid=f"u-{name}",
+        node_name="n1",
+        ips=(),
+        phase="Running",
+        conditions=tuple(conds),
+    )
+    base.update(kw)
+    return Pod(**base)
+
+
+def slice_of(
+    *pods: tuple[str, str], port: int = 8080, terminating: set[str] | None = None
+) -> EndpointSlice:
+    terminating = terminating or set()
+    return EndpointSlice(
+        namespace=NS,
+        name="web-abc",
+        service="web",
+        address_type="IPv4",
+        ports=(SlicePort("http", port),),
+        endpoints=tuple(
+            Endpoint(
+                (ip,), name not in terminating, True, name in terminating, "n1", PodKey(NS, name)
+            )
+            for name, ip in pods
+        ),
+    )
+
+
+def pods_map(*pods: Pod) -> dict[PodKey, Pod]:
+    return {p.key: p for p in pods}
+
+
+@pytest.mark.parametrize(
+    ("annotations", "stype", "direct", "problem"),
+    [
+        ({"podlb.io/direct": "true"}, "ClusterIP", True, False),
+        ({"podlb.io/direct": "false"}, "LoadBalancer", False, False),
+        ({"podlb.io/direct": "yes"}, "LoadBalancer", False, True),
+        ({"service.cloud.tencent.com/direct-access": "true"}, "LoadBalancer", True, False),
+        ({"service.cloud.tencent.com/direct-access": "true"}, "ClusterIP", False, False),
+        (
+            {"service.beta.kubernetes.io/cce-load-balancer-backend-type": "eni"},
+            "LoadBalancer",
+            True,
+            False,
+        ),
+        ({}, "LoadBalancer", False, False),
+    ],
+)
+def test_direct_mode(annotations: dict[str, str], stype: str, direct: bool, problem: bool) -> None:
+    got, msg = direct_mode(svc(annotations, type=stype))
+    assert got is direct
+    assert (msg is not None) is problem
+
+
+def test_backends_are_containers_ready_not_ready_and_datapath_not_false() -> None:
+    pods = pods_map(
+        pod("a"),  # ContainersReady, datapath True
+        pod("b", dp=None),  # no datapath condition yet: still a backend
+        pod("c", cr="False"),  # not ContainersReady
+        pod("d", dp="False"),  # datapath says no
+        pod("e", terminating=True),  # terminating: draining backend
+    )
+    sl = slice_of(
+        ("a", "10.0.0.1"),
+        ("b", "10.0.0.2"),
+        ("c", "10.0.0.3"),
+        ("d", "10.0.0.4"),
+        ("e", "10.0.0.5"),
+    )
+    [spec], findings = desired_pools([svc()], [sl], pods)
+    assert findings == []
+    assert spec.pool == "shop.web.http"
+    live = {b.pod.name for b in spec.backends.values() if not b.draining}
+    draining = {b.pod.name for b in spec.backends.values() if b.draining}
+    assert live == {"a", "b"} and draining == {"e"}
+    assert {p.name for p in spec.others} == {"c", "d"}
+    assert spec.backends[server_name("10.0.0.1", 8080)].port == 8080
+
+
+def test_ipv6_weights_pool_annotation_and_problems() -> None:
+    pods = pods_map(
+        pod("a", annotations=(("podlb.io/weight", "7"),)),
+        pod("b", annotations=(("podlb.io/weight", "heavy"),)),
+    )
+    sl = EndpointSlice(NS, "web-v6", "web", "IPv6", (SlicePort("http", 8080),), (
+        Endpoint(("fd00::1",), True, True, False, "n1", PodKey(NS, "a")),
+        Endpoint(("fd00::2",), True, True, False, "n1", PodKey(NS, "b")),
+    ))  # fmt: skip
+    [spec], findings = desired_pools(
+        [svc({"podlb.io/direct": "true", "podlb.io/lb-pool": "be_web"})], [sl], pods
+    )
+    assert spec.pool == "be_web"
+    weights = {b.pod.name: b.weight for b in spec.backends.values()}
+    assert weights == {"a": 7, "b": 100}
+    assert [f.problem for f in findings] == [Problem.BAD_ANNOTATION]
+    assert spec.backends[server_name("fd00::1", 8080)].address == "fd00::1"
+    _, findings = desired_pools([svc(selector=None)], [], {})
+    assert [f.problem for f in findings] == [Problem.NO_SELECTOR]
+    bad_port = EndpointSlice(NS, "x", "web", "IPv4", (SlicePort("other", 1),), ())
+    _, findings = desired_pools([svc()], [bad_port], {})
+    assert [f.problem for f in findings] == [Problem.PORT_UNRESOLVED]
+
+
+def test_max_backends_is_stable_and_reported() -> None:
+    names = [f"p{i}" for i in range(6)]
+    pods = pods_map(*(pod(n) for n in names))
+    sl = slice_of(*((n, f"10.0.0.{i + 1}") for i, n in enumerate(names)))
+    capped = svc({"podlb.io/direct": "true", "podlb.io/max-backends": "3"})
+    [spec], findings = desired_pools([capped], [sl], pods)
+    assert len(spec.backends) == 3 and spec.capped == 3
+    assert [f.problem for f in findings] == [Problem.CAP_REACHED]
+    # Whoever the LB has now keeps its slot, whatever the name order says.
+    now = frozenset({server_name("10.0.0.6", 8080), server_name("10.0.0.5", 8080)})
+    [spec2], _ = desired_pools([capped], [sl], pods, {spec.pool: now})
+    assert now <= set(spec2.backends) and len(spec2.backends) == 3
+    [spec3], _ = desired_pools([capped], [sl], pods, {spec.pool: frozenset(spec2.backends)})
+    assert set(spec3.backends) == set(spec2.backends)
+
+
+def obs(
+    name: str,
+    admin: AdminState = AdminState.READY,
+    health: Health = Health.UP,
+    sessions: int = 0,
+    weight: int = 100,
+) -> ObservedServer:
+    ip, port = name.rsplit("_", 1)
+    return ObservedServer(name, ip, int(port), weight, admin, health, sessions)
+
+
+def state(*servers: ObservedServer) -> PoolState:
+    return PoolState("shop.web.http", {s.name: s for s in servers})
+
+
+A, B, C = (server_name(f"10.0.0.{i}", 8080) for i in (1, 2, 3))
+
+
+def test_plan_adds_enables_drains_then_removes_in_order() -> None:
+    pods = pods_map(
+        pod("a", annotations=(("podlb.io/weight", "50"),)), pod("b"), pod("c", terminating=True)
+    )
+    [spec], _ = desired_pools(
+        [svc()], [slice_of(("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3"))], pods
+    )
+    gone = server_name("10.0.0.9", 8080)
+    observed = state(obs(B, AdminState.DRAIN), obs(C), obs(gone, AdminState.DRAIN, sessions=0))
+    actions = plan_pool(spec, observed)
+    assert actions == [
+        Action(Op.ADD, A, "10.0.0.1", 8080, 50),
+        Action(Op.ENABLE, B),
+        Action(Op.DRAIN, C),
+        Action(Op.REMOVE, gone),
+    ]
+    # Drained with sessions left: wait, unless the drain timeout passed.
+    observed = state(obs(C, AdminState.DRAIN, sessions=3))
+    assert [a.op for a in plan_pool(spec, observed) if a.server == C] == []
+    late = plan_pool(spec, observed, drain_age_s={C: 31.0}, drain_timeout_s=30.0)
+    assert [a.op for a in late if a.server == C] == [Op.REMOVE]
+
+
+def test_plan_is_idempotent_and_fail_static_removes_nothing() -> None:
+    pods = pods_map(pod("a"))
+    [spec], _ = desired_pools([svc()], [slice_of(("a", "10.0.0.1"))], pods)
+    assert plan_pool(spec, state(obs(A))) == []
+    stray = state(obs(A), obs(B))
+    assert plan_pool(spec, stray, fail_static=True) == []
+    assert plan_pool(None, stray) == [Action(Op.DRAIN, A), Action(Op.DRAIN, B)]
+    assert plan_pool(spec, state(obs(A, weight=1))) == [Action(Op.SET_WEIGHT, A, weight=100)]
+
+
+def test_lb_verdicts_need_every_instance() -> None:
+    pods = pods_map(
+        pod("a"),
+        pod("b"),
+        pod("c", terminating=True),
+        pod("d", cr="False"),
+        pod("e", terminating=True),
+    )
+    sl = slice_of(
+        ("a", "10.0.0.1"),
+        ("b", "10.0.0.2"),
+        ("c", "10.0.0.3"),
+        ("d", "10.0.0.4"),
+        ("e", "10.0.0.5"),
+    )
+    [spec], _ = desired_pools([svc()], [sl], pods)
+    E = server_name("10.0.0.5", 8080)
+    one = {spec.pool: state(obs(A), obs(B, health=Health.DOWN), obs(C, AdminState.DRAIN))}
+    two = {spec.pool: state(obs(A), obs(B), obs(C, AdminState.DRAIN))}
+    v = lb_verdicts([spec], {"h1": one, "h2": two})
+    assert v[PodKey(NS, "a")].ready and v[PodKey(NS, "a")].reason is LBReason.HEALTHY
+    assert v[PodKey(NS, "b")].reason is LBReason.UNHEALTHY
+    assert v[PodKey(NS, "c")].reason is LBReason.DRAINING
+    assert v[PodKey(NS, "d")].reason is LBReason.DEREGISTERED
+    assert v[PodKey(NS, "e")].reason is LBReason.DEREGISTERED
+    del E
+    only_one = lb_verdicts([spec], {"h1": one, "h2": {spec.pool: state()}})
+    assert only_one[PodKey(NS, "a")].reason is LBReason.REGISTERING
+    checking = {spec.pool: state(obs(A, health=Health.CHECKING))}
+    assert lb_verdicts([spec], {"h1": checking})[PodKey(NS, "a")].reason is LBReason.REGISTERING
