@@ -85,6 +85,48 @@ class Metrics:
             "podlb_kube_informer_synced", "1 once the informer listed", ["resource"], registry=r
         )
 
+        self.reconcile_duration = Histogram(
+            "podlb_leader_reconcile_duration_seconds",
+            "Time of one leader reconcile round (observe LB, plan, apply)",
+            ["outcome"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        self.lb_actions = Counter(
+            "podlb_lb_actions_total",
+            "LB actions applied by the leader, by operation and outcome",
+            ["op", "outcome"],
+            registry=r,
+        )
+        self.lb_commands = Counter(
+            "podlb_lb_commands_total",
+            "Commands sent to LB instances, by command and outcome (ok, rejected, error)",
+            ["command", "outcome"],
+            registry=r,
+        )
+        self.lb_backends = Gauge(
+            "podlb_lb_backends",
+            "Pods behind direct Services by lb-ready reason (Healthy, Registering, ...)",
+            ["state"],
+            registry=r,
+        )
+        self.service_problems = Counter(
+            "podlb_leader_problems_total",
+            "Problems found in Services and pods (each reported once as a Warning Event)",
+            ["reason"],
+            registry=r,
+        )
+        self.fail_static = Counter(
+            "podlb_leader_fail_static_total",
+            "Rounds or pools where nothing was removed on doubt, by reason",
+            ["reason"],
+            registry=r,
+        )
+
+    def set_backends(self, by_state: dict[str, int]) -> None:
+        for state in ("Healthy", "Registering", "Unhealthy", "Draining", "Deregistered"):
+            self.lb_backends.labels(state).set(by_state.get(state, 0))
+
     def observe_request(self, verb: str, resource: str, code: str) -> None:
         self.api_requests.labels(verb, resource, code).inc()
 

@@ -108,6 +108,11 @@ class RunSettings:
     renew_deadline_s: float
     retry_period_s: float
     status_rate_per_s: float  # condition writes per second (token bucket)
+    lb: str  # LB provider: none | haproxy
+    haproxy_runtime: tuple[str, ...]  # unix:/path or tcp:HOST:PORT, one per HAProxy instance
+    haproxy_server_options: str  # options of every dynamically added server
+    lb_drain_timeout_s: float  # a draining server is removed after this even with sessions
+    leader_resync_s: float  # full leader reconcile period when nothing is in flight
     shutdown_timeout_s: float  # workers must stop within this on SIGTERM
 
     def describe(self) -> dict[str, object]:
@@ -151,6 +156,24 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(parser, "--renew-deadline", default="10", help="leader renew deadline, seconds")
     env.add(parser, "--retry-period", default="2", help="leader retry period, seconds")
     env.add(parser, "--status-rate", default="20", help="pod status writes per second")
+    env.add(parser, "--lb", default="none", choices=("none", "haproxy"), help="LB provider")
+    env.add(
+        parser,
+        "--haproxy-runtime",
+        default=[],
+        repeatable=True,
+        metavar="ENDPOINT",
+        help="HAProxy Runtime API: unix:/path or tcp:HOST:PORT (repeatable: every instance)",
+    )
+    env.add(
+        parser,
+        "--haproxy-server-options",
+        default="check inter 1s fall 2 rise 2",
+        help="options of each server podlb adds to HAProxy",
+    )
+    env.add(parser, "--lb-drain-timeout", default="60", help="seconds before a draining server "
+            "is removed even with sessions left")  # fmt: skip
+    env.add(parser, "--leader-resync", default="10", help="seconds between full LB reconciles")
     env.add(parser, "--shutdown-timeout", default="10", help="seconds to stop on SIGTERM")
 
 
@@ -206,6 +229,20 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
             env.source("renew_deadline"),
             "need retry-period < renew-deadline < lease-duration",
         )
+    endpoints = tuple(args.haproxy_runtime or ())
+    for ep in endpoints:
+        if not re.match(r"^(unix:/.+|tcp:[^:]+:\d+)$", ep):
+            raise SettingError(
+                "--haproxy-runtime", ep, env.source("haproxy_runtime"),
+                "expected unix:/path or tcp:HOST:PORT",
+            )  # fmt: skip
+    if args.lb == "haproxy" and not endpoints:
+        raise SettingError(
+            "--haproxy-runtime",
+            "",
+            env.source("haproxy_runtime"),
+            "--lb haproxy needs at least one",
+        )
     return RunSettings(
         node_name=node,
         namespace=namespace,
@@ -226,5 +263,10 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         renew_deadline_s=renew,
         retry_period_s=retry,
         status_rate_per_s=_number(args, env, "status_rate", 0.1, 10000),
+        lb=args.lb,
+        haproxy_runtime=endpoints,
+        haproxy_server_options=args.haproxy_server_options,
+        lb_drain_timeout_s=_number(args, env, "lb_drain_timeout", 0, 86400),
+        leader_resync_s=_number(args, env, "leader_resync", 0.5, 3600),
         shutdown_timeout_s=_number(args, env, "shutdown_timeout", 0.5, 600),
     )

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from kubernetes import client
 
 from agent.clock import Clock
-from agent.model import Pod, Service
+from agent.model import EndpointSlice, Pod, Service
 
 from .calls import Calls
 from .client import KubeAccess, api_client
-from .convert import pod_from_dict, service_from_dict
+from .convert import endpointslice_from_dict, pod_from_dict, service_from_dict
 from .informer import Informer, Key
 from .lease import LeaseStore
 from .pods import PodStatusSink
@@ -23,6 +23,7 @@ class KubeAdapters:
         self.calls = calls
         self.clock = clock
         self.core = client.CoreV1Api(self.api)
+        self.discovery = client.DiscoveryV1Api(self.api)
 
     def node_pods(
         self,
@@ -51,6 +52,35 @@ class KubeAdapters:
             "services",
             self.core.list_service_for_all_namespaces,
             service_from_dict,
+            self.calls,
+            self.clock,
+            on_change=on_change,
+            on_resync=on_resync,
+            resync_s=resync_s,
+        )
+
+    def all_pods(
+        self, on_change: Callable[[Key], None], on_resync: Callable[[], None], resync_s: float
+    ) -> Informer[Pod]:
+        """Every pod of the cluster (the leader: backends live on every node)."""
+        return Informer(
+            "pods",
+            self.core.list_pod_for_all_namespaces,
+            pod_from_dict,
+            self.calls,
+            self.clock,
+            on_change=on_change,
+            on_resync=on_resync,
+            resync_s=resync_s,
+        )
+
+    def endpointslices(
+        self, on_change: Callable[[Key], None], on_resync: Callable[[], None], resync_s: float
+    ) -> Informer[EndpointSlice]:
+        return Informer(
+            "endpointslices",
+            self.discovery.list_endpoint_slice_for_all_namespaces,
+            endpointslice_from_dict,
             self.calls,
             self.clock,
             on_change=on_change,

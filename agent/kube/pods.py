@@ -43,17 +43,30 @@ class PodStatusSink:
         )
 
     def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None:
+        self.emit_object_event("Pod", pod.namespace, pod.name, pod.uid, event_type, reason, message)
+
+    def emit_object_event(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        uid: str,
+        event_type: str,
+        reason: str,
+        message: str,
+    ) -> None:
+        """A core/v1 Event about any namespaced v1 object (Pod, Service)."""
         now = self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{pod.name}.{secrets.token_hex(8)}", "namespace": pod.namespace},
+            "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": namespace},
             "involvedObject": {
                 "apiVersion": "v1",
-                "kind": "Pod",
-                "name": pod.name,
-                "namespace": pod.namespace,
-                "uid": pod.uid,
+                "kind": kind,
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
             },
             "reason": reason,
             "message": message[:1024],
@@ -69,7 +82,7 @@ class PodStatusSink:
             "create",
             "events",
             self.core.create_namespaced_event,
-            pod.namespace,
+            namespace,
             body,
             _preload_content=False,
         )
