@@ -22,9 +22,11 @@ from agent.datapath import Inspector, InspectorConfig
 from agent.kube.calls import Calls
 from agent.kube.client import KubeAccess
 from agent.kube.factory import KubeAdapters
+from agent.lb.base import LBProvider
 from agent.leader.election import ElectionConfig, LeaderElector, LeaderScope
+from agent.leader.reconcile import Leader, LeaderMetrics
 from agent.metrics import Metrics, NodeCollector, PodCollector
-from agent.model import DATAPATH_READY
+from agent.model import DATAPATH_READY, LB_READY, Pod, PodKey
 from agent.node.agent import NodeAgent
 from agent.node.api import NodeAPI
 from agent.node.reporter import ConditionReporter
@@ -65,12 +67,73 @@ class Supervisor:
         return [t.name for t in self.threads if t.is_alive()]
 
 
-def leader_placeholder(scope: LeaderScope) -> None:
-    """Leader-only work. The next issue fills it (desired backends, LB provider)."""
-    log.info("leader work started")
-    while not scope.wait(5.0):
-        log.debug("leader: nothing to reconcile yet (no LB provider)")
-    log.info("leader work stopped")
+def build_provider(settings: RunSettings, metrics: Metrics, clock: Clock) -> LBProvider | None:
+    if settings.lb == "haproxy":
+        from agent.lb.haproxy import HAProxyProvider
+
+        return HAProxyProvider(
+            settings.haproxy_runtime,
+            server_options=settings.haproxy_server_options,
+            clock=clock,
+            on_command=lambda instance, command, outcome: metrics.lb_commands.labels(
+                command, outcome
+            ).inc(),
+        )
+    return None
+
+
+def leader_work(
+    settings: RunSettings, kube: KubeAdapters, metrics: Metrics, clock: Clock
+) -> Callable[[LeaderScope], None]:
+    """What the elected agent runs: fresh informers and state for every leadership term."""
+    provider = build_provider(settings, metrics, clock)
+
+    def lead(scope: LeaderScope) -> None:
+        leader_ref: list[Leader] = []
+
+        def poke(key: object = None) -> None:
+            if leader_ref:
+                leader_ref[0].poke(key)
+
+        pods = kube.all_pods(poke, poke, settings.resync_s)
+        sink = kube.status_sink("podlb-leader", settings.identity)
+
+        def lookup(key: PodKey) -> Pod | None:
+            return pods.get((key.namespace, key.name))
+
+        reporter = ConditionReporter(
+            LB_READY,
+            sink,
+            lookup,
+            clock,
+            rate_per_s=settings.status_rate_per_s,
+            burst=max(10, int(settings.status_rate_per_s * 2)),
+            on_write=lambda outcome, reason: metrics.condition_writes.labels(
+                LB_READY, outcome
+            ).inc(),
+        )
+        leader = Leader(
+            services=kube.services(poke, poke, settings.resync_s),
+            slices=kube.endpointslices(poke, poke, settings.resync_s),
+            pods=pods,
+            provider=provider,
+            reporter=reporter,
+            events=sink,
+            clock=clock,
+            metrics=LeaderMetrics(
+                reconcile=lambda s, outcome: metrics.reconcile_duration.labels(outcome).observe(s),
+                lb_action=lambda op, outcome: metrics.lb_actions.labels(op, outcome).inc(),
+                backends=metrics.set_backends,
+                finding=lambda reason: metrics.service_problems.labels(reason).inc(),
+                fail_static=lambda why: metrics.fail_static.labels(why).inc(),
+            ),
+            resync_s=settings.leader_resync_s,
+            drain_timeout_s=settings.lb_drain_timeout_s,
+        )
+        leader_ref.append(leader)
+        leader.run(scope)
+
+    return lead
 
 
 def raise_fd_limit() -> None:
@@ -105,8 +168,6 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
             agent_ref[0].poke(key)
 
     def on_pod_change(key: tuple[str, str]) -> None:
-        from agent.model import PodKey
-
         reporter.mark_dirty(PodKey(*key))
         poke(key)
 
@@ -122,16 +183,13 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     pods = kube.node_pods(settings.node_name, on_pod_change, on_resync, settings.resync_s)
     services = kube.services(poke, on_services_resync, settings.resync_s)
 
-    def lookup(key: object) -> object:
-        from agent.model import PodKey
-
-        assert isinstance(key, PodKey)
+    def lookup(key: PodKey) -> Pod | None:
         return pods.get((key.namespace, key.name))
 
     reporter = ConditionReporter(
         DATAPATH_READY,
         kube.status_sink("podlb-agent", settings.node_name),
-        lookup,  # type: ignore[arg-type]
+        lookup,
         clock,
         rate_per_s=settings.status_rate_per_s,
         burst=max(10, int(settings.status_rate_per_s * 2)),
@@ -180,7 +238,8 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     sup.start("scanner", agent.run)
     sup.start("condition-writer", reporter.run)
     sup.start("node-api", api.serve)
-    sup.start("leader-election", lambda stop: elector.run(stop, leader_placeholder))
+    lead = leader_work(settings, kube, metrics, clock)
+    sup.start("leader-election", lambda stop: elector.run(stop, lead))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame

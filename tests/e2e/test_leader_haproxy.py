@@ -1,0 +1,166 @@
+"""The whole loop: API double + simulated kubelet + agents (one leads) + a real HAProxy.
+
+Direct-mode Service -> servers in HAProxy -> health checks -> podlb.io/lb-ready -> Ready.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.testbed.agents import agents
+from tests.testbed.haproxy import HAProxy
+from tests.testbed.load import run_load
+from tests.testbed.node import Kubelet, make_pod
+from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
+
+pytestmark = pytest.mark.netns
+
+POOL = "shop.web.http"
+GATE = "podlb.io/lb-ready"
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or pred}")
+
+
+def service(
+    target: int | str = "http", annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "web",
+            "namespace": "shop",
+            "annotations": annotations or {"podlb.io/direct": "true"},
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": target, "protocol": "TCP"}],
+        },
+    }
+
+
+def web_pod(name: str, node: str = "node-a") -> dict[str, Any]:
+    return make_pod(
+        name, node, namespace="shop", labels={"app": "web"}, readiness_gates=[GATE], grace=5
+    )
+
+
+def conditions(api: Any, name: str) -> dict[str, str]:
+    pod = api.store.get("pods", "shop", name) or {}
+    return {c["type"]: c["status"] for c in (pod.get("status") or {}).get("conditions") or []}
+
+
+def servers(lb: HAProxy) -> dict[str, str]:
+    return {name: row["status"] for name, row in lb.servers(POOL).items()}
+
+
+@pytest.fixture
+def setup() -> Iterator[tuple[Any, Kubelet, HAProxy, client.CoreV1Api]]:
+    with (
+        agent_cluster("shop") as api,
+        Kubelet.for_api(api, ["node-a", "node-b"]) as kubelet,
+        HAProxy(backends=(POOL,), server_options="check inter 300ms fall 2 rise 1") as lb,
+    ):
+        yield api, kubelet, lb, client.CoreV1Api(api.api_client())
+
+
+def lb_args(lb: HAProxy) -> list[str]:
+    return [
+        "--lb", "haproxy", "--haproxy-runtime", f"unix:{lb.socket_path}",
+        "--haproxy-server-options", "check inter 300ms fall 2 rise 1",
+        "--leader-resync", "2", "--lb-drain-timeout", "10",
+    ]  # fmt: skip
+
+
+def test_service_to_haproxy_to_ready_and_back(
+    setup: tuple[Any, Kubelet, HAProxy, client.CoreV1Api],
+) -> None:
+    api, kubelet, lb, core = setup
+    core.create_namespaced_service("shop", service())
+    for i, node in enumerate(["node-a", "node-b", "node-a"]):
+        core.create_namespaced_pod("shop", web_pod(f"web-{i}", node))
+    with agents(api.url, AGENT_TOKEN, ["node-a", "node-b"], extra=lb_args(lb)) as procs:
+        for p in procs:
+            p.wait_ready()
+        names = [f"web-{i}" for i in range(3)]
+        # Ready only once HAProxy reports the server UP: sample both until all are Ready.
+        seen_ready_before_up = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            conds = {n: conditions(api, n) for n in names}
+            status = servers(lb)
+            ips = {n: kubelet.record(n, "shop").ip for n in names}
+            for n in names:
+                if conds[n].get("Ready") == "True" and status.get(f"{ips[n]}_8080") != "UP":
+                    seen_ready_before_up.append(n)
+            if all(c.get("Ready") == "True" for c in conds.values()):
+                break
+            time.sleep(0.05)
+        assert all(conditions(api, n).get("Ready") == "True" for n in names)
+        assert seen_ready_before_up == []
+        assert all(conditions(api, n).get(GATE) == "True" for n in names)
+        assert sorted(servers(lb).values()) == ["UP", "UP", "UP"]
+
+        res = run_load(lb.url, mode="new", concurrency=3, count=300, timeout=2.0)
+        assert res.errors_total == 0, res.summary()
+        assert set(res.by_pod) == set(names)
+
+        # Scale down: the deleted pod drains, then leaves HAProxy; the rest keep serving.
+        gone_ip = kubelet.record("web-2", "shop").ip
+        core.delete_namespaced_pod("web-2", "shop")
+        wait_for(lambda: f"{gone_ip}_8080" not in servers(lb), what="web-2 removed from HAProxy")
+        # Scale up: a new pod is added and becomes Ready through the gate.
+        core.create_namespaced_pod("shop", web_pod("web-3", "node-b"))
+        wait_for(lambda: conditions(api, "web-3").get("Ready") == "True", 30, "web-3 Ready")
+        assert len(servers(lb)) == 3 or len(servers(lb)) == 2  # web-2 may be gone already
+
+        # The app of web-0 stops listening: out of rotation, whichever sees it first: HAProxy's
+        # check (DOWN, lb-ready Unhealthy) or kubelet's probe (not ContainersReady: drained and
+        # removed, lb-ready Deregistered).
+        netns = kubelet.pod_netns("web-0", "shop")
+        assert netns is not None
+        for proc in list(netns.procs):
+            proc.kill()
+        web0 = f"{kubelet.record('web-0', 'shop').ip}_8080"
+        wait_for(lambda: servers(lb).get(web0, "DOWN") != "UP", what="web-0 out of rotation")
+        wait_for(lambda: conditions(api, "web-0").get(GATE) == "False", what="web-0 lb-ready False")
+        pod = api.store.get("pods", "shop", "web-0")
+        reason = next(c["reason"] for c in pod["status"]["conditions"] if c["type"] == GATE)
+        assert reason in ("Unhealthy", "Deregistered")
+        res = run_load(lb.url, mode="new", concurrency=2, count=100, timeout=2.0)
+        assert "web-0" not in res.by_pod and res.errors_total == 0, res.summary()
+
+        # HAProxy restarted: the pool is restored within a resync.
+        lb.restart()
+        wait_for(lambda: sum(1 for s in servers(lb).values() if s == "UP") >= 2, 20, "restored")
+
+        # Delete the Service: its servers leave HAProxy.
+        core.delete_namespaced_service("web", "shop")
+        wait_for(lambda: servers(lb) == {}, 30, "pool emptied")
+        forbidden = [r for r in api.requests if r.code in (401, 403)]
+        assert forbidden == []
+
+
+def test_no_provider_writes_nothing_to_any_lb(
+    setup: tuple[Any, Kubelet, HAProxy, client.CoreV1Api],
+) -> None:
+    api, _kubelet, lb, core = setup
+    core.create_namespaced_service("shop", service())
+    core.create_namespaced_pod("shop", web_pod("web-0"))
+    with agents(api.url, AGENT_TOKEN, ["node-a"]) as procs:
+        procs[0].wait_ready()
+        wait_for(lambda: "desired shop.web.http: 1 backends" in procs[0].log_text(), 20, "logged")
+        assert servers(lb) == {}
+        assert conditions(api, "web-0").get(GATE) is None
