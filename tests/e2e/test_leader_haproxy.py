@@ -164,3 +164,47 @@ def test_no_provider_writes_nothing_to_any_lb(
         wait_for(lambda: "desired shop.web.http: 1 backends" in procs[0].log_text(), 20, "logged")
         assert servers(lb) == {}
         assert conditions(api, "web-0").get(GATE) is None
+
+
+def leaders(procs: list[Any]) -> list[Any]:
+    out = []
+    for p in procs:
+        if p.proc is None or p.proc.poll() is not None:
+            continue
+        try:
+            if "\npodlb_leader_is_leader 1.0" in p.get("/metrics", timeout=1)[1].decode():
+                out.append(p)
+        except OSError:
+            continue
+    return out
+
+
+def test_leader_failover_mid_changes_loses_no_request(
+    setup: tuple[Any, Kubelet, HAProxy, client.CoreV1Api],
+) -> None:
+    from tests.testbed.load import LoadGenerator
+
+    api, _kubelet, lb, core = setup
+    core.create_namespaced_service("shop", service())
+    for i in range(3):
+        core.create_namespaced_pod("shop", web_pod(f"web-{i}", ["node-a", "node-b"][i % 2]))
+    fast = ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.3"]
+    with agents(api.url, AGENT_TOKEN, ["node-a", "node-b"], extra=lb_args(lb) + fast) as procs:
+        for p in procs:
+            p.wait_ready()
+        wait_for(lambda: sorted(servers(lb).values()) == ["UP"] * 3, 30, "3 UP")
+        with LoadGenerator(
+            lb.url, mode="keepalive", concurrency=2, duration=12.0, timeout=2.0
+        ) as gen:
+            time.sleep(1)
+            [first] = wait_for(lambda: leaders(procs), what="a leader")
+            # Changes in flight while the leader dies: a new pod, and the leader SIGKILLed.
+            core.create_namespaced_pod("shop", web_pod("web-3", "node-a"))
+            first.kill()
+            wait_for(lambda: [p for p in leaders(procs) if p is not first], 15, "new leader")
+            wait_for(lambda: conditions(api, "web-3").get("Ready") == "True", 30, "web-3 Ready")
+            gen.wait()
+        res = gen.result()
+        assert res.errors_total == 0, res.summary()
+        assert sorted(servers(lb).values()) == ["UP"] * 4
+        assert "web-3" in res.by_pod or res.requests > 0
