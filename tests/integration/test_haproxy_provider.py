@@ -1,0 +1,362 @@
+"""The HAProxy provider against a real HAProxy and real netns pods."""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import ipaddress
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from agent.errors import TransientError
+from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound, PoolState
+from agent.lb.haproxy import HAProxyProvider
+from tests.testbed.app import spawn_in_pod
+from tests.testbed.haproxy import HAProxy, haproxy_version, supports_dynamic_servers
+from tests.testbed.netns import NetnsPool, Pod, ip
+
+pytestmark = [
+    pytest.mark.haproxy,
+    pytest.mark.skipif(
+        not supports_dynamic_servers(),
+        reason=f"needs haproxy >= 2.4 for dynamic servers (found {haproxy_version()})",
+    ),
+    pytest.mark.timeout(60),
+]
+
+OPTS = "check inter 200ms fall 2 rise 1"
+T = TypeVar("T")
+
+
+def provider(
+    *lbs: HAProxy,
+    on_command: Callable[[str, str, str], None] | None = None,
+    retries: int = 3,
+    backoff_s: float = 0.2,
+    timeout_s: float = 2.0,
+) -> HAProxyProvider:
+    return HAProxyProvider(
+        [f"unix:{lb.socket_path}" for lb in lbs],
+        server_options=OPTS,
+        on_command=on_command,
+        retries=retries,
+        backoff_s=backoff_s,
+        timeout_s=timeout_s,
+    )
+
+
+def wait_for(what: str, fn: Callable[[], T], ok: Callable[[T], bool], timeout: float = 8.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {value!r} after {timeout}s")
+        time.sleep(0.05)
+
+
+def all_up(state: PoolState) -> bool:
+    return bool(state.servers) and all(s.health is Health.UP for s in state.servers.values())
+
+
+def get(port: int, conn: http.client.HTTPConnection | None = None) -> str:
+    """GET / on a new connection (or on ``conn``, kept open) and return the pod name."""
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/")
+        resp = c.getresponse()
+        body = resp.read().decode()
+        assert resp.status == 200, (resp.status, body)
+        return body
+    finally:
+        if conn is None:
+            c.close()
+
+
+def adds(pods: list[Pod], weight: int = 1) -> list[Action]:
+    return [Action(Op.ADD, f"s{i}", p.ip, 8080, weight) for i, p in enumerate(pods)]
+
+
+@pytest.fixture
+def pods3(netns_pool: NetnsPool) -> list[Pod]:
+    pods = netns_pool.add_many_veth(3)
+    for i, p in enumerate(pods):
+        spawn_in_pod(p, 8080, f"pod-{i}")
+    return pods
+
+
+# -- add, traffic, observe -------------------------------------------------------------------
+@pytest.mark.netns
+def test_added_servers_turn_up_and_take_traffic(pods3: list[Pod]) -> None:
+    calls: list[tuple[str, str, str]] = []
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        p = provider(lb, on_command=lambda *a: calls.append(a))
+        (inst,) = p.instances()
+        assert p.observe(inst, "be") == PoolState("be")
+        result = p.apply(inst, "be", adds(pods3, weight=3))
+        assert (result.done, result.failed) == (3, ())
+        state = wait_for("pool up", lambda: p.observe(inst, "be"), all_up)
+        assert {(s.address, s.port, s.weight, s.admin) for s in state.servers.values()} == {
+            (pod.ip, 8080, 3, AdminState.READY) for pod in pods3
+        }
+        assert {get(lb.port) for _ in range(9)} == {"pod-0", "pod-1", "pod-2"}
+        assert p.observe_all(inst) == {"be": state}
+    verbs = {(verb, outcome) for _, verb, outcome in calls}
+    assert {("add server", "ok"), ("enable health", "ok"), ("enable server", "ok")} <= verbs
+    assert {("show servers state", "ok"), ("show stat", "ok")} <= verbs
+
+
+@pytest.mark.netns
+def test_drain_keeps_existing_connection_then_remove(netns_pool: NetnsPool) -> None:
+    """Mode tcp, so one client connection is one server session."""
+    pods = netns_pool.add_many_veth(2)
+    for i, pod in enumerate(pods):
+        spawn_in_pod(pod, 8080, f"pod-{i}")
+    with HAProxy(["be"], mode="tcp", server_options=OPTS) as lb:
+        p = provider(lb)
+        (inst,) = p.instances()
+        p.apply(inst, "be", adds(pods))
+        wait_for("pool up", lambda: p.observe(inst, "be"), all_up)
+        keep = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=5)
+        try:
+            pinned = get(lb.port, keep)
+            name = f"s{pinned[-1]}"
+            other = f"pod-{1 - int(pinned[-1])}"
+
+            assert p.apply(inst, "be", [Action(Op.DRAIN, name)]).done == 1
+            assert {get(lb.port) for _ in range(6)} == {other}  # no new connections
+            assert get(lb.port, keep) == pinned  # the existing one keeps working
+            srv = p.observe(inst, "be").servers[name]
+            assert (srv.admin, srv.health, srv.sessions) == (AdminState.DRAIN, Health.UP, 1)
+
+            # Still a session: 2.6 refuses the delete; reported, not raised.
+            result = p.apply(inst, "be", [Action(Op.REMOVE, name)])
+            assert result.done == 0
+            assert result.failed[0][1].startswith("has_connections: Server still has")
+            assert p.observe(inst, "be").servers[name].admin is AdminState.MAINT
+        finally:
+            keep.close()
+        wait_for("drained", lambda: p.observe(inst, "be").servers[name].sessions, lambda n: n == 0)
+        result = p.apply(inst, "be", [Action(Op.REMOVE, name)])
+        assert (result.done, result.failed) == (1, ())
+        assert set(p.observe(inst, "be").servers) == {f"s{1 - int(pinned[-1])}"}
+
+
+@pytest.mark.netns
+def test_weight_change_and_enable(netns_pool: NetnsPool) -> None:
+    pods = netns_pool.add_many_veth(2)
+    for i, pod in enumerate(pods):
+        spawn_in_pod(pod, 8080, f"pod-{i}")
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        p = provider(lb)
+        (inst,) = p.instances()
+        p.apply(inst, "be", adds(pods))
+        wait_for("pool up", lambda: p.observe(inst, "be"), all_up)
+        assert p.apply(inst, "be", [Action(Op.SET_WEIGHT, "s0", weight=0)]).done == 1
+        assert p.observe(inst, "be").servers["s0"].weight == 0
+        assert {get(lb.port) for _ in range(6)} == {"pod-1"}
+        result = p.apply(
+            inst,
+            "be",
+            [Action(Op.SET_WEIGHT, "s0", weight=5), Action(Op.DRAIN, "s1")],
+        )
+        assert result.done == 2
+        assert {get(lb.port) for _ in range(4)} == {"pod-0"}
+        assert p.apply(inst, "be", [Action(Op.ENABLE, "s1")]).done == 1
+        state = p.observe(inst, "be")
+        assert (state.servers["s0"].weight, state.servers["s1"].admin) == (5, AdminState.READY)
+        assert {get(lb.port) for _ in range(12)} == {"pod-0", "pod-1"}
+
+
+# -- errors ----------------------------------------------------------------------------------
+def test_rejected_commands_are_reported_not_raised() -> None:
+    calls: list[tuple[str, str, str]] = []
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        p = provider(lb, on_command=lambda *a: calls.append(a))
+        (inst,) = p.instances()
+        first = Action(Op.ADD, "s1", "10.255.0.1", 8080, 2)
+        assert p.apply(inst, "be", [first]).done == 1
+        batch = [
+            Action(Op.REMOVE, "ghost"),  # no such server
+            Action(Op.SET_WEIGHT, "ghost2", weight=3),
+            Action(Op.ADD, "s2", "10.255.0.2", 8080, 999),  # weight out of range
+            Action(Op.ADD, "s3", "10.255.0.3", 8080, 1),  # fine
+            Action(Op.ADD, "bad name", "10.255.0.4", 8080),  # never sent
+            Action(Op.DRAIN, "s1"),  # fine
+        ]
+        result = p.apply(inst, "be", batch)
+        assert result.done == 2
+        failed = {a.server: why for a, why in result.failed}
+        assert failed == {
+            "ghost": "no_server: No such server.",
+            "ghost2": "no_server: No such server.",
+            "s2": "rejected: weight of server s2 is not within 0 and 256 (999)..",
+            "bad name": "invalid: server name 'bad name' has characters HAProxy refuses",
+        }
+        # Same server again (same address): "exists", and the existing one is left alone.
+        again = p.apply(inst, "be", [first])
+        assert again.done == 0 and [a for a, _ in again.failed] == [first]
+        assert again.failed[0][1] == (
+            "exists: Already exists a server with the same name in backend."
+        )
+        state = p.observe(inst, "be")
+        assert set(state.servers) == {"s1", "s3"}
+        assert state.servers["s1"].admin is AdminState.DRAIN  # not re-enabled by the failed add
+    assert (inst, "set server", "rejected") in calls
+    assert (inst, "add server", "rejected") in calls
+
+
+def test_unknown_backend_is_pool_not_found() -> None:
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        p = provider(lb)
+        (inst,) = p.instances()
+        with pytest.raises(PoolNotFound):
+            p.observe(inst, "nope")
+        with pytest.raises(PoolNotFound):
+            p.apply(inst, "nope", [Action(Op.ADD, "s1", "10.255.0.1", 80)])
+        with pytest.raises(PoolNotFound):
+            p.apply(inst, "nope", [Action(Op.DRAIN, "s1")])
+        assert p.observe(inst, "be").servers == {}
+
+
+def test_stopped_haproxy_is_transient_after_bounded_retries() -> None:
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        p = provider(lb, retries=2, backoff_s=0.05, timeout_s=0.5)
+        (inst,) = p.instances()
+        p.observe(inst, "be")
+        lb.stop()
+        for call in (
+            lambda: p.observe(inst, "be"),
+            lambda: p.observe_all(inst),
+            lambda: p.apply(inst, "be", [Action(Op.ADD, "s1", "10.255.0.1", 80)]),
+        ):
+            t0 = time.monotonic()
+            with pytest.raises(TransientError, match="after 3 attempts"):
+                call()
+            assert time.monotonic() - t0 < 2.0
+
+
+@pytest.mark.netns
+def test_restart_loses_servers_and_they_can_be_readded(netns_pool: NetnsPool) -> None:
+    pod = netns_pool.add_veth()
+    spawn_in_pod(pod, 8080, "pod-a")
+    with HAProxy(["be", "other"], server_options=OPTS) as lb:
+        p = provider(lb)
+        (inst,) = p.instances()
+        p.apply(inst, "be", adds([pod]))
+        wait_for("up", lambda: p.observe(inst, "be"), all_up)
+        lb.restart()
+        assert p.observe(inst, "be") == PoolState("be")
+        assert p.observe_all(inst) == {"be": PoolState("be"), "other": PoolState("other")}
+        assert p.apply(inst, "be", adds([pod])).done == 1
+        wait_for("up again", lambda: p.observe(inst, "be"), all_up)
+        assert get(lb.port) == "pod-a"
+
+
+@pytest.mark.netns
+def test_two_instances_both_get_the_actions(pods3: list[Pod]) -> None:
+    with HAProxy(["be"], server_options=OPTS) as lb1, HAProxy(["be"], server_options=OPTS) as lb2:
+        p = provider(lb1, lb2)
+        assert len(p.instances()) == 2
+        for inst in p.instances():
+            assert p.apply(inst, "be", adds(pods3)).done == 3
+        for inst in p.instances():
+            wait_for(inst, functools.partial(p.observe, inst, "be"), all_up)
+        for lb in (lb1, lb2):
+            assert {get(lb.port) for _ in range(9)} == {"pod-0", "pod-1", "pod-2"}
+        for inst in p.instances():
+            p.apply(inst, "be", [Action(Op.DRAIN, "s0")])
+        for lb in (lb1, lb2):
+            assert "pod-0" not in {get(lb.port) for _ in range(6)}
+
+
+@pytest.mark.netns
+def test_tcp_runtime_endpoint(netns_pool: NetnsPool) -> None:
+    pod = netns_pool.add_veth()
+    spawn_in_pod(pod, 8080, "pod-t")
+    with HAProxy(["be"], server_options=OPTS, tcp_runtime=True) as lb:
+        inst = f"tcp:127.0.0.1:{lb.runtime_port}"
+        p = HAProxyProvider([inst], server_options=OPTS)
+        assert p.apply(inst, "be", adds([pod])).done == 1
+        state = wait_for("up", lambda: p.observe(inst, "be"), all_up)
+        assert state.servers["s0"].address == pod.ip
+        assert set(p.observe_all(inst)) == {"be"}
+        assert get(lb.port) == "pod-t"
+
+
+# -- IPv6 ------------------------------------------------------------------------------------
+_V6_APP = (
+    "import socket, sys\n"
+    "from tests.testbed import app\n"
+    "app.AppServer.address_family = socket.AF_INET6\n"
+    "sys.exit(app.main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.netns
+def test_ipv6_pod(netns_pool: NetnsPool) -> None:
+    """``add server`` needs ``[addr]:port`` for IPv6; the pod gets a ULA on its veth."""
+    pod = netns_pool.add_veth()
+    assert pod.host_if is not None
+    net = ipaddress.IPv6Network(((0xFD << 120) | (secrets.randbits(56) << 64), 64))
+    # canonical text (no leading zeros), as HAProxy prints it back
+    host_addr, pod_addr = str(net[1]), str(net[2])
+    ip("addr", "add", f"{host_addr}/64", "dev", pod.host_if, "nodad")
+    ip("-n", pod.name, "addr", "add", f"{pod_addr}/64", "dev", "eth0", "nodad")
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root}
+    argv = [sys.executable, "-c", _V6_APP, "--port", "8080", "--name", "pod-v6", "--host", "::"]
+    proc = pod.popen(argv, cwd=root, env=env, stdout=subprocess.DEVNULL)
+
+    def listening() -> bool:
+        try:
+            socket.create_connection((pod_addr, 8080), timeout=0.5).close()
+            return True
+        except OSError:
+            assert proc.poll() is None, "v6 app exited"
+            return False
+
+    wait_for("v6 app listening", listening, bool)
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        p = provider(lb)
+        (inst,) = p.instances()
+        assert p.apply(inst, "be", [Action(Op.ADD, "v6", pod_addr, 8080, 1)]).done == 1
+        state = wait_for("v6 up", lambda: p.observe(inst, "be"), all_up)
+        srv = state.servers["v6"]
+        assert (srv.address, srv.port) == (pod_addr, 8080)
+        assert get(lb.port) == "pod-v6"
+
+
+# -- speed -----------------------------------------------------------------------------------
+def test_thousands_of_actions_are_fast() -> None:
+    """2,000 servers over 40 pools (no pod behind them: checks every 30 s); the bench figures
+    for 10,000 are in the provider's commit message and the report."""
+    pools = [f"be{i}" for i in range(40)]
+    with HAProxy(pools, server_options="check inter 30s") as lb:
+        p = HAProxyProvider([f"unix:{lb.socket_path}"], server_options="check inter 30s")
+        (inst,) = p.instances()
+        t0 = time.monotonic()
+        for b, pool in enumerate(pools):
+            acts = [Action(Op.ADD, f"s{i}", f"10.250.{b}.{i + 1}", 8080, 1) for i in range(50)]
+            assert p.apply(inst, pool, acts).done == 50
+        t_apply = time.monotonic() - t0
+        t0 = time.monotonic()
+        everything = p.observe_all(inst)
+        t_all = time.monotonic() - t0
+        t0 = time.monotonic()
+        one = p.observe(inst, "be7")
+        t_one = time.monotonic() - t0
+        assert sum(len(s.servers) for s in everything.values()) == 2000
+        assert len(one.servers) == 50 and one == everything["be7"]
+        assert {s.health for s in one.servers.values()} == {Health.CHECKING}
+        assert t_apply < 10 and t_all < 2 and t_one < 0.5, (t_apply, t_all, t_one)
