@@ -66,6 +66,19 @@ def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
         choices=("fast", "pyroute2"),
         help="netlink decoder: fast (default) or pyroute2 (reference, slower)",
     )
+    drain = sub.add_parser(
+        "drain",
+        help="hold until a terminating pod is drained (for exec preStop hooks)",
+        description="Ask the node agent to drain a terminating pod and wait until it is done: "
+        "the LB has deregistered the pod and it has gone quiet, or the drain timeout ended. "
+        "Exit 0 drained, 4 timeout, 1 refused or failed.",
+    )
+    drain.add_argument(
+        "pod", metavar="NAMESPACE/NAME", help="the pod (e.g. $POD_NAMESPACE/$POD_NAME)"
+    )
+    env.add(drain, "--agent-url", default="http://127.0.0.1:9808", help="the node agent's API")
+    env.add(drain, "--timeout", default="600", help="give up waiting after this many seconds")
+
     run = sub.add_parser(
         "run",
         help="run the node agent (DaemonSet)",
@@ -91,6 +104,44 @@ def cmd_run(args: argparse.Namespace, env: EnvDefaults) -> int:
     except PermanentError as exc:
         logging.getLogger("agent").error("cannot start: %s", exc)
         return EXIT_FAILURE
+
+
+EXIT_DRAIN_TIMEOUT = 4
+
+
+def cmd_drain(args: argparse.Namespace, env: EnvDefaults) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    namespace, sep, name = args.pod.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise SettingError("NAMESPACE/NAME", args.pod, "argument", "expected NAMESPACE/NAME")
+    try:
+        timeout = float(args.timeout)
+    except ValueError:
+        raise SettingError(
+            "--timeout", args.timeout, env.source("timeout"), "not a number"
+        ) from None
+    quote = urllib.parse.quote
+    url = (
+        f"{args.agent_url.rstrip('/')}/v1/drain/{quote(namespace, safe='')}/{quote(name, safe='')}"
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()
+        print(f"podlb-agent drain: {exc.code}: {detail}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, ValueError) as exc:
+        print(
+            f"podlb-agent drain: cannot reach the agent at {args.agent_url}: {exc}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    outcome, seconds = body.get("outcome"), body.get("seconds")
+    print(f"{body.get('pod')}: {outcome} after {seconds}s: {body.get('message')}")
+    return EXIT_DRAIN_TIMEOUT if body.get("outcome") == "timeout" else EXIT_OK
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -148,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inspect(args, env)
         if args.command == "run":
             return cmd_run(args, env)
+        if args.command == "drain":
+            return cmd_drain(args, env)
     except SettingError as exc:
         print(f"podlb-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -123,6 +123,23 @@ class Metrics:
             registry=r,
         )
 
+        self.drain_duration = Histogram(
+            "podlb_drain_duration_seconds",
+            "How long preStop drains held, by outcome (drained, timeout, refused)",
+            ["outcome"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0),
+            registry=r,
+        )
+        self.drain_connections = Histogram(
+            "podlb_drain_connections_at_start",
+            "Established connections on serving ports when a drain started",
+            buckets=(0, 1, 2, 5, 10, 25, 50, 100, 250, 1000),
+            registry=r,
+        )
+        self.drains_in_flight = Gauge(
+            "podlb_drains_in_flight", "Drains being held right now", registry=r
+        )
+
     def set_backends(self, by_state: dict[str, int]) -> None:
         for state in ("Healthy", "Registering", "Unhealthy", "Draining", "Deregistered"):
             self.lb_backends.labels(state).set(by_state.get(state, 0))

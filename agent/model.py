@@ -190,6 +190,8 @@ class Pod:
     host_network: bool = False
     terminating: bool = False  # metadata.deletionTimestamp is set
     grace_period_s: int = 30  # spec.terminationGracePeriodSeconds
+    deletion_timestamp: str | None = None  # RFC 3339: when the grace period ends
+    deletion_grace_s: int | None = None  # metadata.deletionGracePeriodSeconds
     readiness_gates: tuple[str, ...] = ()
     conditions: tuple[Condition, ...] = ()
     ports: tuple[ContainerPort, ...] = ()

@@ -5,6 +5,7 @@ a non-zero exit, so Kubernetes restarts it instead of it limping on.
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import signal
@@ -19,16 +20,19 @@ from prometheus_client import CollectorRegistry
 from agent import __version__
 from agent.clock import Clock
 from agent.datapath import Inspector, InspectorConfig
+from agent.datapath.netlink import entered
 from agent.kube.calls import Calls
 from agent.kube.client import KubeAccess
 from agent.kube.factory import KubeAdapters
 from agent.lb.base import LBProvider
 from agent.leader.election import ElectionConfig, LeaderElector, LeaderScope
 from agent.leader.reconcile import Leader, LeaderMetrics
-from agent.metrics import Metrics, NodeCollector, PodCollector
+from agent.metrics import Metrics, NodeCollector, PodCollector, PodView
 from agent.model import DATAPATH_READY, LB_READY, Pod, PodKey
 from agent.node.agent import NodeAgent
 from agent.node.api import NodeAPI
+from agent.node.drain import Activity, DrainManager, DrainMetrics
+from agent.node.drainport import DrainListeners, result_body
 from agent.node.reporter import ConditionReporter
 from agent.settings import RunSettings
 
@@ -143,6 +147,16 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def drain_route(drains: DrainManager, stop: threading.Event, rest: str) -> tuple[int, str, bytes]:
+    """GET /v1/drain/{namespace}/{name}: long-poll until the pod is drained."""
+    parts = rest.strip("/").split("/")
+    if len(parts) != 2 or not all(parts) or any(len(p) > 253 for p in parts):
+        return 400, "application/json", b'{"error": "expected /v1/drain/{namespace}/{name}"}\n'
+    result = drains.drain(parts[0], parts[1], stop)
+    body = json.dumps(result_body(PodKey(parts[0], parts[1]), result)).encode() + b"\n"
+    return result.code, "application/json", body
+
+
 def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     log.info("podlb-agent %s starting: %s", __version__, settings.describe())
     raise_fd_limit()
@@ -200,6 +214,19 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     inspector = Inspector(
         InspectorConfig(proc_root=settings.proc_root, netns_dirs=settings.netns_dirs)
     )
+    sink = kube.status_sink("podlb-agent", settings.node_name)
+    listeners_ref: list[DrainListeners] = []
+
+    def on_decided(views: list[PodView]) -> None:
+        if listeners_ref:
+            listeners_ref[0].sync(
+                {
+                    v.pod.key: (v.pod, v.netns.paths, v.netns.tcp.listening_ports())
+                    for v in views
+                    if v.opted_in and v.netns is not None
+                }
+            )
+
     agent = NodeAgent(
         settings.node_name,
         inspector,
@@ -210,12 +237,40 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         clock,
         scan_interval_s=settings.scan_interval_s,
         synced=lambda: pods.synced.is_set() and services.synced.is_set(),
+        on_decided=on_decided,
     )
     agent_ref.append(agent)
+    drains = DrainManager(
+        settings.node_name,
+        sink.get_pod,
+        lookup,
+        services.items,
+        agent.netns_of,
+        lambda paths: [Activity(a.sport, a.idle_ms) for a in inspector.activity(paths)],
+        sink.emit_event,
+        clock,
+        quiet_s=settings.drain_quiet_s,
+        max_concurrent=settings.drain_max_concurrent,
+        metrics=DrainMetrics(
+            finished=lambda outcome, s: metrics.drain_duration.labels(outcome).observe(s),
+            started=metrics.drain_connections.observe,
+            in_flight=metrics.drains_in_flight.set,
+        ),
+    )
     registry.register(PodCollector(agent.views))
     registry.register(NodeCollector(settings.proc_root))
     api = NodeAPI((settings.listen_host, settings.listen_port), registry, agent.views, agent.ready)
+    api.prefix_routes["/v1/drain/"] = lambda h, rest: drain_route(drains, sup.stop, rest)
     log.info("node API listening on %s:%d", *api.address)
+    if settings.drain_port:
+        listeners_ref.append(
+            DrainListeners(
+                settings.drain_port,
+                drains.drain,
+                entered,
+                sink.emit_event,
+            )
+        )
 
     def on_leader_change(leading: bool, holder: str | None) -> None:
         metrics.is_leader.set(1 if leading else 0)
@@ -238,6 +293,8 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     sup.start("scanner", agent.run)
     sup.start("condition-writer", reporter.run)
     sup.start("node-api", api.serve)
+    if listeners_ref:
+        sup.start("drain-listeners", listeners_ref[0].run)
     lead = leader_work(settings, kube, metrics, clock)
     sup.start("leader-election", lambda stop: elector.run(stop, lead))
 

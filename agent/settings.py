@@ -113,6 +113,9 @@ class RunSettings:
     haproxy_server_options: str  # options of every dynamically added server
     lb_drain_timeout_s: float  # a draining server is removed after this even with sessions
     leader_resync_s: float  # full leader reconcile period when nothing is in flight
+    drain_port: int  # in-pod drain listener port (0: none)
+    drain_quiet_s: float  # a connection idle this long does not hold a drain
+    drain_max_concurrent: int  # drains served at once on this node
     shutdown_timeout_s: float  # workers must stop within this on SIGTERM
 
     def describe(self) -> dict[str, object]:
@@ -174,6 +177,19 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(parser, "--lb-drain-timeout", default="60", help="seconds before a draining server "
             "is removed even with sessions left")  # fmt: skip
     env.add(parser, "--leader-resync", default="10", help="seconds between full LB reconciles")
+    env.add(
+        parser,
+        "--drain-port",
+        default="9809",
+        help="port of the drain listener inside each opted-in pod (0: no listener)",
+    )
+    env.add(
+        parser,
+        "--drain-quiet",
+        default="1",
+        help="seconds without request bytes after which a connection no longer holds a drain",
+    )
+    env.add(parser, "--drain-max-concurrent", default="256", help="drains served at once")
     env.add(parser, "--shutdown-timeout", default="10", help="seconds to stop on SIGTERM")
 
 
@@ -268,5 +284,8 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         haproxy_server_options=args.haproxy_server_options,
         lb_drain_timeout_s=_number(args, env, "lb_drain_timeout", 0, 86400),
         leader_resync_s=_number(args, env, "leader_resync", 0.5, 3600),
+        drain_port=int(_number(args, env, "drain_port", 0, 65535)),
+        drain_quiet_s=_number(args, env, "drain_quiet", 0, 600),
+        drain_max_concurrent=int(_number(args, env, "drain_max_concurrent", 1, 100000)),
         shutdown_timeout_s=_number(args, env, "shutdown_timeout", 0.5, 600),
     )

@@ -67,6 +67,12 @@ INET_DIAG_SOCKID = struct.Struct(">HH16s16sI8s")  # ports big-endian; if/cookie 
 INET_DIAG_MSG = struct.Struct("=BBBB")
 TCP_ESTABLISHED = 1
 TCP_LISTEN = 10
+INET_DIAG_INFO = 2  # response attribute: struct tcp_info
+EXT_INFO = 1 << (INET_DIAG_INFO - 1)  # request bit asking for it
+INET_DIAG_MSG_SIZE = 72
+# struct tcp_info (linux/tcp.h): offsets of the two fields the drain reads.
+TCPI_LAST_DATA_RECV = 52  # __u32, ms since the last data was received
+TCPI_BYTES_RECEIVED = 128  # __u64 (Linux 4.6+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,14 +131,14 @@ def nsid_request(fd: int, seq: int) -> bytes:
     return request(RTM_GETNSID, NLM_F_REQUEST, RTGENMSG.pack(socket.AF_UNSPEC) + attr, seq)
 
 
-def tcp_diag_compat_request(states: int, seq: int) -> bytes:
+def tcp_diag_compat_request(states: int, seq: int, ext: int = 0) -> bytes:
     """TCPDIAG_GETSOCK (``struct inet_diag_req``): IPv4 and IPv6 TCP sockets in one dump.
 
     The kernel's TCP socket dump walks the whole established hash table (shared by every
     namespace unless ``net.ipv4.tcp_child_ehash_entries`` is set), once per request: one
     request for both families halves the cost of a scan.
     """
-    body = INET_DIAG_MSG.pack(socket.AF_UNSPEC, 0, 0, 0)
+    body = INET_DIAG_MSG.pack(socket.AF_UNSPEC, 0, 0, ext)
     body += INET_DIAG_SOCKID.pack(0, 0, b"\0" * 16, b"\0" * 16, 0, b"\xff" * 8)
     body += struct.pack("=II", states, 0)
     return request(TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, body, seq)
@@ -329,3 +335,28 @@ def decode_sock(payload: memoryview) -> RawSock:
         dport=dport,
         inode=inode,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SockActivity:
+    """An established socket and how recently its peer sent data (from tcp_info)."""
+
+    sport: int
+    dst: str
+    dport: int
+    inode: int
+    idle_ms: int  # tcpi_last_data_recv
+    bytes_received: int | None
+
+
+def decode_sock_activity(payload: memoryview) -> SockActivity:
+    sock = decode_sock(payload)
+    idle_ms = 0
+    received: int | None = None
+    for atype, val in attrs(payload, INET_DIAG_MSG_SIZE):
+        if atype == INET_DIAG_INFO:
+            if len(val) >= TCPI_LAST_DATA_RECV + 4:
+                idle_ms = int(struct.unpack_from("=I", val, TCPI_LAST_DATA_RECV)[0])
+            if len(val) >= TCPI_BYTES_RECEIVED + 8:
+                received = int(struct.unpack_from("=Q", val, TCPI_BYTES_RECEIVED)[0])
+    return SockActivity(sock.sport, sock.dst, sock.dport, sock.inode, idle_ms, received)

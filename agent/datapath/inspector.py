@@ -338,6 +338,28 @@ class Inspector:
             tcp=build_tcp(raw, self.decoder),
         )
 
+    def activity(self, paths: Sequence[str]) -> list[d.SockActivity]:
+        """Established TCP sockets of one namespace with their idle times (the drain's view).
+
+        Opens its own sockets (any thread may call it while scans run). Raises
+        ``NamespaceGone`` when no path leads to the namespace any more.
+        """
+        home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    with NetnsConnection.open(fd, home_fd) as conn:
+                        return conn.activity()
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(home_fd)
+        raise NamespaceGone(f"no way into the namespace any more: {', '.join(paths)}")
+
     def _connect(
         self, cand: Candidate, home_fd: int, is_host: bool, skipped: Counter[str]
     ) -> tuple[NetnsConnection | None, str]:

@@ -200,6 +200,11 @@ class NetnsConnection:
             out += self.diag.dump(functools.partial(_tcp_req, family, states), "tcp sock_diag")
         return out
 
+    def activity(self) -> list[d.SockActivity]:
+        """Established TCP sockets with their tcp_info (idle time, bytes received)."""
+        build = functools.partial(d.tcp_diag_compat_request, 1 << d.TCP_ESTABLISHED, ext=d.EXT_INFO)
+        return [d.decode_sock_activity(p) for _t, p in self.diag.dump(build, "tcp activity")]
+
     def read_all(self, host_fd: int | None) -> RawDump:
         states = (1 << d.TCP_LISTEN) | (1 << d.TCP_ESTABLISHED)
         if host_fd is not None and self.host_nsid is None:

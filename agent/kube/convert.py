@@ -47,6 +47,8 @@ def pod_from_dict(obj: dict[str, Any]) -> Pod:
         phase=status.get("phase", ""),
         host_network=bool(spec.get("hostNetwork")),
         terminating=meta.get("deletionTimestamp") is not None,
+        deletion_timestamp=meta.get("deletionTimestamp"),
+        deletion_grace_s=meta.get("deletionGracePeriodSeconds"),
         grace_period_s=int(grace) if grace is not None else 30,
         readiness_gates=tuple(
             g["conditionType"] for g in spec.get("readinessGates") or [] if "conditionType" in g

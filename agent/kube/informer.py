@@ -7,6 +7,7 @@ of the official client) and converted to podlb's frozen model types. Handlers on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -67,6 +68,7 @@ class Informer(Generic[T]):
         self._lock = threading.Lock()
         self._items: dict[Key, T] = {}
         self._watch: watch.Watch | None = None
+        self._resp: Any = None
         self.synced = threading.Event()
         self.resource_version = ""
         self.relists = 0
@@ -117,10 +119,17 @@ class Informer(Generic[T]):
                 self.on_resync()
 
     def stop_watch(self) -> None:
-        """End the current watch now (used on shutdown)."""
+        """End the current watch now (used on shutdown): a quiet watch would otherwise block
+        until its next event or its timeout."""
         w = self._watch
         if w is not None:
             w.stop()
+        resp = self._resp
+        if resp is not None:
+            with contextlib.suppress(Exception):
+                resp.shutdown()  # urllib3 >= 2.3: unblocks a read in another thread
+            with contextlib.suppress(Exception):
+                resp.release_conn()
 
     @staticmethod
     def _jitter(seconds: float) -> float:
@@ -156,9 +165,17 @@ class Informer(Generic[T]):
     def _watch_once(self, stop: threading.Event) -> None:
         w = watch.Watch()
         self._watch = w
+        list_fn = self.list_fn
+
+        def opened(*args: Any, **kwargs: Any) -> Any:
+            resp = list_fn(*args, **kwargs)
+            self._resp = resp  # kept so that stop_watch() can cut the stream
+            return resp
+
+        opened.__doc__ = list_fn.__doc__  # the client reads the watch parameter name from it
         try:
             stream = w.stream(
-                self.list_fn,
+                opened,
                 resource_version=self.resource_version,
                 timeout_seconds=self.watch_timeout_s,
                 allow_watch_bookmarks=True,
@@ -172,6 +189,7 @@ class Informer(Generic[T]):
                 self._apply(event)
         finally:
             self._watch = None
+            self._resp = None
 
     def _apply(self, event: dict[str, Any]) -> None:
         etype = event.get("type")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
@@ -11,6 +12,7 @@ from agent.clock import Clock
 from agent.model import Condition, Pod, PodKey
 
 from .calls import Calls
+from .convert import pod_from_dict
 
 
 class PodStatusSink:
@@ -29,6 +31,19 @@ class PodStatusSink:
         self.clock = clock
         self.component = component
         self.host = host
+
+    def get_pod(self, namespace: str, name: str) -> Pod:
+        """The pod as the API server has it now (not the cache); NotFound when gone."""
+        resp = self.calls(
+            "get",
+            "pods",
+            self.core.read_namespaced_pod,
+            name,
+            namespace,
+            _preload_content=False,
+            _request_timeout=(5, 10),
+        )
+        return pod_from_dict(json.loads(resp.data))
 
     def patch_condition(self, key: PodKey, condition: Condition) -> None:
         body = {"status": {"conditions": [condition_dict(condition)]}}

@@ -39,6 +39,7 @@ class NodeAgent:
         *,
         scan_interval_s: float = 5.0,
         synced: Callable[[], bool] = lambda: True,
+        on_decided: Callable[[list[PodView]], None] = lambda views: None,
     ) -> None:
         self.node_name = node_name
         self.scanner = scanner
@@ -49,6 +50,7 @@ class NodeAgent:
         self.clock = clock
         self.scan_interval_s = scan_interval_s
         self.synced = synced
+        self.on_decided = on_decided
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._views: dict[PodKey, PodView] = {}
@@ -130,3 +132,15 @@ class NodeAgent:
         for key, view in views.items():
             if not view.opted_in:
                 self.reporter.forget(key)
+        self.on_decided(list(views.values()))
+
+    def netns_of(self, pod: Pod) -> tuple[tuple[str, ...], frozenset[int]] | None:
+        """The pod's namespace paths and serving ports (for the drain), from the last scan."""
+        view = self.view(pod.key)
+        if view is not None and view.netns is not None and view.pod.uid == pod.uid:
+            return view.netns.paths, view.serving_ports
+        snap = self.snapshot()
+        ns = find_namespace(pod, snap) if snap is not None else None
+        if ns is None:
+            return None
+        return ns.paths, serving_ports(pod, list(self.services()))

@@ -96,6 +96,10 @@ class NodeAPI:
             "/metrics": self._metrics,
             "/v1/pods": self._pods,
         }
+        # Routes under a prefix get the rest of the path: "/v1/drain/" -> "ns/name".
+        self.prefix_routes: dict[
+            str, Callable[[BaseHTTPRequestHandler, str], tuple[int, str, bytes]]
+        ] = {}
         self.server = _Server(listen, self._handler())
 
     @property
@@ -140,11 +144,18 @@ class NodeAPI:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 route = api.routes.get(path)
-                if route is None:
+                prefixed = next(
+                    ((p, r) for p, r in api.prefix_routes.items() if path.startswith(p)), None
+                )
+                if route is None and prefixed is None:
                     self._send(404, "text/plain", b"not found\n")
                     return
                 try:
-                    code, ctype, body = route(self)
+                    if route is not None:
+                        code, ctype, body = route(self)
+                    else:
+                        assert prefixed is not None
+                        code, ctype, body = prefixed[1](self, path[len(prefixed[0]) :])
                 except Exception:  # a bug in one route must not kill the server
                     log.exception("node API %s failed", path)
                     code, ctype, body = 500, "text/plain", b"internal error\n"

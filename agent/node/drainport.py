@@ -1,0 +1,210 @@
+"""The in-pod drain listener: ``httpGet`` preStop hooks with no ``host`` reach the agent.
+
+For every opted-in pod the agent opens a listening socket *inside the pod's network
+namespace* on ``--drain-port``. kubelet's ``GET podIP:port/drain`` lands on it, which
+identifies the pod exactly, and the request long-polls until the drain is over. App images
+need no shell and no curl. A port the app already uses is detected, reported once as an Event
+and skipped. One selector thread accepts on every listener; each request gets a thread
+(bounded by the drain manager), reads at most 8 KiB for at most 5 s, and answers once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+
+from agent.model import Pod, PodKey
+
+from .drain import DrainResult
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 8192
+READ_TIMEOUT_S = 5.0
+DRAIN_PATHS = ("/drain", "/")
+
+
+def socket_in(
+    paths: tuple[str, ...], family: int, enter: Callable[[int, int], object]
+) -> socket.socket:
+    """A TCP socket created inside the namespace behind the first path that opens."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                with enter(fd, home):  # type: ignore[attr-defined]
+                    return socket.socket(family, socket.SOCK_STREAM)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(home)
+    raise FileNotFoundError(errno.ENOENT, "namespace gone", paths[0] if paths else "")
+
+
+def parse_request(data: bytes) -> tuple[str, str] | None:
+    """(method, path) of an HTTP/1.x request head; None if it is not one."""
+    head, sep, _ = data.partition(b"\r\n")
+    if not sep:
+        return None
+    parts = head.split()
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        return None
+    try:
+        return parts[0].decode("ascii"), parts[1].decode("ascii").split("?", 1)[0]
+    except UnicodeDecodeError:
+        return None
+
+
+def response(code: int, body: dict[str, object]) -> bytes:
+    text = json.dumps(body).encode()
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+              409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error",
+              503: "Service Unavailable"}.get(code, "Error")  # fmt: skip
+    return (
+        f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n"
+    ).encode() + text
+
+
+def result_body(key: PodKey, result: DrainResult) -> dict[str, object]:
+    return {
+        "pod": str(key),
+        "outcome": result.outcome.value if result.outcome else None,
+        "seconds": round(result.seconds, 3),
+        "message": result.message,
+    }
+
+
+class DrainListeners:
+    def __init__(
+        self,
+        port: int,
+        drain: Callable[[str, str, threading.Event], DrainResult],
+        enter: Callable[[int, int], object],
+        event: Callable[[Pod, str, str, str], None],
+    ) -> None:
+        self.port = port
+        self.drain = drain
+        self.enter = enter
+        self.event = event
+        self._sel = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._socks: dict[PodKey, tuple[str, socket.socket]] = {}  # key -> (pod uid, socket)
+        self._conflicts: set[tuple[str, str]] = set()  # (uid, why) reported already
+        self._stop = threading.Event()
+
+    def listening(self, key: PodKey) -> bool:
+        with self._lock:
+            return key in self._socks
+
+    def sync(self, wanted: dict[PodKey, tuple[Pod, tuple[str, ...], frozenset[int]]]) -> None:
+        """Listen in every wanted pod (pod, netns paths, ports it listens on); close the rest."""
+        with self._lock:
+            current = dict(self._socks)
+        for key, (uid, _sock) in current.items():
+            want = wanted.get(key)
+            if want is None or want[0].uid != uid:
+                self._close(key)
+        for key, (pod, paths, listening) in wanted.items():
+            if key in current and current[key][0] == pod.uid:
+                continue
+            if self.port in listening:
+                self._conflict(pod, f"the app listens on the drain port {self.port} itself")
+                continue
+            try:
+                family = socket.AF_INET6 if pod.ips and ":" in pod.ips[0] else socket.AF_INET
+                sock = socket_in(paths, family, self.enter)
+            except OSError as exc:
+                log.debug("pod=%s: no drain listener: %s", key, exc)
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", self.port))
+                sock.listen(16)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    self._conflict(pod, f"the drain port {self.port} is in use in the pod")
+                else:
+                    log.warning("pod=%s: drain listener failed: %s", key, exc)
+                continue
+            with self._lock:
+                self._socks[key] = (pod.uid, sock)
+            self._sel.register(sock, selectors.EVENT_READ, key)
+            log.debug("pod=%s: drain listener on port %d", key, self.port)
+
+    def _conflict(self, pod: Pod, why: str) -> None:
+        if (pod.uid, why) in self._conflicts:
+            return
+        self._conflicts.add((pod.uid, why))
+        log.warning("pod=%s: %s: no in-pod drain listener (use the exec hook)", pod.key, why)
+        with contextlib.suppress(Exception):
+            self.event(pod, "Warning", "DrainPortInUse", why + "; the httpGet drain hook will fail")
+
+    def _close(self, key: PodKey) -> None:
+        with self._lock:
+            entry = self._socks.pop(key, None)
+        if entry is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(entry[1])
+        entry[1].close()
+
+    def close(self) -> None:
+        for key in list(self._socks):
+            self._close(key)
+
+    def run(self, stop: threading.Event) -> None:
+        """Accept on every listener until ``stop``; each request is served in a thread."""
+        while not stop.is_set():
+            for sel_key, _ in self._sel.select(timeout=0.2):
+                try:
+                    conn, _addr = sel_key.fileobj.accept()  # type: ignore[union-attr]
+                except OSError:
+                    continue
+                pod_key: PodKey = sel_key.data
+                threading.Thread(
+                    target=self._serve, args=(conn, pod_key, stop), daemon=True,
+                    name=f"drain-{pod_key.name}",
+                ).start()  # fmt: skip
+        self.close()
+
+    def _serve(self, conn: socket.socket, key: PodKey, stop: threading.Event) -> None:
+        with conn:
+            conn.settimeout(READ_TIMEOUT_S)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data and len(data) < MAX_REQUEST:
+                    chunk = conn.recv(MAX_REQUEST - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                return
+            req = parse_request(data)
+            if req is None:
+                conn.sendall(response(400, {"error": "not an HTTP/1.x request"}))
+                return
+            method, path = req
+            if method != "GET":
+                conn.sendall(response(405, {"error": "GET only"}))
+                return
+            if path not in DRAIN_PATHS:
+                conn.sendall(response(404, {"error": f"unknown path {path}; use /drain"}))
+                return
+            conn.settimeout(None)
+            result = self.drain(key.namespace, key.name, stop)
+            with contextlib.suppress(OSError):
+                conn.sendall(response(result.code, result_body(key, result)))
