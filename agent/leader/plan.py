@@ -104,10 +104,18 @@ def lb_verdicts(
             ]
             where = f"{spec.pool}/{backend.server}"
             if backend.draining:
-                if present:
-                    v = LBVerdict(False, LBReason.DRAINING, f"{where}: draining")
-                else:
+                if not present:
                     v = LBVerdict(False, LBReason.DEREGISTERED, f"{where}: removed from the LB")
+                elif len(present) == len(instances) and all(
+                    s.admin is not AdminState.READY and s.sessions == 0 for s in present
+                ):
+                    # Every LB instance confirms: no new traffic, no session left (removal
+                    # follows, but nothing reaches the pod any more).
+                    v = LBVerdict(
+                        False, LBReason.DEREGISTERED, f"{where}: drained on every LB instance"
+                    )
+                else:
+                    v = LBVerdict(False, LBReason.DRAINING, f"{where}: draining")
             elif len(present) < len(instances) or not instances:
                 v = LBVerdict(
                     False,

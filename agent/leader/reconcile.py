@@ -147,11 +147,13 @@ class Leader:
                 for pool, st in per_pool.items():
                     registered[pool] = registered.get(pool, frozenset()) | frozenset(st.servers)
             self._registered = registered
+            # Verdicts first: they come from what the LB reported, and a drain waiting for
+            # "Deregistered" should not also wait for this round's LB calls.
+            if reachable:
+                busy |= self._write_verdicts(pools, observed)
             for instance, per_pool in observed.items():
                 for pool in sorted(self._owned):
                     busy |= self._apply(instance, pool, by_pool.get(pool), per_pool, pods, services)
-            if reachable:
-                busy |= self._write_verdicts(pools, observed)
         # An Event per problem when it appears; one that goes away and comes back is new again.
         self._findings = self._round_findings
         outcome = "ok" if reachable else "lb_error"

@@ -235,7 +235,9 @@ def test_lb_verdicts_need_every_instance() -> None:
     )
     [spec], _ = desired_pools([svc()], [sl], pods)
     E = server_name("10.0.0.5", 8080)
-    one = {spec.pool: state(obs(A), obs(B, health=Health.DOWN), obs(C, AdminState.DRAIN))}
+    one = {
+        spec.pool: state(obs(A), obs(B, health=Health.DOWN), obs(C, AdminState.DRAIN, sessions=2))
+    }
     two = {spec.pool: state(obs(A), obs(B), obs(C, AdminState.DRAIN))}
     v = lb_verdicts([spec], {"h1": one, "h2": two})
     assert v[PodKey(NS, "a")].ready and v[PodKey(NS, "a")].reason is LBReason.HEALTHY
@@ -246,5 +248,9 @@ def test_lb_verdicts_need_every_instance() -> None:
     del E
     only_one = lb_verdicts([spec], {"h1": one, "h2": {spec.pool: state()}})
     assert only_one[PodKey(NS, "a")].reason is LBReason.REGISTERING
+    # Drained on every instance with no session left: the LB confirms nothing reaches it.
+    drained = {spec.pool: state(obs(C, AdminState.DRAIN))}
+    confirmed = lb_verdicts([spec], {"h1": drained, "h2": drained})
+    assert confirmed[PodKey(NS, "c")].reason is LBReason.DEREGISTERED
     checking = {spec.pool: state(obs(A, health=Health.CHECKING))}
     assert lb_verdicts([spec], {"h1": checking})[PodKey(NS, "a")].reason is LBReason.REGISTERING

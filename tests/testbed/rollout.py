@@ -1,0 +1,214 @@
+"""The rolling-update scenario podlb exists for (shared by the e2e test, the bench and the demo).
+
+A ``replicas``-pod app behind a real HAProxy, registered by podlb's leader, under a steady load
+of new connections and keep-alive requests through HAProxy, goes through a full rolling update
+(maxSurge 1, maxUnavailable 0). Modes:
+
+* ``podlb``: readiness gate ``podlb.io/lb-ready`` + ``httpGet`` preStop to the in-pod drain
+  listener (``:9809/drain``);
+* ``exec``: the gate + an ``exec`` preStop hook running ``podlb-agent drain $NS/$NAME``;
+* ``nohook``: podlb registers the pods, but there is no gate and no hook (what happens when the
+  LB learns about pods asynchronously);
+* ``sleep``: the gate + ``preStop: sleep N`` (the vendors' advice, N = 40 by default).
+
+The LB's API answers after ``lb_delay_s`` (:mod:`tests.testbed.slowlb`), as a cloud LB's does:
+local HAProxy reacts in microseconds, which would hide the race podlb exists to remove.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+
+from tests.testbed.agents import agents
+from tests.testbed.deploy import RollingUpdate
+from tests.testbed.haproxy import HAProxy
+from tests.testbed.load import LoadGenerator, LoadResult
+from tests.testbed.node import Kubelet
+from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
+from tests.testbed.slowlb import SlowRuntimeProxy
+
+POOL = "shop.web.http"
+NODES = ("node-a", "node-b")
+MODES = ("podlb", "exec", "nohook", "sleep")
+# HAProxy configured like a cloud L4 LB behaves: health checks every 500 ms, 2 failures to go
+# DOWN, and no retry on another server (a cloud LB does not replay a refused connection).
+HAPROXY_SERVER_OPTIONS = "check inter 500ms fall 2 rise 1"
+
+
+@dataclass
+class ScenarioResult:
+    mode: str
+    replicas: int
+    rollout_s: float
+    drain_s: list[float] = field(default_factory=list)  # preStop hold per old pod
+    new_conn: LoadResult | None = None
+    keepalive: LoadResult | None = None
+
+    @property
+    def requests(self) -> int:
+        return sum(r.requests for r in (self.new_conn, self.keepalive) if r)
+
+    @property
+    def failed(self) -> int:
+        return sum(r.errors_total for r in (self.new_conn, self.keepalive) if r)
+
+    def errors(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in (self.new_conn, self.keepalive):
+            for kind, n in (r.errors if r else {}).items():
+                out[kind] = out.get(kind, 0) + n
+        return {k: v for k, v in out.items() if v}
+
+    def drain_p(self, q: float) -> float | None:
+        if not self.drain_s:
+            return None
+        ordered = sorted(self.drain_s)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "replicas": self.replicas,
+            "requests": self.requests,
+            "failed": self.failed,
+            "errors": self.errors(),
+            "drain_p50_s": self.drain_p(0.5),
+            "drain_p99_s": self.drain_p(0.99),
+            "drain_median_s": statistics.median(self.drain_s) if self.drain_s else None,
+            "rollout_s": round(self.rollout_s, 2),
+        }
+
+
+def template(
+    mode: str, version: str, sleep_s: int, grace: int, agent_url: str = ""
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "app",
+        "image": f"testbed/app:{version}",
+        "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+        "env": [{"name": "VERSION", "value": version}],
+    }
+    if mode == "podlb":
+        container["lifecycle"] = {"preStop": {"httpGet": {"path": "/drain", "port": 9809}}}
+    elif mode == "exec":
+        # In a real pod: ["sh", "-c", "podlb-agent drain --agent-url http://$HOST_IP:9808
+        # $POD_NAMESPACE/$POD_NAME"] with HOST_IP, POD_NAME, POD_NAMESPACE from the downward
+        # API. The simulated kubelet runs exec hooks on the host with POD_NAME/POD_NAMESPACE.
+        drain = f"{sys.executable} -m agent drain --agent-url {agent_url}"
+        container["lifecycle"] = {
+            "preStop": {"exec": {"command": ["sh", "-c", drain + ' "$POD_NAMESPACE/$POD_NAME"']}}
+        }
+    elif mode == "sleep":
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": sleep_s}}}
+    spec: dict[str, Any] = {"containers": [container], "terminationGracePeriodSeconds": grace}
+    if mode != "nohook":
+        spec["readinessGates"] = [{"conditionType": "podlb.io/lb-ready"}]
+    return {
+        "metadata": {"labels": {"app": "web"}, "namespace": "shop"},
+        "spec": spec,
+    }
+
+
+def service() -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "web",
+            "namespace": "shop",
+            "annotations": {"podlb.io/direct": "true"},
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+
+
+def run_scenario(
+    mode: str,
+    *,
+    replicas: int = 6,
+    sleep_s: int = 40,
+    concurrency: int = 2,
+    lb_delay_s: float = 1.0,
+    log: Any = None,
+) -> ScenarioResult:
+    """Set up everything, run the rollout under load, tear everything down."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {MODES}")
+    say = log or (lambda msg: None)
+    grace = max(30, sleep_s + 10)
+    lb_args = [
+        "--lb", "haproxy", "--haproxy-server-options", HAPROXY_SERVER_OPTIONS,
+        "--leader-resync", "2", "--lb-drain-timeout", str(grace),
+    ]  # fmt: skip
+    # exec hooks call one agent's URL: keep that mode's pods on one node.
+    nodes = NODES[:1] if mode == "exec" else NODES
+    with (
+        agent_cluster("shop") as api,
+        Kubelet.for_api(api, nodes) as kubelet,
+        HAProxy(
+            backends=(POOL,),
+            server_options=HAPROXY_SERVER_OPTIONS,
+            extra_defaults=("retries 0",),
+        ) as lb,
+        SlowRuntimeProxy(lb.socket_path, lb_delay_s) as slow,
+    ):
+        core = client.CoreV1Api(api.api_client())
+        core.create_namespaced_service("shop", service())
+        extra = [*lb_args, "--haproxy-runtime", f"unix:{slow.socket_path}"]
+        with agents(api.url, AGENT_TOKEN, list(nodes), extra=extra) as procs:
+            for p in procs:
+                p.wait_ready()
+            url = procs[0].url
+            app = RollingUpdate(
+                api.api_client(), "web", template(mode, "v1", sleep_s, grace, url),
+                namespace="shop", replicas=replicas, nodes=list(nodes), timeout=600,
+            )  # fmt: skip
+            app.scale(replicas)
+            _wait_up(lb, replicas)
+            say(f"{mode}: {replicas} pods Ready and UP in HAProxy; rolling update under load")
+            new_conn = LoadGenerator(lb.url, mode="new", concurrency=concurrency, duration=900)
+            keepalive = LoadGenerator(lb.url, mode="keepalive", concurrency=concurrency,
+                                      duration=900)  # fmt: skip
+            new_conn.start()
+            keepalive.start()
+            try:
+                time.sleep(1.0)
+                report = app.rolling_update(
+                    template(mode, "v2", sleep_s, grace, url), max_surge=1, max_unavailable=0,
+                    wait_gone=True,
+                )  # fmt: skip
+                time.sleep(1.0)
+            finally:
+                new_conn.stop()
+                keepalive.stop()
+                new_conn.wait(10)
+                keepalive.wait(10)
+            result = ScenarioResult(mode, replicas, report.total_s)
+            result.new_conn = new_conn.result()
+            result.keepalive = keepalive.result()
+            old = [t.name for t in report.pods.values() if t.template_hash == report.old_hash]
+            for name in old:
+                rec = kubelet.records.get(f"shop/{name}")
+                if rec is not None and rec.prestop_s is not None:
+                    result.drain_s.append(rec.prestop_s)
+            app.delete_all(wait=False)
+            return result
+
+
+def _wait_up(lb: HAProxy, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = lb.servers(POOL)
+        if sum(1 for r in rows.values() if r.get("status") == "UP") >= n:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{n} servers not UP in HAProxy: {lb.servers(POOL)}")
