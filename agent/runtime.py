@@ -274,6 +274,8 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
 
     def on_leader_change(leading: bool, holder: str | None) -> None:
         metrics.is_leader.set(1 if leading else 0)
+        if not leading:
+            metrics.set_backends({})  # only the leader's view of the LB counts
         metrics.leader_transitions.inc()
 
     elector = LeaderElector(
