@@ -47,6 +47,8 @@ class ScenarioResult:
     replicas: int
     rollout_s: float
     drain_s: list[float] = field(default_factory=list)  # preStop hold per old pod
+    # ContainersReady -> Ready per new pod: how long the LB took to accept it (the gate)
+    register_s: list[float] = field(default_factory=list)
     new_conn: LoadResult | None = None
     keepalive: LoadResult | None = None
 
@@ -82,6 +84,7 @@ class ScenarioResult:
             "drain_p99_s": self.drain_p(0.99),
             "drain_median_s": statistics.median(self.drain_s) if self.drain_s else None,
             "rollout_s": round(self.rollout_s, 2),
+            "register_median_s": statistics.median(self.register_s) if self.register_s else None,
         }
 
 
@@ -195,6 +198,11 @@ def run_scenario(
             result = ScenarioResult(mode, replicas, report.total_s)
             result.new_conn = new_conn.result()
             result.keepalive = keepalive.result()
+            new = [t.name for t in report.pods.values() if t.template_hash == report.new_hash]
+            for name in new:
+                rec = kubelet.records.get(f"shop/{name}")
+                if rec is not None and rec.ready_at and rec.containers_ready_at:
+                    result.register_s.append(rec.ready_at - rec.containers_ready_at)
             old = [t.name for t in report.pods.values() if t.template_hash == report.old_hash]
             for name in old:
                 rec = kubelet.records.get(f"shop/{name}")
