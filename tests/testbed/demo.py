@@ -112,10 +112,9 @@ def rollout_demo(sleep_s: int = 10) -> None:
     print()
     print(table(results, sleep_s))
     podlb = results[0]
-    print(
-        f"\npodlb: {podlb.failed} failed requests, each old pod held {podlb.drain_p(0.5):.1f} s "
-        f"(median) instead of {sleep_s} s; without hook and gate {results[1].failed} requests failed."
-    )
+    held = podlb.drain_p(0.5) or 0.0
+    print(f"\npodlb: {podlb.failed} failed requests; each old pod held {held:.1f} s (median)")
+    print(f"instead of {sleep_s} s; without hook and gate {results[1].failed} requests failed.")
 
 
 def conditions(core: object) -> dict[str, tuple[str, str]]:
