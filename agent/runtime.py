@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from agent import __version__
 from agent.clock import Clock
 from agent.datapath import Inspector, InspectorConfig
-from agent.datapath.netlink import entered
+from agent.datapath.netlink import inside
 from agent.kube.calls import Calls
 from agent.kube.client import KubeAccess
 from agent.kube.factory import KubeAdapters
@@ -267,7 +267,7 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
             DrainListeners(
                 settings.drain_port,
                 drains.drain,
-                entered,
+                inside,
                 sink.emit_event,
             )
         )

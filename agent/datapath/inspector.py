@@ -29,7 +29,7 @@ from agent.model import (
 
 from . import decode as d
 from .discovery import Candidate, classify_oserror, current_inode, discover, pod_uid
-from .netlink import NetnsConnection, RawDump
+from .netlink import NetnsConnection, RawDump, inside
 
 log = logging.getLogger(__name__)
 
@@ -344,21 +344,10 @@ class Inspector:
         Opens its own sockets (any thread may call it while scans run). Raises
         ``NamespaceGone`` when no path leads to the namespace any more.
         """
-        home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            for path in paths:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError:
-                    continue
-                try:
-                    with NetnsConnection.open(fd, home_fd) as conn:
-                        return conn.activity()
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(home_fd)
-        raise NamespaceGone(f"no way into the namespace any more: {', '.join(paths)}")
+        with inside(paths):
+            conn = NetnsConnection.open(None, -1)
+        with conn:
+            return conn.activity()
 
     def _connect(
         self, cand: Candidate, home_fd: int, is_host: bool, skipped: Counter[str]

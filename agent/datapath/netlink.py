@@ -14,7 +14,7 @@ import functools
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from agent.errors import DumpInterrupted, NamespaceGone, NetlinkError
@@ -51,6 +51,29 @@ def entered(target_fd: int, home_fd: int) -> Iterator[None]:
             setns(home_fd)
         except OSError as exc:  # pragma: no cover - kernel refused to let us return
             raise SystemExit(f"cannot return to the host network namespace: {exc}") from exc
+
+
+@contextlib.contextmanager
+def inside(paths: Sequence[str]) -> Iterator[str]:
+    """Run the body inside the namespace behind the first of ``paths`` that opens (this thread
+    only; sockets created there stay in that namespace). Yields the path used; raises
+    ``NamespaceGone`` when none leads to the namespace any more."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never O_CREAT
+            except OSError:
+                continue
+            try:
+                with entered(fd, home):
+                    yield path
+                return
+            finally:
+                os.close(fd)
+    finally:
+        os.close(home)
+    raise NamespaceGone(f"no way into the namespace any more: {', '.join(paths)}")
 
 
 class NetlinkSocket:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kubernetes import client
 
@@ -16,6 +17,10 @@ from .informer import Informer, Key
 from .lease import LeaseStore
 from .pods import PodStatusSink
 
+T = TypeVar("T")
+# (on_change(key), on_resync(), resync period in seconds): what every informer is given.
+Hooks = tuple[Callable[[Key], None], Callable[[], None], float]
+
 
 class KubeAdapters:
     def __init__(self, access: KubeAccess, calls: Calls, clock: Clock) -> None:
@@ -25,6 +30,27 @@ class KubeAdapters:
         self.core = client.CoreV1Api(self.api)
         self.discovery = client.DiscoveryV1Api(self.api)
 
+    def _informer(
+        self,
+        resource: str,
+        list_fn: Callable[..., Any],
+        convert: Callable[[dict[str, Any]], T],
+        hooks: Hooks,
+        **kwargs: Any,
+    ) -> Informer[T]:
+        on_change, on_resync, resync_s = hooks
+        return Informer(
+            resource,
+            list_fn,
+            convert,
+            self.calls,
+            self.clock,
+            kwargs=kwargs,
+            on_change=on_change,
+            on_resync=on_resync,
+            resync_s=resync_s,
+        )
+
     def node_pods(
         self,
         node_name: str,
@@ -33,59 +59,43 @@ class KubeAdapters:
         resync_s: float,
     ) -> Informer[Pod]:
         """Pods scheduled to ``node_name`` (field selector ``spec.nodeName``)."""
-        return Informer(
+        return self._informer(
             "pods",
             self.core.list_pod_for_all_namespaces,
             pod_from_dict,
-            self.calls,
-            self.clock,
-            kwargs={"field_selector": f"spec.nodeName={node_name}"},
-            on_change=on_change,
-            on_resync=on_resync,
-            resync_s=resync_s,
-        )
-
-    def services(
-        self, on_change: Callable[[Key], None], on_resync: Callable[[], None], resync_s: float
-    ) -> Informer[Service]:
-        return Informer(
-            "services",
-            self.core.list_service_for_all_namespaces,
-            service_from_dict,
-            self.calls,
-            self.clock,
-            on_change=on_change,
-            on_resync=on_resync,
-            resync_s=resync_s,
+            (on_change, on_resync, resync_s),
+            field_selector=f"spec.nodeName={node_name}",
         )
 
     def all_pods(
         self, on_change: Callable[[Key], None], on_resync: Callable[[], None], resync_s: float
     ) -> Informer[Pod]:
         """Every pod of the cluster (the leader: backends live on every node)."""
-        return Informer(
+        return self._informer(
             "pods",
             self.core.list_pod_for_all_namespaces,
             pod_from_dict,
-            self.calls,
-            self.clock,
-            on_change=on_change,
-            on_resync=on_resync,
-            resync_s=resync_s,
+            (on_change, on_resync, resync_s),
+        )
+
+    def services(
+        self, on_change: Callable[[Key], None], on_resync: Callable[[], None], resync_s: float
+    ) -> Informer[Service]:
+        return self._informer(
+            "services",
+            self.core.list_service_for_all_namespaces,
+            service_from_dict,
+            (on_change, on_resync, resync_s),
         )
 
     def endpointslices(
         self, on_change: Callable[[Key], None], on_resync: Callable[[], None], resync_s: float
     ) -> Informer[EndpointSlice]:
-        return Informer(
+        return self._informer(
             "endpointslices",
             self.discovery.list_endpoint_slice_for_all_namespaces,
             endpointslice_from_dict,
-            self.calls,
-            self.clock,
-            on_change=on_change,
-            on_resync=on_resync,
-            resync_s=resync_s,
+            (on_change, on_resync, resync_s),
         )
 
     def status_sink(self, component: str, host: str) -> PodStatusSink:

@@ -14,12 +14,13 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import selectors
 import socket
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
+from agent.errors import NamespaceGone
 from agent.model import Pod, PodKey
 
 from .drain import DrainResult
@@ -29,27 +30,6 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 8192
 READ_TIMEOUT_S = 5.0
 DRAIN_PATHS = ("/drain", "/")
-
-
-def socket_in(
-    paths: tuple[str, ...], family: int, enter: Callable[[int, int], object]
-) -> socket.socket:
-    """A TCP socket created inside the namespace behind the first path that opens."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                with enter(fd, home):  # type: ignore[attr-defined]
-                    return socket.socket(family, socket.SOCK_STREAM)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(home)
-    raise FileNotFoundError(errno.ENOENT, "namespace gone", paths[0] if paths else "")
 
 
 def parse_request(data: bytes) -> tuple[str, str] | None:
@@ -91,12 +71,12 @@ class DrainListeners:
         self,
         port: int,
         drain: Callable[[str, str, threading.Event], DrainResult],
-        enter: Callable[[int, int], object],
+        inside: Callable[[tuple[str, ...]], AbstractContextManager[object]],
         event: Callable[[Pod, str, str, str], None],
     ) -> None:
         self.port = port
         self.drain = drain
-        self.enter = enter
+        self.inside = inside
         self.event = event
         self._sel = selectors.DefaultSelector()
         self._lock = threading.Lock()
@@ -124,8 +104,9 @@ class DrainListeners:
                 continue
             try:
                 family = socket.AF_INET6 if pod.ips and ":" in pod.ips[0] else socket.AF_INET
-                sock = socket_in(paths, family, self.enter)
-            except OSError as exc:
+                with self.inside(paths):
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+            except (OSError, NamespaceGone) as exc:
                 log.debug("pod=%s: no drain listener: %s", key, exc)
                 continue
             try:

@@ -6,7 +6,7 @@ Direct-mode Service -> servers in HAProxy -> health checks -> podlb.io/lb-ready 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,21 +17,12 @@ from tests.testbed.haproxy import HAProxy
 from tests.testbed.load import run_load
 from tests.testbed.node import Kubelet, make_pod
 from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
+from tests.testbed.waiting import wait_for
 
 pytestmark = pytest.mark.netns
 
 POOL = "shop.web.http"
 GATE = "podlb.io/lb-ready"
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or pred}")
 
 
 def service(

@@ -6,7 +6,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from tests.testbed.app import app_argv
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.node import Kubelet, make_pod
 from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
+from tests.testbed.waiting import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -28,16 +29,6 @@ COND = "podlb.io/datapath-ready"
 def api() -> Iterator[KubeAPIServer]:
     with agent_cluster("shop") as server:
         yield server
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or pred}")
 
 
 def condition(core: client.CoreV1Api, name: str, ctype: str = COND) -> dict[str, Any] | None:

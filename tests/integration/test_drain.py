@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,20 +20,11 @@ from tests.testbed.agents import AgentProcess, agents
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.node import Kubelet, make_pod
 from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
+from tests.testbed.waiting import wait_for
 
 pytestmark = pytest.mark.netns
 
 HOOK = {"httpGet": {"path": "/drain", "port": 9809}}
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or pred}")
 
 
 def get(url: str, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:

@@ -1,0 +1,18 @@
+"""Polling with a deadline: the one way tests wait for the system to get somewhere."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Call ``pred`` every 50 ms until it returns something truthy (returned) or time is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what or pred}")
