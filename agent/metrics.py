@@ -67,12 +67,6 @@ class Metrics:
             ["condition", "outcome"],
             registry=r,
         )
-        self.events = Counter(
-            "podlb_pod_transitions_total",
-            "Condition transitions by condition type and reason",
-            ["condition", "reason"],
-            registry=r,
-        )
         self.is_leader = Gauge(
             "podlb_leader_is_leader", "1 while this agent is the elected leader", registry=r
         )
@@ -256,11 +250,19 @@ class NodeCollector(Collector):
         yield rx
         yield tx
         for name, rel, help_ in (
-            ("entries", "sys/net/netfilter/nf_conntrack_count", "Conntrack entries"),
-            ("limit", "sys/net/netfilter/nf_conntrack_max", "Conntrack table size"),
+            (
+                "podlb_node_conntrack_entries",
+                "sys/net/netfilter/nf_conntrack_count",
+                "Conntrack entries",
+            ),
+            (
+                "podlb_node_conntrack_limit",
+                "sys/net/netfilter/nf_conntrack_max",
+                "Conntrack table size",
+            ),
         ):
             found = self._read_int(rel)
             if found is not None:
-                g = GaugeMetricFamily(f"podlb_node_conntrack_{name}", help_)
+                g = GaugeMetricFamily(name, help_)
                 g.add_metric([], found)
                 yield g

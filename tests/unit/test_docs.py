@@ -1,0 +1,89 @@
+"""The README's references are checked against the code so they cannot drift."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from agent.cli import build_parser
+from agent.metrics import Metrics, NodeCollector, PodCollector, PodView
+from agent.model import Interface, LinkKind, NetnsInfo, Pod, TcpState
+from agent.settings import EnvDefaults
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def subparser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser(EnvDefaults({}))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise AssertionError(name)
+
+
+def flags(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        opt
+        for action in parser._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt != "--help"
+    }
+
+
+def test_every_run_flag_is_in_the_settings_table_and_nothing_else() -> None:
+    section = README.split("### Settings", 1)[1].split("\n### ", 1)[0]
+    documented = set(re.findall(r"`(--[a-z0-9-]+)`", section))
+    assert documented == flags(subparser("run"))
+
+
+def test_inspect_and_drain_flags_are_documented() -> None:
+    for command in ("inspect", "drain"):
+        for flag in flags(subparser(command)) - {"--json"}:
+            assert f"`{flag}`" in README or f"{flag} " in README, (command, flag)
+
+
+def expand(name: str) -> list[str]:
+    """`a_{b,c}_d_{e,f}` -> every combination."""
+    m = re.match(r"(.*?)\{([^}]*)\}(.*)", name)
+    if not m:
+        return [name]
+    return [v for part in m.group(2).split(",") for v in expand(m.group(1) + part + m.group(3))]
+
+
+def exported() -> set[str]:
+    """Every metric family name the agent exports (one pod with one interface in view)."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    iface = Interface("eth0", 2, LinkKind.VETH, None, None, 1500, "up", ("10.0.0.1/32",))
+    ns = NetnsInfo(1, "/x", ("/x",), (), None, (iface,), TcpState())
+    pod = Pod("shop", "web", "u", "n1", ("10.0.0.1",), "Running")
+    registry.register(PodCollector(lambda: [PodView(pod, ns, True, True, "Ready", frozenset())]))
+    registry.register(NodeCollector())
+    names = {family.name for family in registry.collect()}
+    source = (ROOT / "agent" / "metrics.py").read_text()
+    # conntrack series exist only where the module is loaded: take those from the source
+    names |= set(re.findall(r'"(podlb_node_conntrack_[a-z_]+)"', source))
+    return names
+
+
+def test_every_metric_in_the_readme_is_exported() -> None:
+    names = exported()
+    documented = set(re.findall(r"`(podlb_[a-z0-9_{},]+)`", README))
+    assert documented
+    for raw in documented:
+        raw = re.sub(r"\{[a-z_]+\}$", "", raw)  # a trailing {label} is not part of the name
+        for name in expand(raw):
+            assert name.removesuffix("_total") in names, f"{name}: in the README, not exported"
+
+
+def test_every_exported_metric_is_in_the_readme() -> None:
+    documented = {
+        name.removesuffix("_total")
+        for raw in re.findall(r"`(podlb_[a-z0-9_{},]+)`", README)
+        for name in expand(re.sub(r"\{[a-z_]+\}$", "", raw))
+    }
+    assert exported() - documented == set()
