@@ -51,6 +51,7 @@ bench: deps
 	$(PY) -m bench.agent_footprint
 	$(PY) -m bench.direct_vs_nodeport
 	$(PY) -m bench.rolling_update
+	$(PY) -m bench.reconcile
 
 clean:
 	rm -rf $(VENV) .sysdeps.stamp build *.egg-info .mypy_cache .ruff_cache .pytest_cache
