@@ -271,3 +271,21 @@ class EndpointSlice:
     ports: tuple[SlicePort, ...]
     endpoints: tuple[Endpoint, ...]
     resource_version: str = ""
+
+
+def direct_mode(svc: Service) -> tuple[bool, str | None]:
+    """Whether a Service is in direct pod mode, and a problem message if an annotation value
+    is invalid. ``podlb.io/direct: "true"`` counts on any type; the TKE and CCE annotations
+    only on ``type: LoadBalancer`` (as their cloud controllers read them)."""
+    raw = svc.annotation("podlb.io/direct")
+    if raw is not None and raw.strip().lower() not in ("true", "false"):
+        return False, f'podlb.io/direct: "{raw}" is not "true" or "false"'
+    if raw is not None and raw.strip().lower() == "true":
+        return True, None
+    if svc.type != "LoadBalancer":
+        return False, None
+    for key, value in DIRECT_ANNOTATIONS.items():
+        got = svc.annotation(key)
+        if key != "podlb.io/direct" and got is not None and got.strip().lower() == value:
+            return True, None
+    return False, None

@@ -243,7 +243,7 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         if listeners_ref:
             listeners_ref[0].sync(
                 {
-                    v.pod.key: (v.pod, v.netns.paths, v.netns.tcp.listening_ports())
+                    v.pod.key: (v.pod, v.netns.paths, v.netns.inode, v.netns.tcp.listening_ports())
                     for v in views
                     if v.opted_in and v.netns is not None
                 }
@@ -268,7 +268,9 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         lookup,
         services.items,
         agent.netns_of,
-        lambda paths: [Activity(a.sport, a.idle_ms) for a in inspector.activity(paths)],
+        lambda paths, inode: [
+            Activity(a.sport, a.idle_ms) for a in inspector.activity(paths, inode)
+        ],
         sink.emit_event,
         clock,
         quiet_s=settings.drain_quiet_s,

@@ -338,13 +338,13 @@ class Inspector:
             tcp=build_tcp(raw, self.decoder),
         )
 
-    def activity(self, paths: Sequence[str]) -> list[d.SockActivity]:
+    def activity(self, paths: Sequence[str], inode: int | None = None) -> list[d.SockActivity]:
         """Established TCP sockets of one namespace with their idle times (the drain's view).
 
         Opens its own sockets (any thread may call it while scans run). Raises
         ``NamespaceGone`` when no path leads to the namespace any more.
         """
-        with inside(paths):
+        with inside(paths, inode):
             conn = NetnsConnection.open(None, -1)
         with conn:
             return conn.activity()

@@ -54,16 +54,20 @@ def entered(target_fd: int, home_fd: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def inside(paths: Sequence[str]) -> Iterator[str]:
+def inside(paths: Sequence[str], inode: int | None = None) -> Iterator[str]:
     """Run the body inside the namespace behind the first of ``paths`` that opens (this thread
-    only; sockets created there stay in that namespace). Yields the path used; raises
-    ``NamespaceGone`` when none leads to the namespace any more."""
+    only; sockets created there stay in that namespace) and, with ``inode``, is still that
+    namespace (a ``/proc/<pid>`` path may now belong to another process). Yields the path
+    used; raises ``NamespaceGone`` when none leads to the namespace any more."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         for path in paths:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never O_CREAT
             except OSError:
+                continue
+            if inode is not None and os.fstat(fd).st_ino != inode:
+                os.close(fd)
                 continue
             try:
                 with entered(fd, home):

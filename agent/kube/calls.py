@@ -50,12 +50,7 @@ class Calls:
     ) -> Iterator[dict[str, Any]]:
         """Iterate a watch stream, classifying its errors the same way (410 -> Gone)."""
         try:
-            first = True
-            for event in events:
-                if first:
-                    self.observe(verb, resource, "200")
-                    first = False
-                yield event
+            yield from events  # the request itself was counted when it was made
         except ApiException as exc:
             self.observe(verb, resource, str(exc.status or 0))
             if exc.status == 410:

@@ -12,10 +12,10 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from kubernetes import watch
+from kubernetes.watch.watch import iter_resp_lines
 
 from agent.clock import Clock
 from agent.errors import PodlbError, TransientError
@@ -67,7 +67,6 @@ class Informer(Generic[T]):
         self.request_timeout_s = request_timeout_s
         self._lock = threading.Lock()
         self._items: dict[Key, T] = {}
-        self._watch: watch.Watch | None = None
         self._resp: Any = None
         self.synced = threading.Event()
         self.resource_version = ""
@@ -121,9 +120,6 @@ class Informer(Generic[T]):
     def stop_watch(self) -> None:
         """End the current watch now (used on shutdown): a quiet watch would otherwise block
         until its next event or its timeout."""
-        w = self._watch
-        if w is not None:
-            w.stop()
         resp = self._resp
         if resp is not None:
             with contextlib.suppress(Exception):
@@ -163,33 +159,40 @@ class Informer(Generic[T]):
                 self.on_change(key)
 
     def _watch_once(self, stop: threading.Event) -> None:
-        w = watch.Watch()
-        self._watch = w
-        list_fn = self.list_fn
+        """One watch request, read line by line as raw JSON events.
 
-        def opened(*args: Any, **kwargs: Any) -> Any:
-            resp = list_fn(*args, **kwargs)
-            self._resp = resp  # kept so that stop_watch() can cut the stream
-            return resp
-
-        opened.__doc__ = list_fn.__doc__  # the client reads the watch parameter name from it
+        The client's ``Watch`` is not used for the stream: with raw events it cannot read an
+        ``ERROR`` event (the way the API server reports an expired resourceVersion: HTTP 200,
+        then ``{"type": "ERROR", "object": {"code": 410}}``).
+        """
+        resp = self.calls(
+            "watch",
+            self.resource,
+            self.list_fn,
+            watch=True,
+            resource_version=self.resource_version,
+            timeout_seconds=self.watch_timeout_s,
+            allow_watch_bookmarks=True,
+            _preload_content=False,
+            _request_timeout=(self.request_timeout_s, self.watch_timeout_s + 30),
+            **self.kwargs,
+        )
+        self._resp = resp
         try:
-            stream = w.stream(
-                opened,
-                resource_version=self.resource_version,
-                timeout_seconds=self.watch_timeout_s,
-                allow_watch_bookmarks=True,
-                deserialize=False,
-                _request_timeout=(self.request_timeout_s, self.watch_timeout_s + 30),
-                **self.kwargs,
-            )
-            for event in self.calls.stream("watch", self.resource, stream):
+            for event in self.calls.stream("watch", self.resource, _events(resp)):
                 if stop.is_set():
                     break
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    code = status.get("code")
+                    if code == 410:
+                        raise Gone(f"watch {self.resource}: {status.get('message', '410 Gone')}")
+                    raise TransientError(f"watch {self.resource}: error event {code}: {status}")
                 self._apply(event)
         finally:
-            self._watch = None
             self._resp = None
+            with contextlib.suppress(Exception):
+                resp.release_conn()
 
     def _apply(self, event: dict[str, Any]) -> None:
         etype = event.get("type")
@@ -212,3 +215,12 @@ class Informer(Generic[T]):
         if rv:
             self.resource_version = rv
         self.on_change(key)
+
+
+def _events(resp: Any) -> Iterator[dict[str, Any]]:
+    """Watch events from a streaming response, one JSON object per line."""
+    for line in iter_resp_lines(resp):
+        if line and not line.isspace():
+            event = json.loads(line)
+            if isinstance(event, dict):
+                yield event

@@ -9,6 +9,7 @@ from typing import Any
 from kubernetes import client
 
 from agent.clock import Clock
+from agent.errors import TransientError
 from agent.model import Condition, Pod, PodKey
 
 from .calls import Calls
@@ -43,7 +44,10 @@ class PodStatusSink:
             _preload_content=False,
             _request_timeout=(5, 10),
         )
-        return pod_from_dict(json.loads(resp.data))
+        try:
+            return pod_from_dict(json.loads(resp.data))
+        except (ValueError, TypeError) as exc:
+            raise TransientError(f"get pod {namespace}/{name}: unreadable answer") from exc
 
     def patch_condition(self, key: PodKey, condition: Condition) -> None:
         body = {"status": {"conditions": [condition_dict(condition)]}}

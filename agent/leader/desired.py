@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 from agent.model import (
     DATAPATH_READY,
-    DIRECT_ANNOTATIONS,
     EndpointSlice,
     Pod,
     PodKey,
     Service,
     ServicePort,
+    direct_mode,
 )
 
 DIRECT = "podlb.io/direct"
@@ -37,6 +37,7 @@ class Problem(enum.StrEnum):
     BAD_ANNOTATION = "BadAnnotation"
     PORT_UNRESOLVED = "PortUnresolved"
     CAP_REACHED = "MaxBackendsReached"
+    POOL_CONFLICT = "PoolClaimedTwice"  # two Services name the same LB pool
     POOL_NOT_FOUND = "PoolNotFound"  # filled in by the reconcile loop
 
 
@@ -47,6 +48,7 @@ class Finding:
     problem: Problem
     message: str
     kind: str = "Service"
+    pool: str | None = None  # the pool concerned, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,26 +68,8 @@ class PoolSpec:
     service_port: str  # name or number, for messages
     backends: Mapping[str, Backend] = field(default_factory=dict)
     # Pods the Service selects that are not backends (not ContainersReady, datapath False).
-    others: frozenset[PodKey] = frozenset()
+    others: Mapping[PodKey, str] = field(default_factory=dict)  # pod -> its server name
     capped: int = 0  # backends left out because of podlb.io/max-backends
-
-
-def direct_mode(svc: Service) -> tuple[bool, str | None]:
-    """(is direct, a problem message if an annotation value is invalid)."""
-    raw = svc.annotation(DIRECT)
-    if raw is not None and raw.strip().lower() not in ("true", "false"):
-        return False, f'{DIRECT}: "{raw}" is not "true" or "false"'
-    if raw is not None and raw.strip().lower() == "true":
-        return True, None
-    if svc.type != "LoadBalancer":
-        return False, None
-    for key, value in DIRECT_ANNOTATIONS.items():
-        if key == DIRECT:
-            continue
-        got = svc.annotation(key)
-        if got is not None and got.strip().lower() == value:
-            return True, None
-    return False, None
 
 
 def server_name(address: str, port: int) -> str:
@@ -165,7 +149,36 @@ def desired_pools(
             spec, extra = _pool(svc, sp, pool, svc_slices, pods, cap, registered.get(pool))
             pools.append(spec)
             findings += extra
-    return pools, findings
+    return _without_conflicts(pools, findings)
+
+
+def _without_conflicts(
+    pools: list[PoolSpec], findings: list[Finding]
+) -> tuple[list[PoolSpec], list[Finding]]:
+    """A pool claimed by two Services (``podlb.io/lb-pool``) belongs to neither: left as it
+    is, and both Services get a Warning (no Service can take over another's pool)."""
+    claims: dict[str, list[PoolSpec]] = {}
+    for spec in pools:
+        claims.setdefault(spec.pool, []).append(spec)
+    kept = []
+    for spec in pools:
+        rivals = claims[spec.pool]
+        if len({(r.service.namespace, r.service.name) for r in rivals}) > 1:
+            others = ", ".join(
+                f"{r.service.namespace}/{r.service.name}" for r in rivals if r is not spec
+            )
+            findings.append(
+                Finding(
+                    spec.service.namespace,
+                    spec.service.name,
+                    Problem.POOL_CONFLICT,
+                    f"LB pool {spec.pool!r} is also claimed by {others}: left untouched",
+                    pool=spec.pool,
+                )
+            )
+            continue
+        kept.append(spec)
+    return kept, findings
 
 
 def _pool(
@@ -179,7 +192,7 @@ def _pool(
 ) -> tuple[PoolSpec, list[Finding]]:
     findings: list[Finding] = []
     candidates: dict[str, Backend] = {}
-    others: set[PodKey] = set()
+    others: dict[PodKey, str] = {}
     port_label = sp.name or str(sp.port)
     resolved_any = False
     for sl in slices:
@@ -196,8 +209,10 @@ def _pool(
             if pod is None or pod.uid == "":
                 continue
             terminating = pod.terminating or bool(ep.terminating)
+            address = str(ipaddress.ip_address(ep.addresses[0]))
+            name = server_name(address, port)
             if not terminating and not is_backend(pod):
-                others.add(ep.pod)
+                others[ep.pod] = name
                 continue
             weight = DEFAULT_WEIGHT
             raw_weight = pod.annotation(WEIGHT)
@@ -215,8 +230,6 @@ def _pool(
                     )
                 else:
                     weight = parsed
-            address = str(ipaddress.ip_address(ep.addresses[0]))
-            name = server_name(address, port)
             candidates[name] = Backend(name, address, port, weight, terminating, ep.pod)
     if not resolved_any and slices:
         findings.append(
@@ -238,7 +251,7 @@ def _pool(
             keep = {b.server for b in live[:cap]}
             capped = len(live) - cap
             backends = {n: b for n, b in candidates.items() if b.draining or n in keep}
-            others |= {b.pod for b in live[cap:]}
+            others.update({b.pod: b.server for b in live[cap:]})
             findings.append(
                 Finding(
                     svc.namespace,
@@ -253,7 +266,7 @@ def _pool(
             service=PodKey(svc.namespace, svc.name),
             service_port=port_label,
             backends=backends,
-            others=frozenset(others),
+            others=others,
             capped=capped,
         ),
         findings,

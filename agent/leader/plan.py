@@ -11,10 +11,10 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from agent.lb.base import Action, AdminState, Health, Op, PoolState
+from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState
 from agent.model import PodKey
 
-from .desired import PoolSpec
+from .desired import PoolSpec, server_name
 
 _ORDER = {Op.ADD: 0, Op.ENABLE: 1, Op.SET_WEIGHT: 2, Op.DRAIN: 3, Op.REMOVE: 4}
 
@@ -58,8 +58,10 @@ def plan_pool(
         if obs.weight != backend.weight:
             actions.append(Action(Op.SET_WEIGHT, name, weight=backend.weight))
     if not fail_static:
-        for name in observed.servers:
-            if name not in wanted:
+        for name, obs in observed.servers.items():
+            # Only servers podlb added (named <ip>_<port>) are ever taken out: servers from the
+            # LB's own configuration are not ours to remove.
+            if name not in wanted and name == server_name(obs.address, obs.port):
                 drain_or_remove(name)
     actions.sort(key=lambda a: (_ORDER[a.op], a.server))
     return actions
@@ -104,18 +106,7 @@ def lb_verdicts(
             ]
             where = f"{spec.pool}/{backend.server}"
             if backend.draining:
-                if not present:
-                    v = LBVerdict(False, LBReason.DEREGISTERED, f"{where}: removed from the LB")
-                elif len(present) == len(instances) and all(
-                    s.admin is not AdminState.READY and s.sessions == 0 for s in present
-                ):
-                    # Every LB instance confirms: no new traffic, no session left (removal
-                    # follows, but nothing reaches the pod any more).
-                    v = LBVerdict(
-                        False, LBReason.DEREGISTERED, f"{where}: drained on every LB instance"
-                    )
-                else:
-                    v = LBVerdict(False, LBReason.DRAINING, f"{where}: draining")
+                v = _leaving(where, present, len(instances))
             elif len(present) < len(instances) or not instances:
                 v = LBVerdict(
                     False,
@@ -129,11 +120,23 @@ def lb_verdicts(
             else:
                 v = LBVerdict(False, LBReason.REGISTERING, f"{where}: waiting for health checks")
             per_pod.setdefault(backend.pod, []).append(v)
-        for pod in spec.others:
-            per_pod.setdefault(pod, []).append(
-                LBVerdict(False, LBReason.DEREGISTERED, f"{spec.pool}: not a backend (not ready)")
-            )
+        for pod, server in spec.others.items():
+            present = [s.servers[server] for s in states if s is not None and server in s.servers]
+            where = f"{spec.pool}/{server} (not a backend: not ready)"
+            per_pod.setdefault(pod, []).append(_leaving(where, present, len(instances)))
     return {pod: _combine(vs) for pod, vs in per_pod.items()}
+
+
+def _leaving(where: str, present: list[ObservedServer], instances: int) -> LBVerdict:
+    """A server on its way out: Deregistered only once the LB itself confirms it."""
+    if not present:
+        return LBVerdict(False, LBReason.DEREGISTERED, f"{where}: removed from the LB")
+    if len(present) == instances and all(
+        s.admin is not AdminState.READY and s.sessions == 0 for s in present
+    ):
+        # Every LB instance: no new traffic, no session left (removal follows).
+        return LBVerdict(False, LBReason.DEREGISTERED, f"{where}: drained on every LB instance")
+    return LBVerdict(False, LBReason.DRAINING, f"{where}: draining")
 
 
 _BADNESS = {

@@ -92,13 +92,24 @@ class Leader:
     def run(self, scope: LeaderScope) -> None:
         """Leader work: informers, the condition writer and rounds, until the scope stops."""
         caches: list[Cache[Any]] = [self.services, self.slices, self.pods]
+        failed: list[BaseException] = []
+
+        def guarded(target: Callable[[threading.Event], None]) -> Callable[[], None]:
+            def body() -> None:
+                try:
+                    target(scope.stopped)
+                except BaseException as exc:  # a dead informer would freeze the leader's view
+                    log.exception("leader: a worker failed")
+                    failed.append(exc)
+                    self._wake.set()
+
+            return body
+
         threads = [
-            threading.Thread(target=c.run, args=(scope.stopped,), name=f"leader-informer-{i}")
+            threading.Thread(target=guarded(c.run), name=f"leader-informer-{i}")
             for i, c in enumerate(caches)
         ]
-        threads.append(
-            threading.Thread(target=self.reporter.run, args=(scope.stopped,), name="lb-ready")
-        )
+        threads.append(threading.Thread(target=guarded(self.reporter.run), name="lb-ready"))
         for t in threads:
             t.daemon = True
             t.start()
@@ -109,6 +120,9 @@ class Leader:
         try:
             period = self.fast_period_s
             while not scope.wait(0):
+                if failed:
+                    # Unexpected: end the process (STYLE.md principle 7) rather than lead blind.
+                    raise RuntimeError("a leader worker failed") from failed[0]
                 self._wake.clear()
                 busy = self.round()
                 period = self.fast_period_s if busy else self.resync_s
@@ -151,8 +165,9 @@ class Leader:
             # "Deregistered" should not also wait for this round's LB calls.
             if reachable:
                 busy |= self._write_verdicts(pools, observed)
+            contested = {f.pool for f in findings if f.problem is Problem.POOL_CONFLICT}
             for instance, per_pool in observed.items():
-                for pool in sorted(self._owned):
+                for pool in sorted(self._owned - contested):
                     busy |= self._apply(instance, pool, by_pool.get(pool), per_pool, pods, services)
         # An Event per problem when it appears; one that goes away and comes back is new again.
         self._findings = self._round_findings
@@ -288,6 +303,8 @@ class Leader:
         self, pools: Iterable[PoolSpec], observed: dict[str, dict[str, PoolState]]
     ) -> bool:
         verdicts = lb_verdicts(pools, observed)
+        for gone in self.reporter.keys() - set(verdicts):
+            self.reporter.forget(gone)  # no longer behind a direct Service, or deleted
         counts: dict[str, int] = {}
         busy = False
         for key, v in verdicts.items():

@@ -134,13 +134,14 @@ class NodeAgent:
                 self.reporter.forget(key)
         self.on_decided(list(views.values()))
 
-    def netns_of(self, pod: Pod) -> tuple[tuple[str, ...], frozenset[int]] | None:
-        """The pod's namespace paths and serving ports (for the drain), from the last scan."""
+    def netns_of(self, pod: Pod) -> tuple[tuple[str, ...], int, frozenset[int]] | None:
+        """The pod's namespace (paths, inode) and serving ports (for the drain), from the last
+        scan."""
         view = self.view(pod.key)
         if view is not None and view.netns is not None and view.pod.uid == pod.uid:
-            return view.netns.paths, view.serving_ports
+            return view.netns.paths, view.netns.inode, view.serving_ports
         snap = self.snapshot()
         ns = find_namespace(pod, snap) if snap is not None else None
         if ns is None:
             return None
-        return ns.paths, serving_ports(pod, list(self.services()))
+        return ns.paths, ns.inode, serving_ports(pod, list(self.services()))

@@ -161,7 +161,12 @@ class NodeAPI:
                     code, ctype, body = 500, "text/plain", b"internal error\n"
                 self._send(code, ctype, body)
 
-            do_HEAD = do_GET
+            def do_HEAD(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path in api.routes:
+                    self.do_GET()
+                else:  # HEAD must not start a drain (prefix routes act)
+                    self._send(405, "text/plain", b"method not allowed\n")
 
             def _not_allowed(self) -> None:
                 self._send(405, "text/plain", b"method not allowed\n")

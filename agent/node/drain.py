@@ -156,8 +156,8 @@ class DrainManager:
         live_pod: Callable[[str, str], Pod],  # from the API server, not the cache (NotFound)
         cached_pod: Callable[[PodKey], Pod | None],
         services: Callable[[], Iterable[Service]],
-        netns_of: Callable[[Pod], tuple[tuple[str, ...], frozenset[int]] | None],
-        activity: Callable[[tuple[str, ...]], list[Activity]],
+        netns_of: Callable[[Pod], tuple[tuple[str, ...], int, frozenset[int]] | None],
+        activity: Callable[[tuple[str, ...], int], list[Activity]],
         event: Callable[[Pod, str, str, str], None],
         clock: Clock,
         *,
@@ -249,9 +249,9 @@ class DrainManager:
             connections: list[Activity] | None = None
             ports: frozenset[int] = frozenset()
             if found is not None:
-                paths, ports = found
+                paths, inode, ports = found
                 try:
-                    connections = self.activity(paths)
+                    connections = self.activity(paths, inode)
                 except NamespaceGone:
                     connections = None
             if first:

@@ -71,8 +71,9 @@ class DrainListeners:
         self,
         port: int,
         drain: Callable[[str, str, threading.Event], DrainResult],
-        inside: Callable[[tuple[str, ...]], AbstractContextManager[object]],
+        inside: Callable[[tuple[str, ...], int], AbstractContextManager[object]],
         event: Callable[[Pod, str, str, str], None],
+        max_connections: int = 512,
     ) -> None:
         self.port = port
         self.drain = drain
@@ -83,20 +84,24 @@ class DrainListeners:
         self._socks: dict[PodKey, tuple[str, socket.socket]] = {}  # key -> (pod uid, socket)
         self._conflicts: set[tuple[str, str]] = set()  # (uid, why) reported already
         self._stop = threading.Event()
+        # Connection threads are bounded before they start: a flood of idle connections to
+        # the drain port gets closed, it cannot exhaust threads.
+        self._conn_slots = threading.BoundedSemaphore(max_connections)
 
     def listening(self, key: PodKey) -> bool:
         with self._lock:
             return key in self._socks
 
-    def sync(self, wanted: dict[PodKey, tuple[Pod, tuple[str, ...], frozenset[int]]]) -> None:
-        """Listen in every wanted pod (pod, netns paths, ports it listens on); close the rest."""
+    def sync(self, wanted: dict[PodKey, tuple[Pod, tuple[str, ...], int, frozenset[int]]]) -> None:
+        """Listen in every wanted pod (pod, netns paths and inode, ports it listens on); close
+        the rest."""
         with self._lock:
             current = dict(self._socks)
         for key, (uid, _sock) in current.items():
             want = wanted.get(key)
             if want is None or want[0].uid != uid:
                 self._close(key)
-        for key, (pod, paths, listening) in wanted.items():
+        for key, (pod, paths, inode, listening) in wanted.items():
             if key in current and current[key][0] == pod.uid:
                 continue
             if self.port in listening:
@@ -104,7 +109,7 @@ class DrainListeners:
                 continue
             try:
                 family = socket.AF_INET6 if pod.ips and ":" in pod.ips[0] else socket.AF_INET
-                with self.inside(paths):
+                with self.inside(paths, inode):
                     sock = socket.socket(family, socket.SOCK_STREAM)
             except (OSError, NamespaceGone) as exc:
                 log.debug("pod=%s: no drain listener: %s", key, exc)
@@ -156,11 +161,28 @@ class DrainListeners:
                 except OSError:
                     continue
                 pod_key: PodKey = sel_key.data
-                threading.Thread(
-                    target=self._serve, args=(conn, pod_key, stop), daemon=True,
-                    name=f"drain-{pod_key.name}",
-                ).start()  # fmt: skip
+                if not self._conn_slots.acquire(blocking=False):
+                    with contextlib.suppress(OSError):
+                        conn.sendall(response(429, {"error": "too many drain connections"}))
+                    conn.close()
+                    continue
+                try:
+                    threading.Thread(
+                        target=self._serve_slot, args=(conn, pod_key, stop), daemon=True,
+                        name=f"drain-{pod_key.name}",
+                    ).start()  # fmt: skip
+                except RuntimeError:  # no thread to be had: refuse this one, keep serving
+                    self._conn_slots.release()
+                    conn.close()
         self.close()
+
+    def _serve_slot(self, conn: socket.socket, key: PodKey, stop: threading.Event) -> None:
+        try:
+            self._serve(conn, key, stop)
+        except OSError:
+            pass  # the caller went away
+        finally:
+            self._conn_slots.release()
 
     def _serve(self, conn: socket.socket, key: PodKey, stop: threading.Event) -> None:
         with conn:

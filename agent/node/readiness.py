@@ -12,13 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.model import (
-    DIRECT_ANNOTATIONS,
     LB_READY,
     LinkKind,
     NetnsInfo,
     Pod,
     Service,
     Snapshot,
+    direct_mode,
 )
 
 
@@ -44,11 +44,8 @@ class Verdict:
 
 
 def is_direct(service: Service) -> bool:
-    """Whether a Service opted in to direct pod mode (any of the annotations in DESIGN.md)."""
-    return any(
-        (service.annotation(key) or "").strip().lower() == value
-        for key, value in DIRECT_ANNOTATIONS.items()
-    )
+    """Whether a Service is in direct pod mode (the leader's definition: ``direct_mode``)."""
+    return direct_mode(service)[0]
 
 
 def direct_services_for(pod: Pod, services: Iterable[Service]) -> list[Service]:

@@ -124,6 +124,10 @@ class ConditionReporter:
         with self._lock:
             return self._desired.get(key)
 
+    def keys(self) -> set[PodKey]:
+        with self._lock:
+            return set(self._desired)
+
     def pending(self) -> int:
         with self._lock:
             return len(self._dirty)

@@ -92,7 +92,7 @@ def manager(
     events: list[Any] = []
     m = DrainManager(
         "n1", live, lambda key: cached, lambda: [],
-        lambda p: (("/run/netns/x",), PORTS), lambda paths: list(conns or []),
+        lambda p: (("/run/netns/x",), 1, PORTS), lambda paths, inode: list(conns or []),
         lambda p, t, r, msg: events.append((p.name, t, r)), FakeClock(), poll_s=0.01,
     )  # fmt: skip
     return m, events

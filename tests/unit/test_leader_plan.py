@@ -254,3 +254,17 @@ def test_lb_verdicts_need_every_instance() -> None:
     assert confirmed[PodKey(NS, "c")].reason is LBReason.DEREGISTERED
     checking = {spec.pool: state(obs(A, health=Health.CHECKING))}
     assert lb_verdicts([spec], {"h1": checking})[PodKey(NS, "a")].reason is LBReason.REGISTERING
+
+
+def test_a_pool_claimed_twice_belongs_to_neither_and_static_servers_stay() -> None:
+    pods = pods_map(pod("a"))
+    one = svc({"podlb.io/direct": "true", "podlb.io/lb-pool": "prod"})
+    two = svc({"podlb.io/direct": "true", "podlb.io/lb-pool": "prod"}, name="evil")
+    pools, findings = desired_pools([one, two], [slice_of(("a", "10.0.0.1"))], pods)
+    assert pools == []
+    assert sorted((f.name, f.problem, f.pool) for f in findings) == [
+        ("evil", Problem.POOL_CONFLICT, "prod"),
+        ("web", Problem.POOL_CONFLICT, "prod"),
+    ]
+    static = ObservedServer("web1", "192.0.2.10", 80, 1, AdminState.READY, Health.UP, 0)
+    assert plan_pool(None, PoolState("prod", {"web1": static})) == []

@@ -1,0 +1,56 @@
+"""The informer against the API double: list, watch, 410 Gone mid-stream, cut watches."""
+
+from __future__ import annotations
+
+import threading
+
+from kubernetes import client
+
+from agent.clock import Clock
+from agent.kube.calls import Calls
+from agent.kube.convert import pod_from_dict
+from agent.kube.informer import Informer
+from tests.testbed.kubeapi import KubeAPIServer
+from tests.testbed.waiting import wait_for
+
+
+def pod(name: str) -> dict[str, object]:
+    return {
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+    }
+
+
+def test_relists_on_410_in_the_stream_and_resumes_after_cut_watches() -> None:
+    with KubeAPIServer(port=0, watch_window=5) as api:
+        core = client.CoreV1Api(api.api_client())
+        core.create_namespaced_pod("default", pod("a"))
+        seen: list[tuple[str, str]] = []
+        informer = Informer(
+            "pods", core.list_pod_for_all_namespaces, pod_from_dict, Calls(), Clock(),
+            on_change=seen.append, watch_timeout_s=30,
+        )  # fmt: skip
+        stop = threading.Event()
+        thread = threading.Thread(target=informer.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: informer.synced.is_set(), 10, "listed")
+            core.create_namespaced_pod("default", pod("b"))
+            wait_for(lambda: informer.get(("default", "b")) is not None, 10, "watch event")
+            # Cut the watch, then make its resourceVersion fall out of the retained window:
+            # the resumed watch gets an ERROR event with 410, and the informer relists.
+            api.faults.freeze(1.0)
+            api.faults.cut_watches()
+            for i in range(10):
+                api.store.create("configmaps", {"metadata": {"name": f"c{i}"}}, "default")
+            core.create_namespaced_pod("default", pod("c"))
+            wait_for(lambda: informer.get(("default", "c")) is not None, 15, "relisted")
+            assert informer.relists >= 2
+            assert {p.name for p in informer.items()} == {"a", "b", "c"}
+            core.delete_namespaced_pod("a", "default", grace_period_seconds=0)
+            wait_for(lambda: informer.get(("default", "a")) is None, 10, "deletion seen")
+        finally:
+            stop.set()
+            informer.stop_watch()
+            thread.join(5)
+        assert not thread.is_alive()
