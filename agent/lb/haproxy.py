@@ -214,7 +214,10 @@ def parse_stat_csv(text: str) -> list[StatRow]:
         raise ValueError(f"'show stat': missing column ({e})") from None
     width = max(px, sv, st, sc, ty) + 1
     rows = []
-    for f in reader:
+    # The columns read here (names, counters, status, type) never contain a comma or a quote:
+    # split each line only as far as needed (10,000 servers: ~100 columns each).
+    for line in text[2:].splitlines()[1:]:
+        f = line.split(",", width)
         if len(f) < width or f[ty] != _STAT_TYPE_SERVER:
             continue
         rows.append(StatRow(f[px], f[sv], f[st], int(f[sc]) if f[sc] else 0))

@@ -10,6 +10,7 @@ returned as data with a typed reason; the caller turns them into Events and metr
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,12 @@ class PoolSpec:
     # Pods the Service selects that are not backends (not ContainersReady, datapath False).
     others: Mapping[PodKey, str] = field(default_factory=dict)  # pod -> its server name
     capped: int = 0  # backends left out because of podlb.io/max-backends
+
+
+@functools.lru_cache(maxsize=65536)
+def canonical_ip(address: str) -> str:
+    """The address as the LB prints it (IPv6 compressed); cached: it runs per endpoint."""
+    return str(ipaddress.ip_address(address))
 
 
 def server_name(address: str, port: int) -> str:
@@ -209,7 +216,7 @@ def _pool(
             if pod is None or pod.uid == "":
                 continue
             terminating = pod.terminating or bool(ep.terminating)
-            address = str(ipaddress.ip_address(ep.addresses[0]))
+            address = canonical_ip(ep.addresses[0])
             name = server_name(address, port)
             if not terminating and not is_backend(pod):
                 others[ep.pod] = name
