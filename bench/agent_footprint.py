@@ -19,6 +19,7 @@ import collections
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -65,6 +66,9 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # SIGTERM (a timeout, Ctrl-C's cousin) must still run the clean-up of namespaces, HAProxy
+    # and agent processes: turn it into SystemExit so every `with` and `finally` runs.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if os.geteuid() != 0:
         print("needs root (creates network namespaces)", file=sys.stderr)
         return 2

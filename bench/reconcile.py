@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import sys
@@ -122,6 +123,9 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # SIGTERM (a timeout, Ctrl-C's cousin) must still run the clean-up of namespaces, HAProxy
+    # and agent processes: turn it into SystemExit so every `with` and `finally` runs.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if os.geteuid() != 0:
         print("needs root (HAProxy, loopback addresses)", file=sys.stderr)
         return 2
