@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+R = TypeVar("R", bound=enum.StrEnum)
 
 
 class LinkKind(enum.StrEnum):
@@ -16,6 +19,20 @@ class LinkKind(enum.StrEnum):
     TUN = "tun"  # tun or tap (mode tells which)
     LOOPBACK = "loopback"
     OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict(Generic[R]):
+    """A decision on one of podlb's conditions: a typed reason that goes unchanged into the
+    condition's ``reason``, the log line and the metric label."""
+
+    ready: bool
+    reason: R
+    message: str
+
+    @property
+    def status(self) -> str:
+        return "True" if self.ready else "False"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +70,7 @@ class Interface:
     peer: LinkRef | None = None
     parent: LinkRef | None = None
     stats: LinkStats = field(default_factory=LinkStats)
-    # Not in the JSON: where the peer/parent lives as seen from this namespace (-1 = here).
-    link_ifindex: int = 0
-    link_netnsid: int | None = None
-    flags: int = 0
+    flags: int = 0  # IFF_* (not in the JSON)
 
     @property
     def is_up(self) -> bool:
@@ -127,19 +141,21 @@ class Snapshot:
     started_at: float  # wall clock, seconds
     duration_s: float
     skipped: dict[str, int]  # namespaces skipped this scan, by reason
+    # Lookups, built once per snapshot (every pod of the node is matched against them).
+    by_pod_uid: dict[str, NetnsInfo] = field(init=False, repr=False, compare=False)
+    by_ip: dict[str, NetnsInfo] = field(init=False, repr=False, compare=False)
 
-    def by_pod_uid(self) -> dict[str, NetnsInfo]:
-        return {ns.pod.uid: ns for ns in self.namespaces if ns.pod and ns.pod.uid}
-
-    def by_ip(self) -> dict[str, NetnsInfo]:
-        out: dict[str, NetnsInfo] = {}
+    def __post_init__(self) -> None:
+        by_uid = {ns.pod.uid: ns for ns in self.namespaces if ns.pod and ns.pod.uid}
+        by_ip: dict[str, NetnsInfo] = {}
         for ns in self.namespaces:
             for iface in ns.interfaces:
                 if iface.kind is LinkKind.LOOPBACK:
                     continue
                 for ip in iface.ips:
-                    out.setdefault(ip, ns)
-        return out
+                    by_ip.setdefault(ip, ns)
+        object.__setattr__(self, "by_pod_uid", by_uid)
+        object.__setattr__(self, "by_ip", by_ip)
 
 
 # -- Kubernetes objects, reduced to what podlb decides on ---------------------------------

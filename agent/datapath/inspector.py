@@ -135,8 +135,6 @@ def build_interfaces(
                     rx_dropped=s[6],
                     tx_dropped=s[7],
                 ),
-                link_ifindex=link.link,
-                link_netnsid=link.link_netnsid,
                 flags=link.flags,
             )
         )

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState
-from agent.model import PodKey
+from agent.model import PodKey, Verdict
 
 from .desired import PoolSpec, server_name
 
@@ -75,15 +74,7 @@ class LBReason(enum.StrEnum):
     DEREGISTERED = "Deregistered"
 
 
-@dataclass(frozen=True, slots=True)
-class LBVerdict:
-    ready: bool
-    reason: LBReason
-    message: str
-
-    @property
-    def status(self) -> str:
-        return "True" if self.ready else "False"
+LBVerdict = Verdict[LBReason]  # for annotations; instances are plain Verdicts
 
 
 def lb_verdicts(
@@ -108,17 +99,17 @@ def lb_verdicts(
             if backend.draining:
                 v = _leaving(where, present, len(instances))
             elif len(present) < len(instances) or not instances:
-                v = LBVerdict(
+                v = Verdict(
                     False,
                     LBReason.REGISTERING,
                     f"{where}: registered on {len(present)} of {len(instances)} LB instances",
                 )
             elif any(s.health is Health.DOWN for s in present):
-                v = LBVerdict(False, LBReason.UNHEALTHY, f"{where}: the LB health check fails")
+                v = Verdict(False, LBReason.UNHEALTHY, f"{where}: the LB health check fails")
             elif all(s.health is Health.UP and s.admin is AdminState.READY for s in present):
-                v = LBVerdict(True, LBReason.HEALTHY, f"{where}: UP on every LB instance")
+                v = Verdict(True, LBReason.HEALTHY, f"{where}: UP on every LB instance")
             else:
-                v = LBVerdict(False, LBReason.REGISTERING, f"{where}: waiting for health checks")
+                v = Verdict(False, LBReason.REGISTERING, f"{where}: waiting for health checks")
             per_pod.setdefault(backend.pod, []).append(v)
         for pod, server in spec.others.items():
             present = [s.servers[server] for s in states if s is not None and server in s.servers]
@@ -130,13 +121,13 @@ def lb_verdicts(
 def _leaving(where: str, present: list[ObservedServer], instances: int) -> LBVerdict:
     """A server on its way out: Deregistered only once the LB itself confirms it."""
     if not present:
-        return LBVerdict(False, LBReason.DEREGISTERED, f"{where}: removed from the LB")
+        return Verdict(False, LBReason.DEREGISTERED, f"{where}: removed from the LB")
     if len(present) == instances and all(
         s.admin is not AdminState.READY and s.sessions == 0 for s in present
     ):
         # Every LB instance: no new traffic, no session left (removal follows).
-        return LBVerdict(False, LBReason.DEREGISTERED, f"{where}: drained on every LB instance")
-    return LBVerdict(False, LBReason.DRAINING, f"{where}: draining")
+        return Verdict(False, LBReason.DEREGISTERED, f"{where}: drained on every LB instance")
+    return Verdict(False, LBReason.DRAINING, f"{where}: draining")
 
 
 _BADNESS = {

@@ -38,6 +38,8 @@ class Cache(Protocol[T]):  # what the loop needs of an informer
 
     def items(self) -> list[T]: ...
 
+    def get(self, key: tuple[str, str]) -> T | None: ...
+
     def run(self, stop: threading.Event) -> None: ...
 
     def stop_watch(self) -> None: ...
@@ -309,20 +311,13 @@ class Leader:
         busy = False
         for key, v in verdicts.items():
             counts[v.reason.value] = counts.get(v.reason.value, 0) + 1
-            pod = self.pods_get(key)
+            pod = self.pods.get((key.namespace, key.name))
             if pod is None:
                 continue
             busy |= v.reason in (LBReason.REGISTERING, LBReason.DRAINING)
             self.reporter.set_desired(key, Desired(pod.uid, v.status, v.reason.value, v.message))
         self.metrics.backends(counts)
         return busy
-
-    def pods_get(self, key: PodKey) -> Pod | None:
-        get = getattr(self.pods, "get", None)
-        if get is not None:
-            found: Pod | None = get((key.namespace, key.name))
-            return found
-        return next((p for p in self.pods.items() if p.key == key), None)
 
     def _report_findings(
         self, findings: list[Finding], services: Sequence[Service], pods: dict[PodKey, Pod]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from agent.model import (
     LB_READY,
@@ -18,6 +17,7 @@ from agent.model import (
     Pod,
     Service,
     Snapshot,
+    Verdict,
     direct_mode,
 )
 
@@ -30,17 +30,6 @@ class Reason(enum.StrEnum):
     NO_ADDRESS = "NoAddress"
     LINK_DOWN = "LinkDown"
     NOT_LISTENING = "NotListening"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    ready: bool
-    reason: Reason
-    message: str
-
-    @property
-    def status(self) -> str:
-        return "True" if self.ready else "False"
 
 
 def is_direct(service: Service) -> bool:
@@ -83,17 +72,16 @@ def serving_ports(pod: Pod, services: Iterable[Service]) -> frozenset[int]:
 
 def find_namespace(pod: Pod, snapshot: Snapshot) -> NetnsInfo | None:
     """The pod's namespace: by UID (from cgroups) first, else by pod IP."""
-    by_uid = snapshot.by_pod_uid().get(pod.uid)
+    by_uid = snapshot.by_pod_uid.get(pod.uid)
     if by_uid is not None:
         return by_uid
-    by_ip = snapshot.by_ip()
     for ip in pod.ips:
-        if ip in by_ip:
-            return by_ip[ip]
+        if ip in snapshot.by_ip:
+            return snapshot.by_ip[ip]
     return None
 
 
-def evaluate(pod: Pod, ns: NetnsInfo | None, ports: frozenset[int]) -> Verdict:
+def evaluate(pod: Pod, ns: NetnsInfo | None, ports: frozenset[int]) -> Verdict[Reason]:
     if not pod.ips:
         return Verdict(False, Reason.NO_POD_IP, "the pod has no IP yet")
     if ns is None:
