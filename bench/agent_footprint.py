@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
-import signal
 import sys
 import time
 
 import psutil
 from kubernetes import client
 
+from bench._setup import prepare
 from tests.testbed.agents import AgentProcess
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.node import Kubelet, make_pod
@@ -66,11 +65,7 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    # SIGTERM (a timeout, Ctrl-C's cousin) must still run the clean-up of namespaces, HAProxy
-    # and agent processes: turn it into SystemExit so every `with` and `finally` runs.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if os.geteuid() != 0:
-        print("needs root (creates network namespaces)", file=sys.stderr)
+    if not prepare("creates network namespaces"):
         return 2
     with agent_cluster("bench") as api:
         core = client.CoreV1Api(api.api_client())

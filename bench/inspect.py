@@ -26,7 +26,6 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -34,6 +33,7 @@ import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 from agent.datapath import Inspector, InspectorConfig  # noqa: E402
+from bench._setup import prepare  # noqa: E402
 from tests.testbed.netns import NetnsPool, socket_in_netns  # noqa: E402
 
 TARGET_MS_200 = 100.0
@@ -122,10 +122,7 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    # SIGTERM must still remove the namespaces: turn it into SystemExit so `with` blocks run.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if os.geteuid() != 0:
-        print("bench/inspect.py needs root (creates network namespaces)", file=sys.stderr)
+    if not prepare("creates network namespaces"):
         return 2
     sizes = [int(n) for n in args.sizes.split(",")]
     rows = [bench_size(n, args.repeat) for n in sizes]

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from bench._setup import prepare
 from tests.testbed.agents import AgentProcess
 from tests.testbed.haproxy import HAProxy
 from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
@@ -123,11 +123,7 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    # SIGTERM (a timeout, Ctrl-C's cousin) must still run the clean-up of namespaces, HAProxy
-    # and agent processes: turn it into SystemExit so every `with` and `finally` runs.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if os.geteuid() != 0:
-        print("needs root (HAProxy, loopback addresses)", file=sys.stderr)
+    if not prepare("HAProxy, loopback addresses"):
         return 2
     stop = threading.Event()
     sink = check_sink(stop)

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import sys
 
+from bench._setup import prepare
 from tests.testbed.rollout import MODES, ScenarioResult, run_scenario
 
 
@@ -59,11 +58,7 @@ def main() -> int:
     parser.add_argument("--lb-delay", type=float, default=1.0, help="LB API latency, seconds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    # SIGTERM (a timeout, Ctrl-C's cousin) must still run the clean-up of namespaces, HAProxy
-    # and agent processes: turn it into SystemExit so every `with` and `finally` runs.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if os.geteuid() != 0:
-        print("needs root (creates network namespaces)", file=sys.stderr)
+    if not prepare("creates network namespaces"):
         return 2
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.testbed.agents import agents
+from tests.testbed.agents import agents, leaders
 from tests.testbed.haproxy import HAProxy
 from tests.testbed.load import run_load
 from tests.testbed.node import Kubelet, make_pod
@@ -155,19 +155,6 @@ def test_no_provider_writes_nothing_to_any_lb(
         wait_for(lambda: "desired shop.web.http: 1 backends" in procs[0].log_text(), 20, "logged")
         assert servers(lb) == {}
         assert conditions(api, "web-0").get(GATE) is None
-
-
-def leaders(procs: list[Any]) -> list[Any]:
-    out = []
-    for p in procs:
-        if p.proc is None or p.proc.poll() is not None:
-            continue
-        try:
-            if "\npodlb_leader_is_leader 1.0" in p.get("/metrics", timeout=1)[1].decode():
-                out.append(p)
-        except OSError:
-            continue
-    return out
 
 
 def test_leader_failover_mid_changes_loses_no_request(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.testbed.agents import AgentProcess, agents
+from tests.testbed.agents import AgentProcess, agents, leaders
 from tests.testbed.app import app_argv
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.node import Kubelet, make_pod
@@ -201,17 +201,7 @@ def test_invalid_settings_exit_2(args: list[str], env: dict[str, str], needle: s
 
 
 def leader_of(procs: list[AgentProcess]) -> list[str]:
-    out = []
-    for p in procs:
-        if p.proc is None or p.proc.poll() is not None:
-            continue
-        try:
-            text = p.get("/metrics", timeout=1)[1].decode()
-        except OSError:
-            continue
-        if "\npodlb_leader_is_leader 1.0" in text:
-            out.append(p.identity)
-    return out
+    return [p.identity for p in leaders(procs)]
 
 
 def test_leader_killed_or_stopped_is_replaced(api: KubeAPIServer) -> None:

@@ -137,3 +137,17 @@ def agents(
     finally:
         for p in procs:
             p.stop()
+
+
+def leaders(procs: Sequence[AgentProcess]) -> list[AgentProcess]:
+    """The running agents whose /metrics say they lead (at most one, if election works)."""
+    out = []
+    for p in procs:
+        if p.proc is None or p.proc.poll() is not None:
+            continue
+        try:
+            if "\npodlb_leader_is_leader 1.0" in p.get("/metrics", timeout=1)[1].decode():
+                out.append(p)
+        except OSError:
+            continue
+    return out
