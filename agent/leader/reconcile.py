@@ -112,6 +112,14 @@ class Leader:
             for i, c in enumerate(caches)
         ]
         threads.append(threading.Thread(target=guarded(self.reporter.run), name="lb-ready"))
+
+        # Losing the lease must end the wait between rounds at once (a quiet round waits up to
+        # resync_s), so the lease is released promptly on shutdown.
+        def wake_on_stop() -> None:
+            scope.stopped.wait()
+            self._wake.set()
+
+        threads.append(threading.Thread(target=wake_on_stop, name="leader-stop"))
         for t in threads:
             t.daemon = True
             t.start()

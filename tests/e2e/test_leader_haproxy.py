@@ -127,9 +127,14 @@ def test_service_to_haproxy_to_ready_and_back(
         web0 = f"{kubelet.record('web-0', 'shop').ip}_8080"
         wait_for(lambda: servers(lb).get(web0, "DOWN") != "UP", what="web-0 out of rotation")
         wait_for(lambda: conditions(api, "web-0").get(GATE) == "False", what="web-0 lb-ready False")
-        pod = api.store.get("pods", "shop", "web-0")
-        reason = next(c["reason"] for c in pod["status"]["conditions"] if c["type"] == GATE)
-        assert reason in ("Unhealthy", "Deregistered")
+
+        def gate_reason() -> str:
+            pod = api.store.get("pods", "shop", "web-0") or {}
+            conds = (pod.get("status") or {}).get("conditions") or []
+            return next((c.get("reason", "") for c in conds if c["type"] == GATE), "")
+
+        # Draining first while HAProxy still holds it, then where it settles:
+        wait_for(lambda: gate_reason() in ("Unhealthy", "Deregistered"), what="settled reason")
         res = run_load(lb.url, mode="new", concurrency=2, count=100, timeout=2.0)
         assert "web-0" not in res.by_pod and res.errors_total == 0, res.summary()
 
