@@ -1,19 +1,28 @@
 """The LB provider interface: observe a pool, apply a plan, report health and sessions.
 
 A *pool* is the LB's group of backends for one Service port (an HAProxy backend, a CLB
-listener/rule, a BLB server group). A provider may drive several LB *instances* that must all
+listener/rule, a BLB IP group). A provider may drive several LB *instances* that must all
 converge (two HAProxy processes behind a VIP): the leader plans and applies per instance and a
 backend is healthy only when every instance reports it UP.
+
+Each pool has a *mode*: ``manage`` (podlb registers, re-weights and removes the backends) or
+``observe`` (someone else does, a cloud's own service controller: podlb only reads the pool
+for ``podlb.io/lb-ready`` and the drain, and never calls ``apply``).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.errors import PermanentError
+
+
+class Mode(enum.StrEnum):
+    MANAGE = "manage"  # podlb owns the pool's backends
+    OBSERVE = "observe"  # read only: another controller registers the backends
 
 
 class AdminState(enum.StrEnum):
@@ -37,7 +46,9 @@ class ObservedServer:
     weight: int
     admin: AdminState
     health: Health
-    sessions: int  # current sessions (connections) on this server
+    # Current sessions (connections) on this server; None when the LB does not report them
+    # (cloud LBs): a drained server is then taken as deregistered once its weight is 0.
+    sessions: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +71,7 @@ class Action:
     server: str
     address: str | None = None
     port: int | None = None
-    weight: int | None = None
+    weight: int | None = None  # ADD, SET_WEIGHT, ENABLE (a cloud LB enables by re-weighting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +84,35 @@ class PoolNotFound(PermanentError):
     """The LB has no such pool (an HAProxy backend must exist in its configuration)."""
 
 
+class LBAuthError(PermanentError):
+    """The LB API refused the credentials or their permissions. Providers do not retry it, and
+    refuse further calls for a while (no retry storm against a cloud API)."""
+
+
+class LBQuotaError(PermanentError):
+    """The LB refused a change for a quota or limit (too many backends, say)."""
+
+
 class LBProvider(Protocol):
     """What the leader needs of a load balancer. I/O only: no decisions here.
 
     ``observe`` and ``apply`` raise ``TransientError`` when the instance cannot be reached
-    (after bounded retries), ``PoolNotFound`` for an unknown pool. ``apply`` runs every action
-    it can and reports each rejected one in the result instead of stopping.
+    (after bounded retries, throttling included), ``PoolNotFound`` for an unknown pool,
+    ``LBAuthError`` for refused credentials. ``apply`` runs every action it can and reports
+    each rejected one in the result instead of stopping. ``apply`` may be called from several
+    threads at once (for different servers).
     """
 
     name: str
+    # Backends a pool accepts when the Service sets no podlb.io/max-backends (None: no limit).
+    default_max_backends: int | None
 
     def instances(self) -> Sequence[str]: ...
 
     def observe(self, instance: str, pool: str) -> PoolState: ...
+
+    def observe_pools(self, instance: str, pools: Collection[str]) -> dict[str, PoolState]:
+        """The named pools in as few calls as the LB allows; pools it lacks are left out."""
+        ...
 
     def apply(self, instance: str, pool: str, actions: Sequence[Action]) -> ApplyResult: ...

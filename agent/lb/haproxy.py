@@ -25,7 +25,7 @@ import logging
 import re
 import selectors
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from agent.clock import Clock
@@ -501,6 +501,7 @@ class HAProxyProvider:
     """
 
     name = "haproxy"
+    default_max_backends: int | None = None
 
     def __init__(
         self,
@@ -606,6 +607,11 @@ class HAProxyProvider:
             if not a.ok:
                 raise PermanentError(f"HAProxy {instance}: {a.reason}: {a.text}")
         return self._build(instance, state.text, stat.text, parse_backends(backends.text))
+
+    def observe_pools(self, instance: str, pools: Collection[str]) -> dict[str, PoolState]:
+        """Every backend in one round (three commands), narrowed to ``pools``."""
+        wanted = set(pools)
+        return {n: st for n, st in self.observe_all(instance).items() if n in wanted}
 
     @staticmethod
     def _build(
