@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -39,6 +40,7 @@ from agent.settings import RunSettings
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+APPLY_WORKERS = 8  # LB change batches in flight at once (each for different servers)
 EXIT_WORKER_FAILED = 1
 
 
@@ -71,11 +73,15 @@ class Supervisor:
         return [t.name for t in self.threads if t.is_alive()]
 
 
-def build_provider(settings: RunSettings, metrics: Metrics, clock: Clock) -> LBProvider | None:
-    if settings.lb == "haproxy":
+def build_providers(
+    settings: RunSettings, metrics: Metrics, clock: Clock
+) -> dict[str, LBProvider]:
+    """The configured LB providers by name (SDKs are imported only when configured)."""
+    providers: dict[str, LBProvider] = {}
+    if "haproxy" in settings.lb:
         from agent.lb.haproxy import HAProxyProvider
 
-        return HAProxyProvider(
+        providers["haproxy"] = HAProxyProvider(
             settings.haproxy_runtime,
             server_options=settings.haproxy_server_options,
             clock=clock,
@@ -83,7 +89,7 @@ def build_provider(settings: RunSettings, metrics: Metrics, clock: Clock) -> LBP
                 command, outcome
             ).inc(),
         )
-    return None
+    return providers
 
 
 def leader_relevant(pod: Pod) -> tuple[object, ...]:
@@ -98,7 +104,7 @@ def leader_work(
     settings: RunSettings, kube: KubeAdapters, metrics: Metrics, clock: Clock
 ) -> Callable[[LeaderScope], None]:
     """What the elected agent runs: fresh informers and state for every leadership term."""
-    provider = build_provider(settings, metrics, clock)
+    providers = build_providers(settings, metrics, clock)
 
     def lead(scope: LeaderScope) -> None:
         leader_ref: list[Leader] = []
@@ -142,7 +148,9 @@ def leader_work(
             services=kube.services(poke, poke, settings.resync_s),
             slices=kube.endpointslices(poke, poke, settings.resync_s),
             pods=pods,
-            provider=provider,
+            providers=providers,
+            default_provider=settings.lb[0] if settings.lb else "haproxy",
+            apply_executor=ThreadPoolExecutor(APPLY_WORKERS, thread_name_prefix="lb-apply"),
             reporter=reporter,
             events=sink,
             clock=clock,

@@ -108,7 +108,7 @@ class RunSettings:
     renew_deadline_s: float
     retry_period_s: float
     status_rate_per_s: float  # condition writes per second (token bucket)
-    lb: str  # LB provider: none | haproxy
+    lb: tuple[str, ...]  # LB providers (empty: none); the first is the default provider
     haproxy_runtime: tuple[str, ...]  # unix:/path or tcp:HOST:PORT, one per HAProxy instance
     haproxy_server_options: str  # options of every dynamically added server
     lb_drain_timeout_s: float  # a draining server is removed after this even with sessions
@@ -159,7 +159,14 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(parser, "--renew-deadline", default="10", help="leader renew deadline, seconds")
     env.add(parser, "--retry-period", default="2", help="leader retry period, seconds")
     env.add(parser, "--status-rate", default="20", help="pod status writes per second")
-    env.add(parser, "--lb", default="none", choices=("none", "haproxy"), help="LB provider")
+    env.add(
+        parser,
+        "--lb",
+        default=["none"],
+        repeatable=True,
+        choices=("none", "haproxy"),
+        help="LB provider (repeatable; the first is the default of direct Services)",
+    )
     env.add(
         parser,
         "--haproxy-runtime",
@@ -252,7 +259,7 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
                 "--haproxy-runtime", ep, env.source("haproxy_runtime"),
                 "expected unix:/path or tcp:HOST:PORT",
             )  # fmt: skip
-    if args.lb == "haproxy" and not endpoints:
+    if "haproxy" in args.lb and not endpoints:
         raise SettingError(
             "--haproxy-runtime",
             "",
@@ -279,7 +286,7 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         renew_deadline_s=renew,
         retry_period_s=retry,
         status_rate_per_s=_number(args, env, "status_rate", 0.1, 10000),
-        lb=args.lb,
+        lb=tuple(p for p in args.lb if p != "none"),
         haproxy_runtime=endpoints,
         haproxy_server_options=args.haproxy_server_options,
         lb_drain_timeout_s=_number(args, env, "lb_drain_timeout", 0, 86400),

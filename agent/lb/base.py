@@ -104,6 +104,7 @@ class LBProvider(Protocol):
     """
 
     name: str
+    max_weight: int  # weights are capped to it (HAProxy 256, cloud LBs 100)
     # Backends a pool accepts when the Service sets no podlb.io/max-backends (None: no limit).
     default_max_backends: int | None
 

@@ -502,6 +502,7 @@ class HAProxyProvider:
 
     name = "haproxy"
     default_max_backends: int | None = None
+    max_weight = 256
 
     def __init__(
         self,

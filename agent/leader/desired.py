@@ -9,12 +9,12 @@ returned as data with a typed reason; the caller turns them into Events and metr
 
 from __future__ import annotations
 
-import enum
 import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from agent.lb.base import Mode
 from agent.model import (
     DATAPATH_READY,
     EndpointSlice,
@@ -25,21 +25,21 @@ from agent.model import (
     direct_mode,
 )
 
+from .routing import HAPROXY, Problem, port_label, route
+
 DIRECT = "podlb.io/direct"
-LB_POOL = "podlb.io/lb-pool"
 WEIGHT = "podlb.io/weight"
 MAX_BACKENDS = "podlb.io/max-backends"
 DEFAULT_WEIGHT = 100
-MAX_WEIGHT = 256  # HAProxy's limit; other providers scale
+MAX_WEIGHT = 256  # HAProxy's limit; a provider with a lower one gets weights capped to it
 
 
-class Problem(enum.StrEnum):
-    NO_SELECTOR = "NoSelector"
-    BAD_ANNOTATION = "BadAnnotation"
-    PORT_UNRESOLVED = "PortUnresolved"
-    CAP_REACHED = "MaxBackendsReached"
-    POOL_CONFLICT = "PoolClaimedTwice"  # two Services name the same LB pool
-    POOL_NOT_FOUND = "PoolNotFound"  # filled in by the reconcile loop
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a provider's LB accepts (``LBProvider.max_weight`` / ``default_max_backends``)."""
+
+    max_weight: int = MAX_WEIGHT
+    default_max_backends: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,8 @@ class PoolSpec:
     service: PodKey  # (namespace, name) of the Service; PodKey is a plain namespaced key
     service_port: str  # name or number, for messages
     backends: Mapping[str, Backend] = field(default_factory=dict)
+    provider: str = HAPROXY
+    mode: Mode = Mode.MANAGE
     # Pods the Service selects that are not backends (not ContainersReady, datapath False).
     others: Mapping[PodKey, str] = field(default_factory=dict)  # pod -> its server name
     capped: int = 0  # backends left out because of podlb.io/max-backends
@@ -81,14 +83,6 @@ def canonical_ip(address: str) -> str:
 
 def server_name(address: str, port: int) -> str:
     return f"{address.replace(':', '-')}_{port}"
-
-
-def pool_name(svc: Service, sp: ServicePort) -> str:
-    base = svc.annotation(LB_POOL)
-    label = sp.name or str(sp.port)
-    if base:
-        return base if len(svc.ports) == 1 else f"{base}-{label}"
-    return f"{svc.namespace}.{svc.name}.{label}"
 
 
 def _int_annotation(value: str | None, lo: int, hi: int) -> int | None:
@@ -112,10 +106,16 @@ def desired_pools(
     slices: Iterable[EndpointSlice],
     pods: Mapping[PodKey, Pod],
     registered: Mapping[str, frozenset[str]] | None = None,
+    *,
+    default_provider: str = HAPROXY,
+    limits: Mapping[str, Limits] | None = None,
 ) -> tuple[list[PoolSpec], list[Finding]]:
     """Every direct-mode Service port's pool. ``registered`` (pool -> servers the LB has now)
-    keeps the choice under ``podlb.io/max-backends`` stable: those already in stay in."""
+    keeps the choice under ``podlb.io/max-backends`` stable: those already in stay in.
+    ``limits`` (provider -> what its LB accepts) caps weights and, in managed pools, the
+    number of backends when the Service sets no cap of its own."""
     registered = registered or {}
+    limits = limits or {}
     by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
     for sl in slices:
         if sl.service:
@@ -138,8 +138,13 @@ def desired_pools(
                 )
             )
             continue
+        where = route(svc, default_provider)
+        findings += [Finding(svc.namespace, svc.name, p, m) for p, m in where.problems]
+        limit = limits.get(where.provider, Limits())
         cap = _int_annotation(svc.annotation(MAX_BACKENDS), 1, 100_000)
-        if svc.annotation(MAX_BACKENDS) is not None and cap is None:
+        if svc.annotation(MAX_BACKENDS) is None and where.mode is Mode.MANAGE:
+            cap = limit.default_max_backends  # the LB's own limit, reported when reached
+        elif svc.annotation(MAX_BACKENDS) is not None and cap is None:
             findings.append(
                 Finding(
                     svc.namespace,
@@ -150,11 +155,13 @@ def desired_pools(
             )
         svc_slices = by_service.get((svc.namespace, svc.name), [])
         for sp in svc.ports:
-            if sp.protocol != "TCP":
+            pool = where.pools.get(port_label(sp))
+            if pool is None or sp.protocol != "TCP":
                 continue
-            pool = pool_name(svc, sp)
-            spec, extra = _pool(svc, sp, pool, svc_slices, pods, cap, registered.get(pool))
-            pools.append(spec)
+            spec, extra = _pool(
+                svc, sp, pool, svc_slices, pods, cap, registered.get(pool), limit.max_weight
+            )
+            pools.append(replace(spec, provider=where.provider, mode=where.mode))
             findings += extra
     return _without_conflicts(pools, findings)
 
@@ -196,11 +203,12 @@ def _pool(
     pods: Mapping[PodKey, Pod],
     cap: int | None,
     registered: frozenset[str] | None,
+    max_weight: int,
 ) -> tuple[PoolSpec, list[Finding]]:
     findings: list[Finding] = []
     candidates: dict[str, Backend] = {}
     others: dict[PodKey, str] = {}
-    port_label = sp.name or str(sp.port)
+    label = port_label(sp)
     resolved_any = False
     for sl in slices:
         if sl.address_type not in ("IPv4", "IPv6"):
@@ -237,6 +245,7 @@ def _pool(
                     )
                 else:
                     weight = parsed
+            weight = min(weight, max_weight)
             candidates[name] = Backend(name, address, port, weight, terminating, ep.pod)
     if not resolved_any and slices:
         findings.append(
@@ -244,7 +253,7 @@ def _pool(
                 svc.namespace,
                 svc.name,
                 Problem.PORT_UNRESOLVED,
-                f"port {port_label}: its targetPort resolves to no port of the selected pods",
+                f"port {label}: its targetPort resolves to no port of the selected pods",
             )
         )
     backends = candidates
@@ -271,7 +280,7 @@ def _pool(
         PoolSpec(
             pool=pool,
             service=PodKey(svc.namespace, svc.name),
-            service_port=port_label,
+            service_port=label,
             backends=backends,
             others=others,
             capped=capped,

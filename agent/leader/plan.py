@@ -2,7 +2,7 @@
 
 Order matters: capacity is added before any is taken away (adds and enables first, drains,
 removals last), and a server is removed only once drained: no sessions left, or drained for
-longer than the drain timeout.
+longer than the drain timeout, or (on an LB that does not count sessions) its pod is gone.
 """
 
 from __future__ import annotations
@@ -36,11 +36,17 @@ def plan_pool(
     wanted = dict(spec.backends) if spec is not None else {}
     actions: list[Action] = []
 
+    others = set(spec.others.values()) if spec is not None else set()
+
     def drain_or_remove(name: str) -> None:
         obs = observed.servers[name]
         if obs.admin is AdminState.READY:
             actions.append(Action(Op.DRAIN, name))
         elif obs.sessions == 0 or drain_age_s.get(name, 0.0) >= drain_timeout_s:
+            actions.append(Action(Op.REMOVE, name))
+        elif obs.sessions is None and name not in wanted and name not in others:
+            # The LB does not count sessions: the pod is gone (not merely terminating or not
+            # ready), so nothing can be left to finish on it.
             actions.append(Action(Op.REMOVE, name))
 
     for name, backend in wanted.items():
@@ -52,8 +58,10 @@ def plan_pool(
         if obs is None:
             actions.append(Action(Op.ADD, name, backend.address, backend.port, backend.weight))
             continue
-        if obs.admin is not AdminState.READY:
-            actions.append(Action(Op.ENABLE, name))
+        if obs.admin is not AdminState.READY and not (
+            obs.sessions is None and backend.weight == 0 == obs.weight
+        ):  # an LB without sessions has no drain state but weight 0: nothing more to enable
+            actions.append(Action(Op.ENABLE, name, weight=backend.weight))
         if obs.weight != backend.weight:
             actions.append(Action(Op.SET_WEIGHT, name, weight=backend.weight))
     if not fail_static:
@@ -78,17 +86,21 @@ LBVerdict = Verdict[LBReason]  # for annotations; instances are plain Verdicts
 
 
 def lb_verdicts(
-    pools: Iterable[PoolSpec], observed: Mapping[str, Mapping[str, PoolState]]
+    pools: Iterable[PoolSpec], observed: Mapping[str, Mapping[str, Mapping[str, PoolState]]]
 ) -> dict[PodKey, LBVerdict]:
     """``podlb.io/lb-ready`` for every pod behind a direct Service.
 
-    ``observed`` is instance -> pool -> state, for every instance of the provider. True only
-    when every instance reports every one of the pod's servers UP.
+    ``observed`` is provider -> instance -> pool -> state, for every instance of each provider
+    (pools of a provider not in it get no verdict). True only when every instance reports
+    every one of the pod's servers UP.
     """
-    instances = list(observed)
     per_pod: dict[PodKey, list[LBVerdict]] = {}
     for spec in pools:
-        states = [observed[i].get(spec.pool) for i in instances]
+        by_instance = observed.get(spec.provider)
+        if by_instance is None:
+            continue
+        instances = list(by_instance)
+        states = [by_instance[i].get(spec.pool) for i in instances]
         for backend in spec.backends.values():
             present = [
                 s.servers[backend.server]
@@ -123,9 +135,10 @@ def _leaving(where: str, present: list[ObservedServer], instances: int) -> LBVer
     if not present:
         return Verdict(False, LBReason.DEREGISTERED, f"{where}: removed from the LB")
     if len(present) == instances and all(
-        s.admin is not AdminState.READY and s.sessions == 0 for s in present
+        s.admin is not AdminState.READY and not s.sessions for s in present
     ):
-        # Every LB instance: no new traffic, no session left (removal follows).
+        # Every LB instance: no new traffic, and no session left (removal follows) or none
+        # the LB could tell of (a cloud LB at weight 0: the node then waits for quiet).
         return Verdict(False, LBReason.DEREGISTERED, f"{where}: drained on every LB instance")
     return Verdict(False, LBReason.DRAINING, f"{where}: draining")
 

@@ -1,10 +1,15 @@
 """The leader's reconcile loop: keep every LB pool equal to its desired backends.
 
 Level-triggered: watch events only mark the loop dirty; each round reads the full state (the
-informer caches and what every LB instance reports), computes the desired pools, applies the
-plan per instance and sets ``podlb.io/lb-ready`` on every pod behind a direct Service. Rounds
-run soon after a change, every ``fast_period_s`` while something is registering or draining,
-and every ``resync_s`` otherwise.
+informer caches and what every LB instance of every provider reports), computes the desired
+pools, sets ``podlb.io/lb-ready`` on every pod behind a direct Service and hands the plan of
+each managed pool to the apply workers (observed pools are only read). Rounds run soon after a
+change, every ``fast_period_s`` while something is registering or draining, and every
+``resync_s`` otherwise.
+
+LB changes are applied asynchronously: a slow LB API (a cloud's takes seconds) must not hold the
+next round, so one pod's drain never delays another's registration. A server with a change in
+flight is left out of the plans until the change is done and the LB has been observed again.
 
 Fail static (DESIGN.md): nothing is drained or removed while an informer is not synced, when an
 LB instance cannot be observed (lb-ready is then left as it is), or when a Service's endpoints
@@ -15,22 +20,39 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from agent.clock import Clock
 from agent.errors import PodlbError
-from agent.lb.base import AdminState, LBProvider, PoolNotFound, PoolState
+from agent.lb.base import Action, AdminState, LBProvider, Mode, PoolState
 from agent.model import EndpointSlice, Pod, PodKey, Service
 from agent.node.reporter import ConditionReporter, Desired
 
-from .desired import Finding, PoolSpec, Problem, desired_pools
+from .desired import Finding, Limits, PoolSpec, desired_pools
 from .election import LeaderScope
 from .plan import LBReason, lb_verdicts, plan_pool
+from .routing import HAPROXY, Problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
+PoolKey = tuple[str, str]  # (provider, pool)
+Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
+
+
+class InlineExecutor(Executor):
+    """Runs each job at once in the caller (the default: rounds driven by hand in tests)."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
 
 
 class Cache(Protocol[T]):  # what the loop needs of an informer
@@ -70,7 +92,7 @@ class Leader:
     services: Cache[Service]
     slices: Cache[EndpointSlice]
     pods: Cache[Pod]
-    provider: LBProvider | None
+    providers: Mapping[str, LBProvider]  # by name; none: the desired state is only logged
     reporter: ConditionReporter
     events: EventSink
     clock: Clock
@@ -78,9 +100,18 @@ class Leader:
     resync_s: float = 10.0
     fast_period_s: float = 0.5
     drain_timeout_s: float = 60.0
+    default_provider: str = HAPROXY  # for direct Services that name no provider
+    # Where LB changes run; the composition root gives a thread pool, shut down with the term.
+    apply_executor: Executor = field(default_factory=InlineExecutor)
     _wake: threading.Event = field(default_factory=threading.Event)
-    _owned: set[str] = field(default_factory=set)  # pools this leader has managed
-    _drain_since: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    _owned: set[PoolKey] = field(default_factory=set)  # pools this leader has managed
+    _drain_since: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    # (provider, instance, pool, server): a change in flight, or the round it finished in
+    _in_flight: set[tuple[str, str, str, str]] = field(default_factory=set)
+    _done_in: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # round no.
+    _round_no: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _failed: list[BaseException] = field(default_factory=list)
     _findings: set[Finding] = field(default_factory=set)  # reported last round
     _round_findings: set[Finding] = field(default_factory=set)
     _last_desired: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -94,7 +125,7 @@ class Leader:
     def run(self, scope: LeaderScope) -> None:
         """Leader work: informers, the condition writer and rounds, until the scope stops."""
         caches: list[Cache[Any]] = [self.services, self.slices, self.pods]
-        failed: list[BaseException] = []
+        failed = self._failed
 
         def guarded(target: Callable[[threading.Event], None]) -> Callable[[], None]:
             def body() -> None:
@@ -125,7 +156,7 @@ class Leader:
             t.start()
         log.info(
             "leader: reconciling LB pools with %s",
-            self.provider.name if self.provider else "no LB provider (desired state logged only)",
+            ", ".join(self.providers) or "no LB provider (desired state logged only)",
         )
         try:
             period = self.fast_period_s
@@ -142,6 +173,9 @@ class Leader:
         finally:
             for c in caches:
                 c.stop_watch()
+            # Changes in flight finish (bounded by the providers' timeouts) before the lease
+            # is given up: a new leader must not race this one's last writes.
+            self.apply_executor.shutdown(wait=True, cancel_futures=True)
             for t in threads:
                 t.join(timeout=5)
 
@@ -149,135 +183,200 @@ class Leader:
     def round(self) -> bool:
         """One full reconcile. Returns True when something is in flight (poll again soon)."""
         t0 = self.clock.monotonic()
+        with self._lock:
+            self._round_no += 1
+            round_no = self._round_no
         if not all(c.synced.is_set() for c in (self.services, self.slices, self.pods)):
             self.metrics.fail_static("informers_not_synced")
             log.debug("leader: informers not synced yet: nothing applied")
             return True
         pods = {p.key: p for p in self.pods.items()}
         services = self.services.items()
+        limits = {
+            name: Limits(p.max_weight, p.default_max_backends) for name, p in self.providers.items()
+        }
         # Who the LB had last round keeps its slot under podlb.io/max-backends.
-        pools, findings = desired_pools(services, self.slices.items(), pods, self._registered)
+        pools, findings = desired_pools(
+            services, self.slices.items(), pods, self._registered,
+            default_provider=self.default_provider, limits=limits,
+        )  # fmt: skip
         self._round_findings = set()
         self._report_findings(findings, services, pods)
         self._log_desired(pools)
-        busy = False
-        reachable = self.provider is None
-        if self.provider is not None:
-            by_pool = {p.pool: p for p in pools}
-            self._owned |= set(by_pool)
-            observed, reachable = self._observe()
-            registered: dict[str, frozenset[str]] = {}
-            for per_pool in observed.values():
+        if not self.providers:
+            self.metrics.reconcile(self.clock.monotonic() - t0, "ok")
+            return False
+        by_key: dict[PoolKey, PoolSpec] = {}
+        for spec in pools:
+            if spec.provider not in self.providers:
+                self._finding(
+                    Finding(
+                        spec.service.namespace, spec.service.name, Problem.NO_PROVIDER,
+                        f"pool {spec.pool}: this agent has no {spec.provider} provider "
+                        "configured (--lb)",
+                    ),
+                    services,
+                )  # fmt: skip
+                continue
+            by_key[(spec.provider, spec.pool)] = spec
+            if spec.mode is Mode.MANAGE:
+                self._owned.add((spec.provider, spec.pool))
+        observed, reachable = self._observe(set(by_key) | self._owned)
+        registered: dict[str, frozenset[str]] = {}
+        for per_instance in observed.values():
+            for per_pool in per_instance.values():
                 for pool, st in per_pool.items():
                     registered[pool] = registered.get(pool, frozenset()) | frozenset(st.servers)
-            self._registered = registered
-            # Verdicts first: they come from what the LB reported, and a drain waiting for
-            # "Deregistered" should not also wait for this round's LB calls.
-            if reachable:
-                busy |= self._write_verdicts(pools, observed)
-            contested = {f.pool for f in findings if f.problem is Problem.POOL_CONFLICT}
-            for instance, per_pool in observed.items():
-                for pool in sorted(self._owned - contested):
-                    busy |= self._apply(instance, pool, by_pool.get(pool), per_pool, pods, services)
+        self._registered = registered
+        # Verdicts first: they come from what the LB reported, and a drain waiting for
+        # "Deregistered" should not also wait for this round's LB calls.
+        complete = {name: observed[name] for name in reachable}
+        busy = self._write_verdicts(by_key.values(), complete)
+        contested = {f.pool for f in findings if f.problem is Problem.POOL_CONFLICT}
+        for name, per_instance in observed.items():
+            keys = sorted(k for k in set(by_key) | self._owned if k[0] == name)
+            for instance, per_pool in per_instance.items():
+                for key in keys:
+                    want = by_key.get(key)
+                    if key[1] in contested or not self._pool_found(
+                        name, instance, key[1], want, per_pool, services
+                    ):
+                        continue
+                    if want is None or want.mode is Mode.MANAGE:  # gone or ours
+                        busy |= self._apply(
+                            name, instance, key[1], want, per_pool[key[1]], pods, services, round_no
+                        )
         # An Event per problem when it appears; one that goes away and comes back is new again.
         self._findings = self._round_findings
-        outcome = "ok" if reachable else "lb_error"
+        outcome = "ok" if len(reachable) == len(self.providers) else "lb_error"
         self.metrics.reconcile(self.clock.monotonic() - t0, outcome)
+        with self._lock:
+            busy |= bool(self._in_flight)
+            self._done_in = {k: n for k, n in self._done_in.items() if n >= round_no}
         return busy
 
-    def _observe(self) -> tuple[dict[str, dict[str, PoolState]], bool]:
-        """instance -> pool -> state for the reachable instances; and whether all were."""
-        out: dict[str, dict[str, PoolState]] = {}
-        if self.provider is None:
-            return out, False
-        ok = True
-        for instance in self.provider.instances():
-            try:
-                out[instance] = self._observe_instance(instance)
-            except PodlbError as exc:
-                ok = False
-                self.metrics.fail_static("lb_unreachable")
-                log.warning(
-                    "leader: LB %s not observed: %s (its pools left as they are)", instance, exc
-                )
-        return out, ok
+    def _observe(self, keys: set[PoolKey]) -> tuple[Observed, set[str]]:
+        """provider -> instance -> pool -> state for the reachable instances; and the
+        providers whose instances all were."""
+        out: Observed = {}
+        reachable: set[str] = set()
+        for name, provider in self.providers.items():
+            pools = {pool for prov, pool in keys if prov == name}
+            out[name] = {}
+            ok = True
+            for instance in provider.instances():
+                try:
+                    out[name][instance] = provider.observe_pools(instance, pools) if pools else {}
+                except PodlbError as exc:
+                    ok = False
+                    self.metrics.fail_static("lb_unreachable")
+                    log.warning(
+                        "leader: %s %s not observed: %s (its pools left as they are)",
+                        name, instance, exc,
+                    )  # fmt: skip
+            if ok:
+                reachable.add(name)
+        return out, reachable
 
-    def _observe_instance(self, instance: str) -> dict[str, PoolState]:
-        assert self.provider is not None
-        observe_all = getattr(self.provider, "observe_all", None)
-        if observe_all is not None:
-            states: dict[str, PoolState] = observe_all(instance)
-            return states
-        out: dict[str, PoolState] = {}
-        for pool in self._owned:
-            try:
-                out[pool] = self.provider.observe(instance, pool)
-            except PoolNotFound:
-                continue
-        return out
-
-    def _apply(
+    def _pool_found(
         self,
+        provider: str,
         instance: str,
         pool: str,
         spec: PoolSpec | None,
         per_pool: dict[str, PoolState],
-        pods: dict[PodKey, Pod],
         services: Sequence[Service],
     ) -> bool:
-        assert self.provider is not None
-        state = per_pool.get(pool)
-        if state is None:
-            if spec is not None and spec.backends:
-                self._finding(
-                    Finding(
-                        spec.service.namespace,
-                        spec.service.name,
-                        Problem.POOL_NOT_FOUND,
-                        f"the LB {instance} has no pool {pool!r} (an HAProxy backend must be "
-                        "in its configuration)",
-                    ),
-                    services,
-                )
-            return False
+        if pool in per_pool:
+            return True
+        if spec is not None and (spec.backends or spec.others):
+            hint = (
+                " (an HAProxy backend must be in its configuration)" if provider == HAPROXY else ""
+            )
+            self._finding(
+                Finding(
+                    spec.service.namespace, spec.service.name, Problem.POOL_NOT_FOUND,
+                    f"the {provider} LB {instance} has no pool {pool!r}{hint}",
+                ),
+                services,
+            )  # fmt: skip
+        return False
+
+    def _apply(
+        self,
+        provider: str,
+        instance: str,
+        pool: str,
+        spec: PoolSpec | None,
+        state: PoolState,
+        pods: dict[PodKey, Pod],
+        services: Sequence[Service],
+        round_no: int,
+    ) -> bool:
         now = self.clock.monotonic()
         ages: dict[str, float] = {}
         for name, srv in state.servers.items():
-            key = (instance, pool, name)
+            key = (provider, instance, pool, name)
             if srv.admin is AdminState.READY:
                 self._drain_since.pop(key, None)
             else:
                 ages[name] = now - self._drain_since.setdefault(key, now)
         fail_static = self._fail_static(spec, state, pods, services)
-        actions = plan_pool(
+        planned = plan_pool(
             spec, state, drain_age_s=ages, drain_timeout_s=self.drain_timeout_s,
             fail_static=fail_static,
         )  # fmt: skip
+        draining = any(s.admin is not AdminState.READY for s in state.servers.values())
+        with self._lock:
+            # What this round saw of a server changed since (or is changing): plan it later.
+            actions = [
+                a
+                for a in planned
+                if (key := (provider, instance, pool, a.server)) not in self._in_flight
+                and self._done_in.get(key, 0) < round_no
+            ]
+            self._in_flight |= {(provider, instance, pool, a.server) for a in actions}
         if not actions:
-            return any(s.admin is not AdminState.READY for s in state.servers.values())
-        try:
-            result = self.provider.apply(instance, pool, actions)
-        except PodlbError as exc:
-            log.warning(
-                "leader: applying %d actions to %s/%s failed: %s", len(actions), instance, pool, exc
-            )
-            for a in actions:
-                self.metrics.lb_action(a.op.value, "error")
-            return True
-        failed = {id(a) for a, _ in result.failed}
-        for a in actions:
-            self.metrics.lb_action(a.op.value, "error" if id(a) in failed else "ok")
-        for a, answer in result.failed:
-            log.warning(
-                "leader: %s %s/%s on %s refused: %s", a.op.value, pool, a.server, instance, answer
-            )
-        log.info(
-            "leader: %s %s: %s",
-            instance,
-            pool,
-            ", ".join(f"{a.op.value} {a.server}" for a in actions),
-        )
+            return draining or bool(planned)
+        self.apply_executor.submit(self._apply_now, provider, instance, pool, actions)
         return True
+
+    def _apply_now(self, provider: str, instance: str, pool: str, actions: list[Action]) -> None:
+        """One batch of LB changes, on an apply worker."""
+        try:
+            try:
+                result = self.providers[provider].apply(instance, pool, actions)
+            except PodlbError as exc:
+                log.warning(
+                    "leader: applying %d actions to %s %s/%s failed: %s",
+                    len(actions), provider, instance, pool, exc,
+                )  # fmt: skip
+                for a in actions:
+                    self.metrics.lb_action(a.op.value, "error")
+                return
+            failed = {id(a) for a, _ in result.failed}
+            for a in actions:
+                self.metrics.lb_action(a.op.value, "error" if id(a) in failed else "ok")
+            for a, answer in result.failed:
+                log.warning(
+                    "leader: %s %s/%s on %s %s refused: %s",
+                    a.op.value, pool, a.server, provider, instance, answer,
+                )  # fmt: skip
+            log.info(
+                "leader: %s %s %s: %s",
+                provider, instance, pool, ", ".join(f"{a.op.value} {a.server}" for a in actions),
+            )  # fmt: skip
+        except BaseException as exc:  # unexpected: end the term (STYLE.md principle 7)
+            log.exception("leader: an apply worker failed")
+            self._failed.append(exc)
+        finally:
+            with self._lock:
+                for a in actions:
+                    key = (provider, instance, pool, a.server)
+                    self._in_flight.discard(key)
+                    # The round running now may have observed the LB before this change.
+                    self._done_in[key] = self._round_no
+            self._wake.set()
 
     def _fail_static(
         self,
@@ -309,11 +408,17 @@ class Leader:
             return True
         return False
 
-    def _write_verdicts(
-        self, pools: Iterable[PoolSpec], observed: dict[str, dict[str, PoolState]]
-    ) -> bool:
+    def _write_verdicts(self, pools: Iterable[PoolSpec], observed: Observed) -> bool:
+        pools = list(pools)
         verdicts = lb_verdicts(pools, observed)
-        for gone in self.reporter.keys() - set(verdicts):
+        # Pods behind a provider that could not be observed keep their condition as it is.
+        held = {
+            pod
+            for spec in pools
+            if spec.provider not in observed
+            for pod in [*(b.pod for b in spec.backends.values()), *spec.others]
+        }
+        for gone in self.reporter.keys() - set(verdicts) - held:
             self.reporter.forget(gone)  # no longer behind a direct Service, or deleted
         counts: dict[str, int] = {}
         busy = False

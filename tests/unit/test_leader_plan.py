@@ -197,7 +197,7 @@ def test_plan_adds_enables_drains_then_removes_in_order() -> None:
     actions = plan_pool(spec, observed)
     assert actions == [
         Action(Op.ADD, A, "10.0.0.1", 8080, 50),
-        Action(Op.ENABLE, B),
+        Action(Op.ENABLE, B, weight=100),
         Action(Op.DRAIN, C),
         Action(Op.REMOVE, gone),
     ]
@@ -239,21 +239,24 @@ def test_lb_verdicts_need_every_instance() -> None:
         spec.pool: state(obs(A), obs(B, health=Health.DOWN), obs(C, AdminState.DRAIN, sessions=2))
     }
     two = {spec.pool: state(obs(A), obs(B), obs(C, AdminState.DRAIN))}
-    v = lb_verdicts([spec], {"h1": one, "h2": two})
+    v = lb_verdicts([spec], {"haproxy": {"h1": one, "h2": two}})
     assert v[PodKey(NS, "a")].ready and v[PodKey(NS, "a")].reason is LBReason.HEALTHY
     assert v[PodKey(NS, "b")].reason is LBReason.UNHEALTHY
     assert v[PodKey(NS, "c")].reason is LBReason.DRAINING
     assert v[PodKey(NS, "d")].reason is LBReason.DEREGISTERED
     assert v[PodKey(NS, "e")].reason is LBReason.DEREGISTERED
     del E
-    only_one = lb_verdicts([spec], {"h1": one, "h2": {spec.pool: state()}})
+    only_one = lb_verdicts([spec], {"haproxy": {"h1": one, "h2": {spec.pool: state()}}})
     assert only_one[PodKey(NS, "a")].reason is LBReason.REGISTERING
     # Drained on every instance with no session left: the LB confirms nothing reaches it.
     drained = {spec.pool: state(obs(C, AdminState.DRAIN))}
-    confirmed = lb_verdicts([spec], {"h1": drained, "h2": drained})
+    confirmed = lb_verdicts([spec], {"haproxy": {"h1": drained, "h2": drained}})
     assert confirmed[PodKey(NS, "c")].reason is LBReason.DEREGISTERED
     checking = {spec.pool: state(obs(A, health=Health.CHECKING))}
-    assert lb_verdicts([spec], {"h1": checking})[PodKey(NS, "a")].reason is LBReason.REGISTERING
+    assert (
+        lb_verdicts([spec], {"haproxy": {"h1": checking}})[PodKey(NS, "a")].reason
+        is LBReason.REGISTERING
+    )
 
 
 def test_a_pool_claimed_twice_belongs_to_neither_and_static_servers_stay() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -66,10 +66,17 @@ class FakeLB:
     pools: dict[str, dict[str, dict[str, ObservedServer]]]  # instance -> pool -> servers
     reachable: bool = True
     applied: list[tuple[str, str, Op, str]] = field(default_factory=list)
-    name: str = "fake"
+    name: str = "haproxy"
+    max_weight: int = 256
+    default_max_backends: int | None = None
 
     def instances(self) -> Sequence[str]:
         return list(self.pools)
+
+    def observe_pools(self, instance: str, pools: Collection[str]) -> dict[str, PoolState]:
+        if not self.reachable:
+            raise TransientError("unreachable")
+        return {p: self.observe(instance, p) for p in pools if p in self.pools[instance]}
 
     def observe(self, instance: str, pool: str) -> PoolState:
         if not self.reachable:
@@ -161,7 +168,8 @@ def leader(
     return (
         Leader(
             services=FakeCache(services if services is not None else [SVC], synced),
-            slices=FakeCache(slices, synced), pods=pod_cache, provider=lb, reporter=reporter,
+            slices=FakeCache(slices, synced), pods=pod_cache, providers={lb.name: lb} if lb else {},
+            reporter=reporter,
             events=sink, clock=FakeClock(),
         ),
         sink,
@@ -223,7 +231,7 @@ def test_fail_static_unsynced_unreachable_and_empty_endpoints() -> None:
     assert lb.applied == []
     # Endpoints empty but the Service's pod exists: keep the backend.
     ld, _ = leader([pod("a")], [], lb)
-    ld._owned.add(POOL)
+    ld._owned.add(("haproxy", POOL))
     ld.round()
     assert lb.applied == [] and A in lb.pools["h1"][POOL]
     # LB unreachable: nothing applied, no lb-ready written.
