@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 from agent.clock import FakeClock
@@ -93,8 +94,9 @@ class FakeLB:
             if a.op is Op.ADD:
                 assert a.address and a.port and a.weight is not None
                 servers[a.server] = ObservedServer(
-                    a.server, a.address, a.port, a.weight, AdminState.READY, Health.UP, 0
-                )
+                    a.server, a.address, a.port, min(a.weight, self.max_weight),
+                    AdminState.READY, Health.UP, 0,
+                )  # fmt: skip
             elif a.op is Op.REMOVE:
                 servers.pop(a.server)
             elif old is not None:
@@ -266,3 +268,135 @@ def test_deleted_service_empties_its_pool_and_problems_are_events() -> None:
     ld.round()
     ld.round()
     assert sink.events == [("bad", "Warning", "NoSelector")]  # once, not per round
+
+
+# -- cloud LBs: observe and manage modes, several providers -------------------------------------
+CLB_POOL = "lb-1/TCP:80"
+TKE_SVC = Service(
+    NS, "web", "s1", "LoadBalancer", (("app", "web"),), (ServicePort(80, "http", name="http"),),
+    (("service.cloud.tencent.com/direct-access", "true"),
+     ("service.kubernetes.io/loadbalance-id", "lb-1")),
+)  # fmt: skip
+
+
+def cloud_server(name: str, weight: int = 100, health: Health = Health.UP) -> ObservedServer:
+    admin = AdminState.READY if weight else AdminState.DRAIN  # no drain state but weight 0
+    address, port = name.rsplit("_", 1)
+    return ObservedServer(name, address, int(port), weight, admin, health, None)
+
+
+def cloud_leader(
+    pods: list[Pod], slices: list[EndpointSlice], svc: Service, *lbs: FakeLB
+) -> tuple[Leader, FakeSink]:
+    ld, sink = leader(pods, slices, None, services=[svc])
+    ld.providers = {lb.name: lb for lb in lbs}
+    return ld, sink
+
+
+def reasons(ld: Leader, sink: FakeSink) -> dict[str, str | None]:
+    write_all(ld)
+    return {k.name: c.reason for k, c in sink.conditions.items()}
+
+
+def test_observe_mode_reads_the_cloud_lb_and_never_writes_it() -> None:
+    clb = FakeLB({"ap-guangzhou": {CLB_POOL: {}}}, name="tencent-clb", max_weight=100)
+    pods = [pod("a"), pod("b")]
+    ld, sink = cloud_leader(pods, [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], TKE_SVC, clb)
+    assert ld.round() is True
+    assert reasons(ld, sink) == {"a": "Registering", "b": "Registering"}
+    # The cloud's controller registers a; b's health check still fails.
+    clb.pools["ap-guangzhou"][CLB_POOL] = {
+        A: cloud_server(A),
+        B: cloud_server(B, health=Health.DOWN),
+    }
+    ld.round()
+    assert reasons(ld, sink) == {"a": "Healthy", "b": "Unhealthy"}
+    # b terminates: Draining while the CLB still sends it traffic, Deregistered at weight 0
+    # (the CLB counts no sessions: the node agent waits for quiet) or once it is gone.
+    ld.pods = FakeCache([pod("a"), pod("b", terminating=True)])
+    ld.slices = FakeCache([slice_for({"a": "10.0.0.1", "b": "10.0.0.2"}, terminating={"b"})])
+    ld.round()
+    assert reasons(ld, sink)["b"] == "Draining"
+    clb.pools["ap-guangzhou"][CLB_POOL][B] = cloud_server(B, weight=0)
+    ld.round()
+    assert reasons(ld, sink)["b"] == "Deregistered"
+    del clb.pools["ap-guangzhou"][CLB_POOL][B]
+    ld.round()
+    assert reasons(ld, sink)["b"] == "Deregistered"
+    # The Service goes away: an observed pool is not podlb's to empty.
+    ld.services = FakeCache([])
+    ld.round()
+    ld.round()
+    assert clb.applied == [] and A in clb.pools["ap-guangzhou"][CLB_POOL]
+
+
+def test_managed_cloud_pool_weights_to_zero_and_removes_once_the_pod_is_gone() -> None:
+    clb = FakeLB({"r": {CLB_POOL: {}}}, name="tencent-clb", max_weight=100)
+    managed = replace(TKE_SVC, annotations=(*TKE_SVC.annotations, ("podlb.io/lb-mode", "manage")))
+    weighted = replace(pod("a"), annotations=(("podlb.io/weight", "200"),))
+    ld, sink = cloud_leader([weighted], [slice_for({"a": "10.0.0.1"})], managed, clb)
+    ld.round()
+    assert clb.applied == [("r", CLB_POOL, Op.ADD, A)]
+    assert clb.pools["r"][CLB_POOL][A].weight == 100  # capped to the CLB's maximum
+    clb.pools["r"][CLB_POOL][A] = cloud_server(A)
+    ld.pods = FakeCache([pod("a", terminating=True)])
+    ld.slices = FakeCache([slice_for({"a": "10.0.0.1"}, terminating={"a"})])
+    ld.round()
+    clb.pools["r"][CLB_POOL][A] = cloud_server(A, weight=0)  # what the CLB reports after DRAIN
+    ld.round()
+    ld.round()
+    assert [op for _i, _p, op, _s in clb.applied] == [Op.ADD, Op.DRAIN]  # kept while draining
+    assert reasons(ld, sink)["a"] == "Deregistered"
+    ld.pods = FakeCache([])
+    ld.slices = FakeCache([slice_for({})])
+    ld.round()
+    assert [op for _i, _p, op, _s in clb.applied] == [Op.ADD, Op.DRAIN, Op.REMOVE]
+
+
+def test_providers_are_independent_and_a_missing_one_is_reported() -> None:
+    haproxy = FakeLB({"h1": {POOL: {}}})
+    clb = FakeLB({"r": {CLB_POOL: {A: cloud_server(A)}}}, name="tencent-clb", max_weight=100)
+    ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], haproxy, services=[TKE_SVC])
+    ld.round()
+    assert sink.events == [("web", "Warning", "LBProviderNotConfigured")]
+    assert haproxy.applied == [] and reasons(ld, sink) == {}
+    # With the CLB configured but HAProxy unreachable, the CLB pool is still judged.
+    haproxy.reachable = False
+    ld.providers = {"haproxy": haproxy, "tencent-clb": clb}
+    ld.round()
+    assert reasons(ld, sink) == {"a": "Healthy"}
+
+
+class BlockingLB(FakeLB):
+    """apply() waits until released: a slow cloud API."""
+
+    def __init__(self, pools: dict[str, dict[str, dict[str, ObservedServer]]]) -> None:
+        super().__init__(pools)
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def apply(self, instance: str, pool: str, actions: Sequence[Action]) -> ApplyResult:
+        self.entered.release()
+        assert self.release.wait(5)
+        return super().apply(instance, pool, actions)
+
+
+def test_slow_lb_changes_run_beside_the_rounds_and_are_never_issued_twice() -> None:
+    lb = BlockingLB({"h1": {POOL: {}}})
+    ld, _ = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
+    ld.apply_executor = ThreadPoolExecutor(4)
+    try:
+        assert ld.round() is True  # ADD a handed to a worker
+        assert lb.entered.acquire(timeout=5)
+        ld.round()  # a's change is in flight: not planned again
+        # b becomes ready while a's ADD is still running: its ADD goes out at once.
+        ld.pods = FakeCache([pod("a"), pod("b")])
+        ld.slices = FakeCache([slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})])
+        ld.round()
+        assert lb.entered.acquire(timeout=5)
+        lb.release.set()
+    finally:
+        ld.apply_executor.shutdown(wait=True)
+    assert sorted(s for _i, _p, _op, s in lb.applied) == [A, B]
+    ld.round()
+    assert sorted(s for _i, _p, _op, s in lb.applied) == [A, B]  # both in: nothing more
