@@ -33,6 +33,7 @@ def setup(fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The client libraries are chatty at debug level; keep them at warning.
-    for noisy in ("urllib3", "kubernetes"):
+    # The client libraries are chatty at debug level; keep them at warning. The cloud SDKs
+    # also log request signatures and signing keys at debug level: never let those through.
+    for noisy in ("urllib3", "kubernetes", "baidubce", "tencentcloud", "tencentcloud_sdk_common"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

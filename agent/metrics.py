@@ -94,7 +94,7 @@ class Metrics:
         )
         self.lb_commands = Counter(
             "podlb_lb_commands_total",
-            "Commands sent to LB instances, by command and outcome (ok, rejected, error)",
+            "Commands and API calls sent to LBs, by command and outcome (ok, rejected, error, ...)",
             ["command", "outcome"],
             registry=r,
         )

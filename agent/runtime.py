@@ -73,11 +73,13 @@ class Supervisor:
         return [t.name for t in self.threads if t.is_alive()]
 
 
-def build_providers(
-    settings: RunSettings, metrics: Metrics, clock: Clock
-) -> dict[str, LBProvider]:
+def build_providers(settings: RunSettings, metrics: Metrics, clock: Clock) -> dict[str, LBProvider]:
     """The configured LB providers by name (SDKs are imported only when configured)."""
     providers: dict[str, LBProvider] = {}
+
+    def on_call(api: str, outcome: str) -> None:
+        metrics.lb_commands.labels(api, outcome).inc()
+
     if "haproxy" in settings.lb:
         from agent.lb.haproxy import HAProxyProvider
 
@@ -85,9 +87,30 @@ def build_providers(
             settings.haproxy_runtime,
             server_options=settings.haproxy_server_options,
             clock=clock,
-            on_command=lambda instance, command, outcome: metrics.lb_commands.labels(
-                command, outcome
-            ).inc(),
+            on_command=lambda instance, command, outcome: on_call(command, outcome),
+        )
+    creds = settings.credentials
+    if "tencent-clb" in settings.lb:
+        from agent.lb.tencent_clb import TencentCLBProvider
+
+        providers["tencent-clb"] = TencentCLBProvider(
+            secret_id=creds["PODLB_TENCENT_SECRET_ID"],
+            secret_key=creds["PODLB_TENCENT_SECRET_KEY"],
+            region=settings.tencent_region,
+            endpoint=settings.tencent_endpoint,
+            clock=clock,
+            on_call=on_call,
+        )
+    if "baidu-blb" in settings.lb:
+        from agent.lb.baidu_blb import BaiduBLBProvider
+
+        providers["baidu-blb"] = BaiduBLBProvider(
+            access_key_id=creds["PODLB_BAIDU_ACCESS_KEY_ID"],
+            secret_access_key=creds["PODLB_BAIDU_SECRET_ACCESS_KEY"],
+            endpoint=settings.baidu_endpoint,
+            max_backends=settings.baidu_max_backends or None,
+            clock=clock,
+            on_call=on_call,
         )
     return providers
 

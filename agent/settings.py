@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ENV_PREFIX = "PODLB_"
@@ -83,6 +83,7 @@ def finish_repeatables(args: argparse.Namespace) -> None:
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PROVIDER_CHOICES = ("none", "haproxy", "tencent-clb", "baidu-blb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +112,38 @@ class RunSettings:
     lb: tuple[str, ...]  # LB providers (empty: none); the first is the default provider
     haproxy_runtime: tuple[str, ...]  # unix:/path or tcp:HOST:PORT, one per HAProxy instance
     haproxy_server_options: str  # options of every dynamically added server
+    tencent_region: str  # the CLBs' region (ap-guangzhou ...)
+    tencent_endpoint: str | None  # CLB API URL; None: the public clb.tencentcloudapi.com
+    baidu_endpoint: str  # app BLB API endpoint (blb.bj.baidubce.com ...)
+    baidu_max_backends: int  # members per BLB IP group podlb registers at most (0: no limit)
     lb_drain_timeout_s: float  # a draining server is removed after this even with sessions
     leader_resync_s: float  # full leader reconcile period when nothing is in flight
     drain_port: int  # in-pod drain listener port (0: none)
     drain_quiet_s: float  # a connection idle this long does not hold a drain
     drain_max_concurrent: int  # drains served at once on this node
     shutdown_timeout_s: float  # workers must stop within this on SIGTERM
+    # Cloud credentials, from the environment only (a Secret), never logged.
+    credentials: Credentials = field(default_factory=lambda: Credentials({}))
 
     def describe(self) -> dict[str, object]:
-        return asdict(self)
+        out = asdict(self)
+        out["credentials"] = sorted(self.credentials.values)  # their names, not their values
+        return out
+
+
+# Environment variables of the cloud providers' credentials: no flags (flags show in ps).
+CREDENTIAL_ENV = {
+    "tencent-clb": ("PODLB_TENCENT_SECRET_ID", "PODLB_TENCENT_SECRET_KEY"),
+    "baidu-blb": ("PODLB_BAIDU_ACCESS_KEY_ID", "PODLB_BAIDU_SECRET_ACCESS_KEY"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    values: Mapping[str, str] = field(repr=False)  # env name -> value
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name]
 
 
 def add_path_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
@@ -164,7 +188,7 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
         "--lb",
         default=["none"],
         repeatable=True,
-        choices=("none", "haproxy"),
+        choices=PROVIDER_CHOICES,
         help="LB provider (repeatable; the first is the default of direct Services)",
     )
     env.add(
@@ -180,6 +204,19 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
         "--haproxy-server-options",
         default="check inter 1s fall 2 rise 2",
         help="options of each server podlb adds to HAProxy",
+    )
+    env.add(parser, "--tencent-region", help="Tencent CLB region, e.g. ap-guangzhou")
+    env.add(
+        parser,
+        "--tencent-endpoint",
+        help="Tencent CLB API URL (default: the public clb.tencentcloudapi.com)",
+    )
+    env.add(parser, "--baidu-endpoint", help="Baidu app BLB API endpoint, e.g. blb.bj.baidubce.com")
+    env.add(
+        parser,
+        "--baidu-max-backends",
+        default="50",
+        help="BLB IP group members podlb registers at most, the BLB's quota (0: no limit)",
     )
     env.add(parser, "--lb-drain-timeout", default="60", help="seconds before a draining server "
             "is removed even with sessions left")  # fmt: skip
@@ -259,13 +296,41 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
                 "--haproxy-runtime", ep, env.source("haproxy_runtime"),
                 "expected unix:/path or tcp:HOST:PORT",
             )  # fmt: skip
-    if "haproxy" in args.lb and not endpoints:
+    lbs = tuple(dict.fromkeys(p.strip() for p in args.lb if p.strip() != "none"))
+    for name in lbs:
+        if name not in PROVIDER_CHOICES:
+            raise SettingError(
+                "--lb", name, env.source("lb"), f"expected one of {', '.join(PROVIDER_CHOICES)}"
+            )
+    if "haproxy" in lbs and not endpoints:
         raise SettingError(
             "--haproxy-runtime",
             "",
             env.source("haproxy_runtime"),
             "--lb haproxy needs at least one",
         )
+    if "tencent-clb" in lbs and not (args.tencent_region or "").strip():
+        raise SettingError(
+            "--tencent-region", "", env.source("tencent_region"), "--lb tencent-clb needs it"
+        )
+    if args.tencent_endpoint and not re.match(r"^https?://[^/\s]+/?$", args.tencent_endpoint):
+        raise SettingError(
+            "--tencent-endpoint", args.tencent_endpoint, env.source("tencent_endpoint"),
+            "expected http(s)://HOST[:PORT]",
+        )  # fmt: skip
+    if "baidu-blb" in lbs and not (args.baidu_endpoint or "").strip():
+        raise SettingError(
+            "--baidu-endpoint", "", env.source("baidu_endpoint"), "--lb baidu-blb needs it"
+        )
+    secrets: dict[str, str] = {}
+    for name in lbs:
+        for var in CREDENTIAL_ENV.get(name, ()):
+            value = env.environ.get(var, "").strip()
+            if not value:
+                raise SettingError(
+                    "--lb", name, env.source("lb"), f"needs the environment variable {var}"
+                )
+            secrets[var] = value
     return RunSettings(
         node_name=node,
         namespace=namespace,
@@ -286,9 +351,14 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         renew_deadline_s=renew,
         retry_period_s=retry,
         status_rate_per_s=_number(args, env, "status_rate", 0.1, 10000),
-        lb=tuple(p for p in args.lb if p != "none"),
+        lb=lbs,
         haproxy_runtime=endpoints,
         haproxy_server_options=args.haproxy_server_options,
+        tencent_region=(args.tencent_region or "").strip(),
+        tencent_endpoint=args.tencent_endpoint or None,
+        baidu_endpoint=(args.baidu_endpoint or "").strip(),
+        baidu_max_backends=int(_number(args, env, "baidu_max_backends", 0, 100_000)),
+        credentials=Credentials(secrets),
         lb_drain_timeout_s=_number(args, env, "lb_drain_timeout", 0, 86400),
         leader_resync_s=_number(args, env, "leader_resync", 0.5, 3600),
         drain_port=int(_number(args, env, "drain_port", 0, 65535)),

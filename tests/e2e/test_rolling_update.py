@@ -29,3 +29,15 @@ def test_exec_hook_variant_loses_nothing() -> None:
     result = run_scenario("exec", replicas=3)
     assert result.failed == 0, result.as_dict()
     assert len(result.drain_s) == 3 and max(result.drain_s) < 10.0, result.drain_s
+
+
+def test_observe_mode_against_the_clb_double_loses_nothing() -> None:
+    """TKE direct mode: the cloud's controller registers the pods in the CLB (the API double,
+    HAProxy as its data plane); podlb only reads the CLB, through the Tencent SDK. The drain
+    ends when the CLB has dropped the pod and the pod went quiet, not after a fixed sleep."""
+    result = run_scenario("observe", replicas=3, lb_delay_s=1.0)
+    assert result.requests > 500
+    assert result.failed == 0, result.as_dict()
+    assert len(result.drain_s) == 3, result.drain_s
+    # the CLB's deregistration delay (1 s) + the quiet period, not 40 s
+    assert max(result.drain_s) < 6.0, result.drain_s

@@ -9,23 +9,32 @@ of new connections and keep-alive requests through HAProxy, goes through a full 
 * ``exec``: the gate + an ``exec`` preStop hook running ``podlb-agent drain $NS/$NAME``;
 * ``nohook``: podlb registers the pods, but there is no gate and no hook (what happens when the
   LB learns about pods asynchronously);
-* ``sleep``: the gate + ``preStop: sleep N`` (the vendors' advice, N = 40 by default).
+* ``sleep``: the gate + ``preStop: sleep N`` (the vendors' advice, N = 40 by default);
+* ``observe``: TKE's direct mode. The LB is the Tencent CLB API double, whose data plane is the
+  real HAProxy (:mod:`tests.testbed.cloudlb`); a stand-in for the cloud's controller registers
+  and deregisters the pods. podlb only reads the CLB (``--lb tencent-clb``, observe mode)
+  for the gate and the drain, with the same ``httpGet`` hook as ``podlb``.
 
-The LB's API answers after ``lb_delay_s`` (:mod:`tests.testbed.slowlb`), as a cloud LB's does:
-local HAProxy reacts in microseconds, which would hide the race podlb exists to remove.
+The LB's API answers after ``lb_delay_s`` (:mod:`tests.testbed.slowlb`; in ``observe`` the
+CLB's task delay), as a cloud LB's does: local HAProxy reacts in microseconds, which would hide
+the race podlb exists to remove.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
 
 from tests.testbed.agents import agents
+from tests.testbed.clb import ClbDouble
+from tests.testbed.cloudlb import ControllerStandIn, HAProxyDataPlane
 from tests.testbed.deploy import RollingUpdate
 from tests.testbed.haproxy import HAProxy
 from tests.testbed.load import LoadGenerator, LoadResult
@@ -35,7 +44,8 @@ from tests.testbed.slowlb import SlowRuntimeProxy
 
 POOL = "shop.web.http"
 NODES = ("node-a", "node-b")
-MODES = ("podlb", "exec", "nohook", "sleep")
+MODES = ("podlb", "exec", "nohook", "sleep", "observe")
+CLB_ID = "lb-rollout"
 # HAProxy configured like a cloud L4 LB behaves: health checks every 500 ms, 2 failures to go
 # DOWN, and no retry on another server (a cloud LB does not replay a refused connection).
 HAPROXY_SERVER_OPTIONS = "check inter 500ms fall 2 rise 1"
@@ -98,7 +108,7 @@ def template(
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
         "env": [{"name": "VERSION", "value": version}],
     }
-    if mode == "podlb":
+    if mode in ("podlb", "observe"):
         container["lifecycle"] = {"preStop": {"httpGet": {"path": "/drain", "port": 9809}}}
     elif mode == "exec":
         # In a real pod: ["sh", "-c", "podlb-agent drain --agent-url http://$HOST_IP:9808
@@ -119,13 +129,15 @@ def template(
     }
 
 
-def service() -> dict[str, Any]:
+def service(mode: str = "podlb") -> dict[str, Any]:
+    annotations = {"podlb.io/direct": "true"}
+    if mode == "observe":  # what TKE's controller leaves on a direct-access Service
+        annotations = {
+            "service.cloud.tencent.com/direct-access": "true",
+            "service.kubernetes.io/loadbalance-id": CLB_ID,
+        }
     return {
-        "metadata": {
-            "name": "web",
-            "namespace": "shop",
-            "annotations": {"podlb.io/direct": "true"},
-        },
+        "metadata": {"name": "web", "namespace": "shop", "annotations": annotations},
         "spec": {
             "type": "LoadBalancer",
             "selector": {"app": "web"},
@@ -148,10 +160,6 @@ def run_scenario(
         raise ValueError(f"mode {mode!r}: expected one of {MODES}")
     say = log or (lambda msg: None)
     grace = max(30, sleep_s + 10)
-    lb_args = [
-        "--lb", "haproxy", "--haproxy-server-options", HAPROXY_SERVER_OPTIONS,
-        "--leader-resync", "2", "--lb-drain-timeout", str(grace),
-    ]  # fmt: skip
     # exec hooks call one agent's URL: keep that mode's pods on one node.
     nodes = NODES[:1] if mode == "exec" else NODES
     with (
@@ -162,12 +170,12 @@ def run_scenario(
             server_options=HAPROXY_SERVER_OPTIONS,
             extra_defaults=("retries 0",),
         ) as lb,
-        SlowRuntimeProxy(lb.socket_path, lb_delay_s) as slow,
+        _lb_api(mode, lb, api.api_client(), lb_delay_s) as (lb_args, env),
     ):
         core = client.CoreV1Api(api.api_client())
-        core.create_namespaced_service("shop", service())
-        extra = [*lb_args, "--haproxy-runtime", f"unix:{slow.socket_path}"]
-        with agents(api.url, AGENT_TOKEN, list(nodes), extra=extra) as procs:
+        core.create_namespaced_service("shop", service(mode))
+        extra = ["--leader-resync", "2", "--lb-drain-timeout", str(grace), *lb_args]
+        with agents(api.url, AGENT_TOKEN, list(nodes), extra=extra, env=env) as procs:
             for p in procs:
                 p.wait_ready()
             url = procs[0].url
@@ -210,6 +218,43 @@ def run_scenario(
                     result.drain_s.append(rec.prestop_s)
             app.delete_all(wait=False)
             return result
+
+
+@contextlib.contextmanager
+def _lb_api(
+    mode: str, lb: HAProxy, api_client: client.ApiClient, delay_s: float
+) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """The LB API podlb talks to, and the agent flags and environment for it."""
+    if mode != "observe":
+        with SlowRuntimeProxy(lb.socket_path, delay_s) as slow:
+            yield [
+                "--lb", "haproxy", "--haproxy-server-options", HAPROXY_SERVER_OPTIONS,
+                "--haproxy-runtime", f"unix:{slow.socket_path}",
+            ], {}  # fmt: skip
+        return
+    # The CLB checks its targets every 500 ms, as the HAProxy of the other modes does.
+    with ClbDouble(
+        task_delay_s=delay_s, health_interval_s=0.5, rise=1, fall=2, lock_during_task=False
+    ) as clb:
+        clb.add_lb(CLB_ID)
+        listener = clb.add_listener(CLB_ID, "TCP", 80)
+        plane = HAProxyDataPlane(lb, POOL, listener)
+        clb.on_change = plane.on_change
+        selector = "app=web"
+        with ControllerStandIn(
+            api_client, clb, lb_id=CLB_ID, listener_id=listener, namespace="shop",
+            selector=selector, port=8080,
+        ):  # fmt: skip
+            try:
+                yield [
+                    "--lb", "tencent-clb", "--tencent-region", clb.region,
+                    "--tencent-endpoint", clb.endpoint,
+                ], {
+                    "PODLB_TENCENT_SECRET_ID": clb.secret_id,
+                    "PODLB_TENCENT_SECRET_KEY": clb.secret_key,
+                }  # fmt: skip
+            finally:
+                plane.close()
 
 
 def _wait_up(lb: HAProxy, n: int, timeout: float = 60.0) -> None:
