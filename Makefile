@@ -51,6 +51,7 @@ bench: deps
 	$(PY) -m bench.agent_footprint
 	$(PY) -m bench.direct_vs_nodeport
 	$(PY) -m bench.rolling_update
+	$(PY) -m bench.rolling_update --modes podlb,sleep,observe --lb-delay 0
 	$(PY) -m bench.reconcile
 
 clean:

@@ -9,9 +9,11 @@ pod is gone), and "register": the median time from a new pod's ContainersReady t
 i.e. how long the LB took to accept it through the readiness gate.
 
 Targets (issue 6): zero failures with podlb; median drain under 3 s; rollout at least 5x faster
-than ``sleep 40``.
+than ``sleep 40``. ``--lb-delay 0`` is HAProxy as it is (its Runtime API applies a change at
+once); 1 s models a cloud LB's API. Mode ``observe`` is TKE's direct mode against the CLB API
+double: the cloud's controller (a stand-in) registers the pods, podlb only reads the CLB.
 
-    .venv/bin/python -m bench.rolling_update [--modes podlb,nohook,sleep] [--sleep 40]
+    .venv/bin/python -m bench.rolling_update [--modes podlb,nohook,sleep,observe] [--sleep 40]
         [--replicas 6] [--lb-delay 1.0] [--json]
 """
 

@@ -80,6 +80,19 @@ class ApplyResult:
     failed: tuple[tuple[Action, str], ...] = ()  # the action and the LB's answer
 
 
+def split_batches(actions: Sequence[Action]) -> list[list[Action]]:
+    """Consecutive batches, each naming a server at most once (order kept)."""
+    batches: list[list[Action]] = [[]]
+    seen: set[str] = set()
+    for a in actions:
+        if a.server in seen:
+            batches.append([])
+            seen = set()
+        seen.add(a.server)
+        batches[-1].append(a)
+    return [b for b in batches if b]
+
+
 class PoolNotFound(PermanentError):
     """The LB has no such pool (an HAProxy backend must exist in its configuration)."""
 

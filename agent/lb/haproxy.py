@@ -39,6 +39,7 @@ from agent.lb.base import (
     Op,
     PoolNotFound,
     PoolState,
+    split_batches,
 )
 
 log = logging.getLogger(__name__)
@@ -391,19 +392,6 @@ def action_steps(pool: str, action: Action, server_options: str) -> list[list[st
     if action.op is Op.REMOVE:
         return [[f"set server {srv} state maint"], [f"del server {srv}"]]
     raise ValueError(f"unknown op {action.op!r}")
-
-
-def split_batches(actions: Sequence[Action]) -> list[list[Action]]:
-    """Consecutive batches, each naming a server at most once (order kept)."""
-    batches: list[list[Action]] = [[]]
-    seen: set[str] = set()
-    for a in actions:
-        if a.server in seen:
-            batches.append([])
-            seen = set()
-        seen.add(a.server)
-        batches[-1].append(a)
-    return [b for b in batches if b]
 
 
 def split_answers(data: bytes) -> tuple[list[str], int]:

@@ -57,8 +57,8 @@ from agent.lb.base import (
     Op,
     PoolNotFound,
     PoolState,
+    split_batches,
 )
-from agent.lb.haproxy import split_batches
 
 log = logging.getLogger(__name__)
 

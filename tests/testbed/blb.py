@@ -39,7 +39,6 @@ import itertools
 import json
 import re
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -49,6 +48,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote
+
+from tests.testbed.waiting import tcp_alive
 
 Member = tuple[str, int, int]  # ip, port, weight
 OnChange = Callable[[str, str, list[Member]], None]
@@ -458,11 +459,7 @@ class BlbDouble:
     def _probe(self, ip: str, port: int) -> bool | None:
         if self.health_fn is not None:
             return self.health_fn(ip, port)
-        try:
-            with socket.create_connection((ip, port), timeout=self.health_timeout_s):
-                return True
-        except OSError:
-            return False
+        return tcp_alive(ip, port, self.health_timeout_s)
 
     def _check_health(self) -> None:
         with self._lock:

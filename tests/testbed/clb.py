@@ -20,7 +20,6 @@ import heapq
 import hmac
 import itertools
 import json
-import socket
 import threading
 import time
 import uuid
@@ -28,6 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.testbed.waiting import tcp_alive
 
 VERSION = "2018-03-17"
 SERVICE = "clb"
@@ -465,11 +466,7 @@ class ClbDouble:
     def _probe(self, ip: str, port: int) -> bool:
         if self.health_fn is not None:
             return self.health_fn(ip, port)
-        try:
-            with socket.create_connection((ip, port), timeout=self.health_timeout_s):
-                return True
-        except OSError:
-            return False
+        return tcp_alive(ip, port, self.health_timeout_s)
 
     def _health_loop(self) -> None:
         pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="clb-check")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,3 +17,12 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "") -> 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what or pred}")
+
+
+def tcp_alive(ip: str, port: int, timeout: float) -> bool:
+    """A TCP health check: does ``ip:port`` accept a connection within ``timeout``?"""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
