@@ -189,7 +189,11 @@ def test_daemonset_settings_are_real_flags() -> None:
     container = agent_container()
     env = {e["name"]: e for e in container["env"]}
     cm = one(render("base"), "ConfigMap", "podlb-agent-lb")
-    assert [r["configMapRef"]["name"] for r in container["envFrom"]] == ["podlb-agent-lb"]
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "podlb-agent-lb"}},
+        # cloud credentials: optional, a Secret, never the ConfigMap (docs/tke-cce.md)
+        {"secretRef": {"name": "podlb-cloud-credentials", "optional": True}},
+    ]
     for name in [*env, *cm["data"]]:
         assert name in flags, f"{name} is not a podlb-agent run setting"
     fields = {
