@@ -423,7 +423,9 @@ _CALL_OF = {
     Op.REMOVE: Call.DEREGISTER,
 }
 # Within a batch: deregister first (frees quota), re-weight, then register.
-CALL_ORDER = (Call.DEREGISTER, Call.WEIGHT, Call.REGISTER)
+# Removals (of targets already at weight 0) free quota; then new capacity; re-weights (drains
+# among them) last, so capacity is added before any is taken away.
+CALL_ORDER = (Call.DEREGISTER, Call.REGISTER, Call.WEIGHT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,7 +449,7 @@ def plan_calls(
     actions: Sequence[Action],
 ) -> tuple[list[tuple[Call, list[Item]]], list[tuple[Action, str]]]:
     """Write calls for ``actions`` (batches that name a server once, in order; within one:
-    deregister, re-weight, register), each within the call's limit; and the actions that
+    deregister, register, re-weight), each within the call's limit; and the actions that
     cannot be expressed, with the reason."""
     calls: list[tuple[Call, list[Item]]] = []
     invalid: list[tuple[Action, str]] = []

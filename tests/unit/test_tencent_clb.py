@@ -354,11 +354,11 @@ def test_plan_calls_orders_a_batch_and_splits_on_repeats() -> None:
     calls, invalid = plan_calls(actions)
     assert [(c, [i.action.server for i in items]) for c, items in calls] == [
         (Call.DEREGISTER, ["10.0.0.2_80"]),
-        (Call.WEIGHT, ["10.0.0.3_80"]),
         (Call.REGISTER, ["10.0.0.1_80"]),
+        (Call.WEIGHT, ["10.0.0.3_80"]),
         (Call.WEIGHT, ["10.0.0.1_80"]),
     ]
-    assert [i.weight for _, items in calls for i in items] == [None, 0, 5, 9]
+    assert [i.weight for _, items in calls for i in items] == [None, 5, 0, 9]
     assert [(a.server, why.split(":")[0]) for a, why in invalid] == [("bogus", "invalid")]
 
 
