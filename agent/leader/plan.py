@@ -25,12 +25,15 @@ def plan_pool(
     drain_age_s: Mapping[str, float] | None = None,
     drain_timeout_s: float = 30.0,
     fail_static: bool = False,
+    live_addresses: frozenset[str] = frozenset(),
 ) -> list[Action]:
     """Actions that move one LB instance's pool towards ``spec``.
 
     ``spec`` None means no Service wants this pool any more (it is emptied). ``drain_age_s``
     tells how long each draining server has been draining. With ``fail_static`` nothing is
     drained or removed (the inputs cannot be trusted), only added or enabled.
+    ``live_addresses``: IPs of pods that exist (an LB that counts no sessions keeps a drained
+    server of a live pod until the drain timeout).
     """
     drain_age_s = drain_age_s or {}
     wanted = dict(spec.backends) if spec is not None else {}
@@ -44,7 +47,12 @@ def plan_pool(
             actions.append(Action(Op.DRAIN, name))
         elif obs.sessions == 0 or drain_age_s.get(name, 0.0) >= drain_timeout_s:
             actions.append(Action(Op.REMOVE, name))
-        elif obs.sessions is None and name not in wanted and name not in others:
+        elif (
+            obs.sessions is None
+            and name not in wanted
+            and name not in others
+            and obs.address not in live_addresses
+        ):
             # The LB does not count sessions: the pod is gone (not merely terminating or not
             # ready), so nothing can be left to finish on it.
             actions.append(Action(Op.REMOVE, name))
@@ -109,7 +117,7 @@ def lb_verdicts(
             ]
             where = f"{spec.pool}/{backend.server}"
             if backend.draining:
-                v = _leaving(where, present, len(instances))
+                v = _leaving(where, present, len(instances), None in states)
             elif len(present) < len(instances) or not instances:
                 v = Verdict(
                     False,
@@ -126,12 +134,19 @@ def lb_verdicts(
         for pod, server in spec.others.items():
             present = [s.servers[server] for s in states if s is not None and server in s.servers]
             where = f"{spec.pool}/{server} (not a backend: not ready)"
-            per_pod.setdefault(pod, []).append(_leaving(where, present, len(instances)))
+            per_pod.setdefault(pod, []).append(
+                _leaving(where, present, len(instances), None in states)
+            )
     return {pod: _combine(vs) for pod, vs in per_pod.items()}
 
 
-def _leaving(where: str, present: list[ObservedServer], instances: int) -> LBVerdict:
-    """A server on its way out: Deregistered only once the LB itself confirms it."""
+def _leaving(
+    where: str, present: list[ObservedServer], instances: int, pool_unseen: bool = False
+) -> LBVerdict:
+    """A server on its way out: Deregistered only once the LB itself confirms it (a pool some
+    instance did not show cannot confirm anything)."""
+    if pool_unseen:
+        return Verdict(False, LBReason.DRAINING, f"{where}: the pool was not observed")
     if not present:
         return Verdict(False, LBReason.DEREGISTERED, f"{where}: removed from the LB")
     if len(present) == instances and all(

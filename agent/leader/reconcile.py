@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent import futures
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -28,10 +29,10 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from agent.clock import Clock
 from agent.errors import PodlbError
 from agent.lb.base import Action, AdminState, LBProvider, Mode, PoolState
-from agent.model import EndpointSlice, Pod, PodKey, Service
+from agent.model import EndpointSlice, Pod, PodKey, Service, direct_mode
 from agent.node.reporter import ConditionReporter, Desired
 
-from .desired import Finding, Limits, PoolSpec, desired_pools
+from .desired import Finding, Limits, PoolSpec, canonical_ip, desired_pools
 from .election import LeaderScope
 from .plan import LBReason, lb_verdicts, plan_pool
 from .routing import HAPROXY, Problem
@@ -103,9 +104,13 @@ class Leader:
     default_provider: str = HAPROXY  # for direct Services that name no provider
     # Where LB changes run; the composition root gives a thread pool, shut down with the term.
     apply_executor: Executor = field(default_factory=InlineExecutor)
+    stop_apply_timeout_s: float = 5.0  # how long a term's end waits for changes in flight
+    _futures: set[Future[None]] = field(default_factory=set)
     _wake: threading.Event = field(default_factory=threading.Event)
-    _owned: set[PoolKey] = field(default_factory=set)  # pools this leader has managed
-    _drain_since: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    # Pools this leader has managed, and the Service that asked for each.
+    _owned: dict[PoolKey, tuple[str, str]] = field(default_factory=dict)
+    # (provider, instance, pool) -> server -> when it was first seen not taking new traffic
+    _drain_since: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
     # (provider, instance, pool, server): a change in flight, or the round it finished in
     _in_flight: set[tuple[str, str, str, str]] = field(default_factory=set)
     _done_in: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # round no.
@@ -173,9 +178,13 @@ class Leader:
         finally:
             for c in caches:
                 c.stop_watch()
-            # Changes in flight finish (bounded by the providers' timeouts) before the lease
-            # is given up: a new leader must not race this one's last writes.
-            self.apply_executor.shutdown(wait=True, cancel_futures=True)
+            # Changes in flight may finish before the lease is given up (a new leader should
+            # not race this one's last writes), but only for so long: a cloud call can take
+            # tens of seconds, and the election waits for this term only a few.
+            self.apply_executor.shutdown(wait=False, cancel_futures=True)
+            with self._lock:
+                pending = list(self._futures)
+            futures.wait(pending, timeout=self.stop_apply_timeout_s)
             for t in threads:
                 t.join(timeout=5)
 
@@ -218,10 +227,19 @@ class Leader:
                     services,
                 )  # fmt: skip
                 continue
-            by_key[(spec.provider, spec.pool)] = spec
+            key = (spec.provider, spec.pool)
+            by_key[key] = spec
             if spec.mode is Mode.MANAGE:
-                self._owned.add((spec.provider, spec.pool))
-        observed, reachable = self._observe(set(by_key) | self._owned)
+                self._owned[key] = (spec.service.namespace, spec.service.name)
+            else:  # observed from now on: never written again, not even emptied
+                self._owned.pop(key, None)
+        # A pool whose Service still exists but yields no pool this round (a routing
+        # annotation mistyped, a cloud LB id missing for a while) is left as it is (fail static).
+        direct = {(s.namespace, s.name) for s in services if direct_mode(s)[0]}
+        kept = {k for k, owner in self._owned.items() if k not in by_key and owner in direct}
+        if kept:
+            self.metrics.fail_static("service_unrouted")
+        observed, reachable = self._observe(set(by_key) | set(self._owned))
         registered: dict[str, frozenset[str]] = {}
         for per_instance in observed.values():
             for per_pool in per_instance.values():
@@ -233,8 +251,9 @@ class Leader:
         complete = {name: observed[name] for name in reachable}
         busy = self._write_verdicts(by_key.values(), complete)
         contested = {f.pool for f in findings if f.problem is Problem.POOL_CONFLICT}
+        live = frozenset(canonical_ip(ip) for p in pods.values() for ip in p.ips)
         for name, per_instance in observed.items():
-            keys = sorted(k for k in set(by_key) | self._owned if k[0] == name)
+            keys = sorted(k for k in (set(by_key) | set(self._owned)) - kept if k[0] == name)
             for instance, per_pool in per_instance.items():
                 for key in keys:
                     want = by_key.get(key)
@@ -244,7 +263,15 @@ class Leader:
                         continue
                     if want is None or want.mode is Mode.MANAGE:  # gone or ours
                         busy |= self._apply(
-                            name, instance, key[1], want, per_pool[key[1]], pods, services, round_no
+                            name,
+                            instance,
+                            key[1],
+                            want,
+                            per_pool[key[1]],
+                            pods,
+                            services,
+                            round_no,
+                            live,
                         )
         # An Event per problem when it appears; one that goes away and comes back is new again.
         self._findings = self._round_findings
@@ -312,19 +339,22 @@ class Leader:
         pods: dict[PodKey, Pod],
         services: Sequence[Service],
         round_no: int,
+        live: frozenset[str],
     ) -> bool:
         now = self.clock.monotonic()
         ages: dict[str, float] = {}
+        since = self._drain_since.setdefault((provider, instance, pool), {})
+        for name in [n for n in since if n not in state.servers]:
+            del since[name]  # gone: an address reused later starts afresh
         for name, srv in state.servers.items():
-            key = (provider, instance, pool, name)
             if srv.admin is AdminState.READY:
-                self._drain_since.pop(key, None)
+                since.pop(name, None)
             else:
-                ages[name] = now - self._drain_since.setdefault(key, now)
+                ages[name] = now - since.setdefault(name, now)
         fail_static = self._fail_static(spec, state, pods, services)
         planned = plan_pool(
             spec, state, drain_age_s=ages, drain_timeout_s=self.drain_timeout_s,
-            fail_static=fail_static,
+            fail_static=fail_static, live_addresses=live,
         )  # fmt: skip
         draining = any(s.admin is not AdminState.READY for s in state.servers.values())
         with self._lock:
@@ -338,8 +368,16 @@ class Leader:
             self._in_flight |= {(provider, instance, pool, a.server) for a in actions}
         if not actions:
             return draining or bool(planned)
-        self.apply_executor.submit(self._apply_now, provider, instance, pool, actions)
+        future = self.apply_executor.submit(self._apply_now, provider, instance, pool, actions)
+        with self._lock:
+            if not future.done():
+                self._futures.add(future)
+        future.add_done_callback(self._forget_future)
         return True
+
+    def _forget_future(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def _apply_now(self, provider: str, instance: str, pool: str, actions: list[Action]) -> None:
         """One batch of LB changes, on an apply worker."""
@@ -423,6 +461,8 @@ class Leader:
         counts: dict[str, int] = {}
         busy = False
         for key, v in verdicts.items():
+            if key in held:  # judged on part of its pools only: keep what it has
+                continue
             counts[v.reason.value] = counts.get(v.reason.value, 0) + 1
             pod = self.pods.get((key.namespace, key.name))
             if pod is None:

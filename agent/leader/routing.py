@@ -110,10 +110,10 @@ def route(svc: Service, default_provider: str = HAPROXY) -> Route:
     if raw_mode is not None:
         try:
             mode = Mode(raw_mode.strip().lower())
-        except ValueError:
-            problems.append(
-                (Problem.BAD_ANNOTATION, f'{LB_MODE}: {raw_mode!r} is not "manage" or "observe"')
-            )
+        except ValueError:  # on doubt, read only: never write a pool meant to be observed
+            mode = Mode.OBSERVE
+            msg = f'{LB_MODE}: {raw_mode!r} is not "manage" or "observe" (observing meanwhile)'
+            problems.append((Problem.BAD_ANNOTATION, msg))
     tcp = [sp for sp in svc.ports if sp.protocol == "TCP"]
     if provider == HAPROXY:
         pools = {port_label(sp): haproxy_pool(svc, sp) for sp in tcp}

@@ -233,7 +233,7 @@ def test_fail_static_unsynced_unreachable_and_empty_endpoints() -> None:
     assert lb.applied == []
     # Endpoints empty but the Service's pod exists: keep the backend.
     ld, _ = leader([pod("a")], [], lb)
-    ld._owned.add(("haproxy", POOL))
+    ld._owned[("haproxy", POOL)] = (NS, "web")
     ld.round()
     assert lb.applied == [] and A in lb.pools["h1"][POOL]
     # LB unreachable: nothing applied, no lb-ready written.
@@ -400,3 +400,70 @@ def test_slow_lb_changes_run_beside_the_rounds_and_are_never_issued_twice() -> N
     assert sorted(s for _i, _p, _op, s in lb.applied) == [A, B]
     ld.round()
     assert sorted(s for _i, _p, _op, s in lb.applied) == [A, B]  # both in: nothing more
+
+
+def test_a_routing_problem_on_a_live_service_leaves_its_managed_pool_alone() -> None:
+    lb = FakeLB({"h1": {POOL: {}}})
+    ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
+    ld.round()
+    assert A in lb.pools["h1"][POOL]
+    typo = replace(SVC, annotations=(*SVC.annotations, ("podlb.io/lb-provider", "haproxyy")))
+    ld.services = FakeCache([typo])
+    for _ in range(3):
+        ld.round()
+    assert lb.pools["h1"][POOL][A].admin is AdminState.READY  # not drained, not removed
+    assert ("web", "Warning", "BadAnnotation") in sink.events
+
+
+def test_a_pool_turned_observed_is_never_written_again_even_when_its_service_goes() -> None:
+    clb = FakeLB({"r": {CLB_POOL: {}}}, name="tencent-clb", max_weight=100)
+    managed = replace(TKE_SVC, annotations=(*TKE_SVC.annotations, ("podlb.io/lb-mode", "manage")))
+    ld, _ = cloud_leader([pod("a")], [slice_for({"a": "10.0.0.1"})], managed, clb)
+    ld.round()
+    assert A in clb.pools["r"][CLB_POOL]
+    clb.applied.clear()
+    ld.services = FakeCache([TKE_SVC])  # back to observe: the cloud's controller owns it
+    ld.round()
+    ld.services = FakeCache([])
+    ld.round()
+    ld.round()
+    assert clb.applied == [] and A in clb.pools["r"][CLB_POOL]
+
+
+def test_a_pod_behind_two_providers_keeps_its_condition_while_one_is_unreachable() -> None:
+    haproxy = FakeLB({"h1": {POOL: {}}})
+    clb = FakeLB({"r": {CLB_POOL: {}}}, name="tencent-clb", max_weight=100)
+    ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], haproxy)
+    tke = replace(TKE_SVC, name="web-tke", uid="s2")
+    ld.services = FakeCache([SVC, tke])
+    ld.slices = FakeCache([slice_for({"a": "10.0.0.1"}), replace(slice_for({"a": "10.0.0.1"}),
+                           name="web-tke-x", service="web-tke")])  # fmt: skip
+    ld.providers = {"haproxy": haproxy, "tencent-clb": clb}
+    ld.round()
+    ld.round()
+    assert reasons(ld, sink) == {"a": "Registering"}  # UP in HAProxy, not in the CLB yet
+    clb.reachable = False
+    ld.round()
+    assert reasons(ld, sink) == {"a": "Registering"}  # not Healthy on half the evidence
+
+
+def test_cloud_pool_keeps_drained_live_pods_and_unseen_pools_confirm_nothing() -> None:
+    clb = FakeLB({"r": {CLB_POOL: {}}}, name="tencent-clb", max_weight=100)
+    managed = replace(TKE_SVC, annotations=(*TKE_SVC.annotations, ("podlb.io/lb-mode", "manage")))
+    b = replace(pod("b"), ips=("10.0.0.2",))
+    ld, sink = cloud_leader([pod("a"), b], [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})],
+                            managed, clb)  # fmt: skip
+    ld.round()
+    clb.pools["r"][CLB_POOL] = {A: cloud_server(A), B: cloud_server(B)}
+    ld.slices = FakeCache([slice_for({"a": "10.0.0.1"})])  # b leaves the endpoints, still runs
+    ld.round()
+    clb.pools["r"][CLB_POOL][B] = cloud_server(B, weight=0)
+    ld.round()
+    ld.round()
+    assert B in clb.pools["r"][CLB_POOL]  # its connections may still be open
+    # A leaving pod whose pool the LB did not show is not confirmed Deregistered.
+    ld.pods = FakeCache([pod("a", terminating=True), b])
+    ld.slices = FakeCache([slice_for({"a": "10.0.0.1"}, terminating={"a"})])
+    del clb.pools["r"][CLB_POOL]
+    ld.round()
+    assert reasons(ld, sink)["a"] == "Draining"
