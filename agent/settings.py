@@ -322,6 +322,13 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         raise SettingError(
             "--baidu-endpoint", "", env.source("baidu_endpoint"), "--lb baidu-blb needs it"
         )
+    if args.baidu_endpoint and not re.match(
+        r"^(https?://)?[^/\s:]+(:\d+)?/?$", args.baidu_endpoint
+    ):
+        raise SettingError(
+            "--baidu-endpoint", args.baidu_endpoint, env.source("baidu_endpoint"),
+            "expected HOST[:PORT] or http(s)://HOST[:PORT]",
+        )  # fmt: skip
     secrets: dict[str, str] = {}
     for name in lbs:
         for var in CREDENTIAL_ENV.get(name, ()):

@@ -497,7 +497,9 @@ def idempotent_success(call: Call, message: str) -> bool:
     target that is bound, deregistering one that is not."""
     text = message.lower()
     if call is Call.REGISTER:
-        return "already" in text or ("exist" in text and "not exist" not in text)
+        return "already" in text or (
+            "exist" in text and not any(n in text for n in ("not exist", "n't exist", "no exist"))
+        )
     if call is Call.DEREGISTER:
         return any(s in text for s in ("not bound", "not exist", "not found", "unbound"))
     return False

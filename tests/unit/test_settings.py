@@ -49,6 +49,7 @@ def test_providers_from_flags_or_env_and_credentials_never_described() -> None:
         (["--lb", "tencent-clb", "--tencent-region", "r", "--tencent-endpoint", "clb.x"],
          TENCENT, "http(s)://"),
         (["--lb", "haproxy"], {}, "--haproxy-runtime"),
+        (["--lb", "baidu-blb", "--baidu-endpoint", "blb.bj/x y"], {}, "HOST[:PORT]"),
     ],
 )  # fmt: skip
 def test_a_provider_without_what_it_needs_is_refused(

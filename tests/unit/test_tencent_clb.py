@@ -397,6 +397,7 @@ def test_request_params_register_and_deregister() -> None:
         (Call.REGISTER, "RS 10.0.0.1:80 already bound", True),
         (Call.REGISTER, "target already exists", True),
         (Call.REGISTER, "instance does not exist", False),
+        (Call.REGISTER, "the subnet doesn't exist", False),
         (Call.REGISTER, "weight out of range", False),
         (Call.DEREGISTER, "RS 10.0.0.1:80 is not bound to listener lbl-1", True),
         (Call.DEREGISTER, "target not found", True),
