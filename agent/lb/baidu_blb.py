@@ -64,6 +64,7 @@ from agent.lb.base import (
     Op,
     PoolNotFound,
     PoolState,
+    server_name,
 )
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,6 @@ def parse_pool(pool: str) -> PoolRef:
     if not _ID.fullmatch(rest):
         raise PoolNotFound(f"BLB pool {pool!r}: {expected}")
     return PoolRef(blb_id, ip_group_id=rest)
-
-
-def server_name(address: str, port: int) -> str:
-    """The leader's server name for a backend (``agent.leader.desired.server_name``)."""
-    return f"{address.replace(':', '-')}_{port}"
 
 
 def instance_name(endpoint: str) -> str:

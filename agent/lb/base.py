@@ -13,6 +13,8 @@ for ``podlb.io/lb-ready`` and the drain, and never calls ``apply``).
 from __future__ import annotations
 
 import enum
+import functools
+import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,6 +25,19 @@ from agent.errors import PermanentError
 class Mode(enum.StrEnum):
     MANAGE = "manage"  # podlb owns the pool's backends
     OBSERVE = "observe"  # read only: another controller registers the backends
+
+
+@functools.lru_cache(maxsize=65536)
+def canonical_ip(address: str) -> str:
+    """The address as the LB prints it (IPv6 compressed); cached: it runs per endpoint.
+    ``ValueError`` for what is not an IP address."""
+    return str(ipaddress.ip_address(address))
+
+
+def server_name(address: str, port: int) -> str:
+    """podlb's name of a backend in every pool: ``<ip>_<port>`` (``:`` as ``-``). The leader
+    removes only servers named so: servers of the LB's own configuration keep other names."""
+    return f"{address.replace(':', '-')}_{port}"
 
 
 class AdminState(enum.StrEnum):

@@ -57,6 +57,8 @@ from agent.lb.base import (
     Op,
     PoolNotFound,
     PoolState,
+    canonical_ip,
+    server_name,
     split_batches,
 )
 
@@ -175,16 +177,12 @@ def resolve_pool(pool: str, ref: PoolRef, listeners: Sequence[JSON]) -> Target:
 
 
 # -- observation (pure) ---------------------------------------------------------------------
-def canonical_ip(ip: str) -> str:
+def as_printed(ip: str) -> str:
+    """:func:`canonical_ip`, or the text as it came when the CLB sent no IP address."""
     try:
-        return ipaddress.ip_address(ip).compressed
+        return canonical_ip(ip)
     except ValueError:
         return ip
-
-
-def server_name(address: str, port: int) -> str:
-    """The leader's name of a backend (``agent.leader.desired.server_name``)."""
-    return f"{address.replace(':', '-')}_{port}"
 
 
 def target_name(backend: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -195,7 +193,7 @@ def target_name(backend: Mapping[str, Any]) -> tuple[str, str] | None:
     plans, so it leaves them alone."""
     port = int(backend.get("Port") or 0)
     ips = [ip for ip in backend.get("PrivateIpAddresses") or () if ip]
-    address = canonical_ip(ips[0]) if ips else ""
+    address = as_printed(ips[0]) if ips else ""
     if backend.get("Type") == "CVM" and backend.get("InstanceId"):
         return f"{backend['InstanceId']}_{port}", address or str(backend["InstanceId"])
     if not address:
@@ -261,7 +259,7 @@ def health_index(
             for rule in li.get("Rules") or ():
                 loc = rule.get("LocationId") or None
                 for t in rule.get("Targets") or ():
-                    ip, port = canonical_ip(str(t.get("IP") or "")), int(t.get("Port") or 0)
+                    ip, port = as_printed(str(t.get("IP") or "")), int(t.get("Port") or 0)
                     out[(lid, loc, ip, port)] = t
                     out.setdefault((lid, None, ip, port), t)
     return out

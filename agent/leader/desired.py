@@ -9,12 +9,10 @@ returned as data with a typed reason; the caller turns them into Events and metr
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from agent.lb.base import Mode
+from agent.lb.base import Mode, canonical_ip, server_name
 from agent.model import (
     DATAPATH_READY,
     EndpointSlice,
@@ -73,16 +71,6 @@ class PoolSpec:
     # Pods the Service selects that are not backends (not ContainersReady, datapath False).
     others: Mapping[PodKey, str] = field(default_factory=dict)  # pod -> its server name
     capped: int = 0  # backends left out because of podlb.io/max-backends
-
-
-@functools.lru_cache(maxsize=65536)
-def canonical_ip(address: str) -> str:
-    """The address as the LB prints it (IPv6 compressed); cached: it runs per endpoint."""
-    return str(ipaddress.ip_address(address))
-
-
-def server_name(address: str, port: int) -> str:
-    return f"{address.replace(':', '-')}_{port}"
 
 
 def _int_annotation(value: str | None, lo: int, hi: int) -> int | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 
-from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState
+from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState, server_name
 from agent.model import PodKey, Verdict
 
-from .desired import PoolSpec, server_name
+from .desired import PoolSpec
 
 _ORDER = {Op.ADD: 0, Op.ENABLE: 1, Op.SET_WEIGHT: 2, Op.DRAIN: 3, Op.REMOVE: 4}
 

@@ -28,11 +28,11 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from agent.clock import Clock
 from agent.errors import PodlbError
-from agent.lb.base import Action, AdminState, LBProvider, Mode, PoolState
+from agent.lb.base import Action, AdminState, LBProvider, Mode, PoolState, canonical_ip
 from agent.model import EndpointSlice, Pod, PodKey, Service, direct_mode
 from agent.node.reporter import ConditionReporter, Desired
 
-from .desired import Finding, Limits, PoolSpec, canonical_ip, desired_pools
+from .desired import Finding, Limits, PoolSpec, desired_pools
 from .election import LeaderScope
 from .plan import LBReason, lb_verdicts, plan_pool
 from .routing import HAPROXY, Problem

@@ -23,13 +23,10 @@ from typing import Any
 
 from kubernetes import client
 
+from agent.lb.base import server_name
 from tests.testbed.haproxy import HAProxy, HAProxyRuntimeError
 
 log = logging.getLogger(__name__)
-
-
-def target_name(ip: str, port: int) -> str:
-    return f"{ip.replace(':', '-')}_{port}"
 
 
 class HAProxyDataPlane:
@@ -52,7 +49,7 @@ class HAProxyDataPlane:
         del lb_id, location_id
         if listener_id != self.listener_id:
             return
-        wanted = {target_name(ip, port): (ip, port, weight) for ip, port, weight in targets}
+        wanted = {server_name(ip, port): (ip, port, weight) for ip, port, weight in targets}
         with self._lock:
             for name, (ip, port, weight) in wanted.items():
                 if name not in self._servers:

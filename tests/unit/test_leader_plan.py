@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState
-from agent.leader.desired import Problem, desired_pools, direct_mode, server_name
+from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState, server_name
+from agent.leader.desired import Problem, desired_pools, direct_mode
 from agent.leader.plan import LBReason, lb_verdicts, plan_pool
 from agent.model import (
     Condition,

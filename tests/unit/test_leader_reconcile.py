@@ -19,8 +19,8 @@ from agent.lb.base import (
     Op,
     PoolNotFound,
     PoolState,
+    server_name,
 )
-from agent.leader.desired import server_name
 from agent.leader.reconcile import Leader
 from agent.model import (
     LB_READY,
