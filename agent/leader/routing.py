@@ -120,10 +120,8 @@ def route(svc: Service, default_provider: str = HAPROXY) -> Route:
         return Route(provider, mode, pools, tuple(problems))
     lb_id = _lb_id(svc, provider)
     if lb_id is None:
-        names = [LB_ID, *next((c.lb_ids for c in CLOUDS if c.provider == provider), ())]
-        problems.append(
-            (Problem.LB_NOT_KNOWN, f"no {provider} LB id yet (one of {', '.join(names)})")
-        )
+        names = ", ".join(_lb_id_keys(provider))
+        problems.append((Problem.LB_NOT_KNOWN, f"no {provider} LB id yet (one of {names})"))
         return Route(provider, mode, {}, tuple(problems))
     listeners, bad = _listeners(svc, tcp)
     if bad:  # never guess a cloud listener
@@ -140,9 +138,13 @@ def haproxy_pool(svc: Service, sp: ServicePort) -> str:
     return f"{svc.namespace}.{svc.name}.{label}"
 
 
+def _lb_id_keys(provider: str) -> list[str]:
+    """The annotations that name a provider's LB, in the order they count."""
+    return [LB_ID, *next((c.lb_ids for c in CLOUDS if c.provider == provider), ())]
+
+
 def _lb_id(svc: Service, provider: str) -> str | None:
-    keys = [LB_ID, *next((c.lb_ids for c in CLOUDS if c.provider == provider), ())]
-    for key in keys:
+    for key in _lb_id_keys(provider):
         value = (svc.annotation(key) or "").strip()
         if value:
             return value
