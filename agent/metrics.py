@@ -55,6 +55,13 @@ class Metrics:
         self.scan_errors = Counter(
             "podlb_scan_errors_total", "Scans that failed as a whole", registry=r
         )
+        self.scan_namespace_errors = Counter(
+            "podlb_scan_namespace_errors_total",
+            "Namespaces that exist but could not be read in a scan (their last good view is "
+            "kept), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.api_requests = Counter(
             "podlb_kube_requests_total",
             "Kubernetes API requests by verb, resource and HTTP code (error: no answer)",

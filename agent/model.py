@@ -141,6 +141,10 @@ class Snapshot:
     started_at: float  # wall clock, seconds
     duration_s: float
     skipped: dict[str, int]  # namespaces skipped this scan, by reason
+    # Namespaces that exist but could not be read this scan (a netlink error, a dump
+    # interrupted too often), by reason: each keeps its last good view (``stale``).
+    errors: dict[str, int] = field(default_factory=dict)
+    stale: frozenset[int] = frozenset()  # inodes whose view is from an earlier scan
     # Lookups, built once per snapshot (every pod of the node is matched against them).
     by_pod_uid: dict[str, NetnsInfo] = field(init=False, repr=False, compare=False)
     by_ip: dict[str, NetnsInfo] = field(init=False, repr=False, compare=False)

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 
 from agent.errors import NamespaceGone, NetlinkError, TransientError
@@ -187,12 +187,28 @@ class InspectorConfig:
     workers: int = 2  # scanner threads (each enters namespaces on its own)
 
 
+@dataclass
+class _Tally:
+    """What one scanning thread counted: namespaces skipped (gone, not namespaces) and those
+    read with an error (their last good view kept), by reason."""
+
+    skipped: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    stale: set[int] = field(default_factory=set)
+
+
 class Inspector:
     """Scans every network namespace of the host.
 
     A scanning thread enters each namespace only for the few microseconds needed to open two
     netlink sockets there, then returns to its own namespace; ``setns`` affects that thread
     alone, so other threads of the process are never moved.
+
+    Only a namespace that is really gone drops out of a scan: no bind mount or ``/proc`` path
+    leads to it any more (it is not discovered, or no path opens). One that is still there but
+    cannot be read this time (a netlink error, a dump interrupted ``MAX_DUMP_RETRIES`` times,
+    a permission error) keeps its last good view, and the error is counted in
+    ``Snapshot.errors`` and logged when it starts and when it ends.
     """
 
     def __init__(self, config: InspectorConfig) -> None:
@@ -204,6 +220,8 @@ class Inspector:
         # longer discovered are closed at the end of every scan.
         self._conns: dict[int, NetnsConnection] = {}
         self._conns_lock = threading.Lock()
+        self._last: dict[int, NetnsInfo] = {}  # inode -> last good view; pruned every scan
+        self._failing: set[int] = set()  # inodes whose last read failed (logged once)
 
     def close(self) -> None:
         with self._conns_lock:
@@ -245,13 +263,21 @@ class Inspector:
                     pool.map(lambda c: self._scan_chunk(c, host_links, host_inode), chunks)
                 )
         namespaces: list[NetnsInfo] = []
-        for infos, chunk_skipped in results:
+        errors: Counter[str] = Counter()
+        kept: set[int] = set()
+        for infos, tally in results:
             namespaces += infos
-            skipped.update(chunk_skipped)
+            skipped.update(tally.skipped)
+            errors.update(tally.errors)
+            kept |= tally.stale
         namespaces.sort(key=lambda ns: ns.inode)
         # Inodes are reused once a namespace is freed: forget those not seen any more.
         for gone in set(self._uids) - set(candidates):
             del self._uids[gone]
+        read = {ns.inode for ns in namespaces}
+        for gone in set(self._last) - read:
+            del self._last[gone]
+        self._failing &= set(candidates)
         with self._conns_lock:
             stale = [self._conns.pop(i) for i in set(self._conns) - set(candidates)]
         for conn in stale:
@@ -262,23 +288,25 @@ class Inspector:
             started_at=started,
             duration_s=time.perf_counter() - t0,
             skipped=dict(skipped),
+            errors=dict(errors),
+            stale=frozenset(kept),
         )
 
     def _scan_chunk(
         self, chunk: list[Candidate], host_links: dict[int, d.RawLink], host_inode: int
-    ) -> tuple[list[NetnsInfo], Counter[str]]:
+    ) -> tuple[list[NetnsInfo], _Tally]:
         """Scan some namespaces from the calling thread (which returns to its own namespace)."""
-        skipped: Counter[str] = Counter()
+        tally = _Tally()
         out: list[NetnsInfo] = []
         home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             for cand in chunk:
-                info = self._scan_one(cand, home_fd, host_links, host_inode, skipped)
+                info = self._scan_one(cand, home_fd, host_links, host_inode, tally)
                 if info is not None:
                     out.append(info)
         finally:
             os.close(home_fd)
-        return out, skipped
+        return out, tally
 
     def _scan_one(
         self,
@@ -286,7 +314,7 @@ class Inspector:
         home_fd: int,
         host_links: dict[int, d.RawLink],
         host_inode: int,
-        skipped: Counter[str],
+        tally: _Tally,
     ) -> NetnsInfo | None:
         is_host = cand.inode == host_inode
         with self._conns_lock:
@@ -294,22 +322,29 @@ class Inspector:
         path = cand.paths[0] if cand.paths else f"inode:{cand.inode}"
         try:
             if conn is None:
-                conn, path = self._connect(cand, home_fd, is_host, skipped)
+                conn, path, why = self._connect(cand, home_fd, is_host)
                 if conn is None:
-                    return None
+                    if why == "vanished":  # no path leads to it any more: really gone
+                        tally.skipped[why] += 1
+                        return None
+                    return self._unreadable(cand, path, why, f"cannot open: {why}", tally)
                 with self._conns_lock:
                     self._conns[cand.inode] = conn
             raw = conn.read_all(None if is_host else home_fd)
-        except (NetlinkError, OSError, TransientError) as exc:
+        except NamespaceGone as exc:  # the kernel would not let us in: it is gone
             self._drop(cand.inode)
             log.debug("namespace %s skipped: %s", path, exc)
-            if isinstance(exc, NamespaceGone):
-                skipped["vanished"] += 1
-            elif isinstance(exc, TransientError):  # dump interrupted too often
-                skipped["dump_interrupted"] += 1
-            else:
-                skipped["netlink_error"] += 1
+            tally.skipped["vanished"] += 1
             return None
+        except (NetlinkError, OSError, TransientError) as exc:
+            # The namespace is still there (it was discovered this scan): a failed read says
+            # nothing about the pod. A fresh socket is opened next scan.
+            self._drop(cand.inode)
+            why = "dump_interrupted" if isinstance(exc, TransientError) else "netlink_error"
+            return self._unreadable(cand, path, why, str(exc), tally)
+        if cand.inode in self._failing:
+            self._failing.discard(cand.inode)
+            log.info("namespace %s: read again after errors", path)
         interfaces = build_interfaces(raw, None if is_host else host_links, self.decoder)
         ips = tuple(
             ip
@@ -326,7 +361,7 @@ class Inspector:
             self._uids[cand.inode] = cached
         uid = cached or None
         hint = PodHint(uid, ips) if (uid or ips) and not is_host else None
-        return NetnsInfo(
+        info = NetnsInfo(
             inode=cand.inode,
             path=path,
             paths=tuple(cand.paths),
@@ -335,6 +370,28 @@ class Inspector:
             interfaces=interfaces,
             tcp=build_tcp(raw, self.decoder),
         )
+        self._last[cand.inode] = info
+        return info
+
+    def _unreadable(
+        self, cand: Candidate, path: str, why: str, detail: str, tally: _Tally
+    ) -> NetnsInfo | None:
+        """A namespace that exists but was not read: its last good view, counted and logged
+        (a warning when the errors start, debug while they go on)."""
+        tally.errors[why] += 1
+        last = self._last.get(cand.inode)
+        if cand.inode not in self._failing:
+            self._failing.add(cand.inode)
+            log.warning(
+                "namespace %s not read (%s): %s", path, detail,
+                "keeping its last good view" if last else "no earlier view to keep",
+            )  # fmt: skip
+        else:
+            log.debug("namespace %s still not read: %s", path, detail)
+        if last is None:
+            return None
+        tally.stale.add(cand.inode)
+        return replace(last, paths=tuple(cand.paths), pids=tuple(sorted(cand.pids)))
 
     def activity(self, paths: Sequence[str], inode: int | None = None) -> list[d.SockActivity]:
         """Established TCP sockets of one namespace with their idle times (the drain's view).
@@ -348,13 +405,15 @@ class Inspector:
             return conn.activity()
 
     def _connect(
-        self, cand: Candidate, home_fd: int, is_host: bool, skipped: Counter[str]
-    ) -> tuple[NetnsConnection | None, str]:
-        fd, path = self._open(cand, skipped)
+        self, cand: Candidate, home_fd: int, is_host: bool
+    ) -> tuple[NetnsConnection | None, str, str]:
+        """Sockets in the namespace, the path used, and why not (``vanished``: no path
+        leads to it any more)."""
+        fd, path, why = self._open(cand)
         if fd is None or path is None:
-            return None, ""
+            return None, cand.paths[0] if cand.paths else f"inode:{cand.inode}", why
         try:
-            return NetnsConnection.open(None if is_host else fd, home_fd), path
+            return NetnsConnection.open(None if is_host else fd, home_fd), path, ""
         finally:
             os.close(fd)
 
@@ -365,19 +424,20 @@ class Inspector:
             conn.close()
 
     @staticmethod
-    def _open(cand: Candidate, skipped: Counter[str]) -> tuple[int | None, str | None]:
-        """Open the namespace through the first path that still leads to it."""
-        last = "vanished"
+    def _open(cand: Candidate) -> tuple[int | None, str | None, str]:
+        """Open the namespace through the first path that still leads to it; else why not
+        (``vanished`` when every path is gone or leads elsewhere now)."""
+        whys: set[str] = set()
         for path in cand.paths:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never O_CREAT
             except OSError as exc:
-                last = classify_oserror(exc)
+                whys.add(classify_oserror(exc))
                 continue
             if os.fstat(fd).st_ino != cand.inode:  # pid reused or mount replaced meanwhile
                 os.close(fd)
-                last = "vanished"
+                whys.add("vanished")
                 continue
-            return fd, path
-        skipped[last] += 1
-        return None, None
+            return fd, path, ""
+        # Gone only when no path failed for another reason (permission, I/O error).
+        return None, None, (sorted(whys - {"vanished"}) or ["vanished"])[0]

@@ -99,6 +99,8 @@ class NodeAgent:
         self.metrics.scan_namespaces.set(len(snap.namespaces))
         for reason, n in snap.skipped.items():
             self.metrics.scan_skipped.labels(reason).inc(n)
+        for reason, n in snap.errors.items():
+            self.metrics.scan_namespace_errors.labels(reason).inc(n)
         with self._lock:
             self._snapshot = snap
         self.scans += 1

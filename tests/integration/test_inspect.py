@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -14,6 +15,8 @@ import pytest
 
 from agent.datapath import Inspector, InspectorConfig
 from agent.datapath import inspector as inspector_mod
+from agent.datapath.netlink import NetnsConnection
+from agent.errors import DumpInterrupted, NetlinkError
 from agent.model import LinkKind, NetnsInfo, Snapshot
 from tests.testbed.netns import NetnsPool, Pod, ip, socket_in_netns
 
@@ -268,3 +271,37 @@ def test_version_and_help() -> None:
     for cmd in ("version", "inspect"):
         helped = run_cli(cmd, "--help")
         assert helped.returncode == 0 and "usage: podlb-agent" in helped.stdout
+
+
+def test_transient_netlink_error_keeps_the_last_good_view(
+    netns_pool: NetnsPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 6: a netlink error or an interrupted dump is no proof that a namespace is gone:
+    the last good view stays (and the error is counted); only a namespace whose bind mount and
+    /proc entries are gone drops out."""
+    pod = netns_pool.add_veth()
+    failing: list[Exception] = []
+    real_read_all = NetnsConnection.read_all
+
+    def read_all(self: NetnsConnection, host_fd: int | None) -> object:
+        if failing and host_fd is not None:  # every pod namespace, not the host's
+            raise failing[0]
+        return real_read_all(self, host_fd)
+
+    monkeypatch.setattr(NetnsConnection, "read_all", read_all)
+    with Inspector(InspectorConfig()) as insp:
+        good = ns_of(insp.scan(), pod)
+        for exc in (NetlinkError(errno.ENOBUFS, "link dump"), DumpInterrupted("addr dump")):
+            failing[:] = [exc]
+            snap = insp.scan()
+            kept = ns_of(snap, pod)
+            assert (kept.interfaces, kept.tcp) == (good.interfaces, good.tcp)
+            assert kept.inode in snap.stale
+            assert sum(snap.errors.values()) >= 1, snap.errors
+        assert set(snap.errors) == {"dump_interrupted"}
+        failing.clear()
+        assert ns_of(insp.scan(), pod).inode == good.inode  # read again for real
+        failing[:] = [NetlinkError(errno.EIO, "link dump")]
+        netns_pool.remove(pod.name)  # really gone: no bind mount, no process
+        snap = insp.scan()
+        assert all(pod.path not in ns.paths for ns in snap.namespaces)
