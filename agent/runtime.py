@@ -25,11 +25,12 @@ from agent.datapath.netlink import inside
 from agent.kube.calls import Calls
 from agent.kube.client import KubeAccess
 from agent.kube.factory import KubeAdapters
+from agent.kube.informer import Informer
 from agent.lb.base import LBProvider
 from agent.leader.election import ElectionConfig, LeaderElector, LeaderScope
 from agent.leader.reconcile import Leader, LeaderMetrics
 from agent.metrics import Metrics, NodeCollector, PodCollector, PodView
-from agent.model import DATAPATH_READY, LB_READY, Pod, PodKey
+from agent.model import DATAPATH_READY, LB_READY, Pod, PodKey, Service
 from agent.node.agent import NodeAgent
 from agent.node.api import NodeAPI
 from agent.node.drain import Activity, DrainManager, DrainMetrics
@@ -210,37 +211,63 @@ def drain_route(drains: DrainManager, stop: threading.Event, rest: str) -> tuple
     return result.code, "application/json", body
 
 
-def run(settings: RunSettings, *, install_signals: bool = True) -> int:
-    log.info("podlb-agent %s starting: %s", __version__, settings.describe())
-    raise_fd_limit()
-    clock = Clock()
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    calls = Calls(metrics.observe_request)
-    token = None
-    if settings.kube_token_file:
-        with open(settings.kube_token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-    kube = KubeAdapters(
-        KubeAccess(kubeconfig=settings.kubeconfig, host=settings.kube_server, token=token),
-        calls,
-        clock,
-    )
-    sup = Supervisor()
+@dataclass
+class NodeSide:
+    """The node role: this node's pods and Services, the datapath scanner, the
+    datapath-ready writer, drains, the node HTTP API and the in-pod drain listeners."""
 
+    pods: Informer[Pod]
+    services: Informer[Service]
+    inspector: Inspector
+    reporter: ConditionReporter
+    agent: NodeAgent
+    drains: DrainManager
+    api: NodeAPI
+    listeners: DrainListeners | None
+
+    def start(self, sup: Supervisor) -> None:
+        sup.start("informer-pods", self.pods.run)
+        sup.start("informer-services", self.services.run)
+        sup.start("scanner", self.agent.run)
+        sup.start("condition-writer", self.reporter.run)
+        sup.start("node-api", self.api.serve)
+        if self.listeners is not None:
+            sup.start("drain-listeners", self.listeners.run)
+
+    def stop_watches(self) -> None:
+        """End the watches now: a quiet watch would otherwise hold its worker."""
+        self.pods.stop_watch()
+        self.services.stop_watch()
+
+    def close(self) -> None:
+        self.inspector.close()
+
+
+def build_node(
+    settings: RunSettings,
+    kube: KubeAdapters,
+    metrics: Metrics,
+    registry: CollectorRegistry,
+    clock: Clock,
+    stop: threading.Event,
+) -> NodeSide:
+    """Build the node role (nothing runs until :meth:`NodeSide.start`)."""
     agent_ref: list[NodeAgent] = []
+    reporter_ref: list[ConditionReporter] = []
 
     def poke(key: object = None) -> None:
         if agent_ref:
             agent_ref[0].poke(key)
 
     def on_pod_change(key: tuple[str, str]) -> None:
-        reporter.mark_dirty(PodKey(*key))
+        if reporter_ref:
+            reporter_ref[0].mark_dirty(PodKey(*key))
         poke(key)
 
     def on_resync() -> None:
         metrics.informer_synced.labels("pods").set(1)
-        reporter.resync()
+        if reporter_ref:
+            reporter_ref[0].resync()
         poke()
 
     def on_services_resync() -> None:
@@ -264,6 +291,7 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
             DATAPATH_READY, outcome
         ).inc(),
     )
+    reporter_ref.append(reporter)
     inspector = Inspector(
         InspectorConfig(proc_root=settings.proc_root, netns_dirs=settings.netns_dirs)
     )
@@ -315,7 +343,7 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     registry.register(PodCollector(agent.views))
     registry.register(NodeCollector(settings.proc_root))
     api = NodeAPI((settings.listen_host, settings.listen_port), registry, agent.views, agent.ready)
-    api.prefix_routes["/v1/drain/"] = lambda h, rest: drain_route(drains, sup.stop, rest)
+    api.prefix_routes["/v1/drain/"] = lambda h, rest: drain_route(drains, stop, rest)
     log.info("node API listening on %s:%d", *api.address)
     if settings.drain_port:
         listeners_ref.append(
@@ -326,6 +354,28 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
                 sink.emit_event,
             )
         )
+    return NodeSide(
+        pods, services, inspector, reporter, agent, drains, api,
+        listeners_ref[0] if listeners_ref else None,
+    )  # fmt: skip
+
+
+@dataclass
+class LeaderSide:
+    """The leader role: the Lease election and, while this agent holds it, the leader work
+    (its own informers, the LB providers, lb-ready)."""
+
+    elector: LeaderElector
+    lead: Callable[[LeaderScope], None]
+
+    def start(self, sup: Supervisor) -> None:
+        sup.start("leader-election", lambda stop: self.elector.run(stop, self.lead))
+
+
+def build_leader(
+    settings: RunSettings, kube: KubeAdapters, metrics: Metrics, clock: Clock
+) -> LeaderSide:
+    """Build the leader role: a candidate for the Lease that leads when elected."""
 
     def on_leader_change(leading: bool, holder: str | None) -> None:
         metrics.is_leader.set(1 if leading else 0)
@@ -344,16 +394,30 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         ),
         on_change=on_leader_change,
     )
+    return LeaderSide(elector, leader_work(settings, kube, metrics, clock))
 
-    sup.start("informer-pods", pods.run)
-    sup.start("informer-services", services.run)
-    sup.start("scanner", agent.run)
-    sup.start("condition-writer", reporter.run)
-    sup.start("node-api", api.serve)
-    if listeners_ref:
-        sup.start("drain-listeners", listeners_ref[0].run)
-    lead = leader_work(settings, kube, metrics, clock)
-    sup.start("leader-election", lambda stop: elector.run(stop, lead))
+
+def run(settings: RunSettings, *, install_signals: bool = True) -> int:
+    log.info("podlb-agent %s starting: %s", __version__, settings.describe())
+    raise_fd_limit()
+    clock = Clock()
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    calls = Calls(metrics.observe_request)
+    token = None
+    if settings.kube_token_file:
+        with open(settings.kube_token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    kube = KubeAdapters(
+        KubeAccess(kubeconfig=settings.kubeconfig, host=settings.kube_server, token=token),
+        calls,
+        clock,
+    )
+    sup = Supervisor()
+    node = build_node(settings, kube, metrics, registry, clock, sup.stop)
+    leader = build_leader(settings, kube, metrics, clock)
+    node.start(sup)
+    leader.start(sup)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame
@@ -365,11 +429,10 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         signal.signal(signal.SIGINT, on_signal)
     while not sup.stop.wait(1.0):
         pass
-    pods.stop_watch()
-    services.stop_watch()
+    node.stop_watches()
     stuck = sup.join(settings.shutdown_timeout_s)
     kube.close()
-    inspector.close()
+    node.close()
     if stuck:
         log.error("workers still running after %.0fs: %s", settings.shutdown_timeout_s, stuck)
     if sup.failed:
