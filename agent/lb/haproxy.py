@@ -56,12 +56,16 @@ ADMF_MAINT = 0x01 | 0x02 | 0x04 | 0x20
 ADMF_DRAIN = 0x08 | 0x10
 # srv_op_state (enum srv_state)
 OP_STOPPED, OP_STARTING, OP_RUNNING, OP_STOPPING = 0, 1, 2, 3
-# srv_check_status (enum healthcheck_status): UNKNOWN 0, INI 1 ("Initializing"), START 2
-CHK_STATUS_INI = 1
+# srv_check_status (enum healthcheck_status): UNKNOWN 0, INI 1 ("Initializing"), START 2;
+# from 3 on, the status of the last check that finished. A check that starts leaves it as it is
+# (it resets srv_check_result to unknown instead).
+CHK_STATUS_INI, CHK_STATUS_START = 1, 2
+CHK_STATUS_PASSED = frozenset({6, 9, 15, 20})  # L4OK, L6OK, L7OK, PROCOK
 # srv_check_result (enum chk_result)
 CHK_RES_UNKNOWN, CHK_RES_NEUTRAL, CHK_RES_FAILED, CHK_RES_PASSED, CHK_RES_CONDPASS = range(5)
-# srv_check_state bits (CHK_ST_*)
-CHK_ST_ENABLED = 0x04
+# srv_check_state bits (CHK_ST_*): INPROGRESS 0x01 (a check is running), CONFIGURED 0x02 (the
+# server has `check`), ENABLED 0x04 (not `disable health`), PAUSED 0x08 (maintenance)
+CHK_ST_INPROGRESS, CHK_ST_CONFIGURED, CHK_ST_ENABLED = 0x01, 0x02, 0x04
 
 # ``show stat`` type column
 _STAT_TYPE_SERVER = "2"
@@ -244,22 +248,27 @@ def health_of(row: ServerStateRow) -> Health:
 
     * checks not enabled (``no check``: never enabled, or ``disable health``) -> CHECKING,
       as :class:`Health` defines: there is no verdict;
-    * no check finished yet (status INI, result unknown) -> CHECKING. A dynamic server is
-      RUNNING as soon as it is enabled (``UP 1/2`` in ``show stat``), before any check ran;
+    * no check finished yet (status INI) -> CHECKING. A dynamic server is RUNNING as soon as it
+      is enabled (``UP 1/2`` in ``show stat``), before any check ran;
+    * a check in progress is no verdict: it resets the check *result* to unknown for its
+      duration (``* L7OK`` in ``show stat``), but the operational state and the check *status*
+      stay those of the last check that finished, and they decide;
     * in maintenance the state is forced to STOPPED and checks are paused, so the last check
-      result speaks: passed -> UP, failed -> DOWN;
+      result (or status) speaks: passed -> UP, failed -> DOWN;
     * otherwise the operational state: RUNNING / STARTING (slowstart) -> UP; STOPPED -> DOWN;
       STOPPING (conditionally passed, ``disable-on-404``: wants no new traffic) -> DOWN.
     """
     if not row.check_state & CHK_ST_ENABLED:
         return Health.CHECKING
-    if row.check_status == CHK_STATUS_INI or row.check_result == CHK_RES_UNKNOWN:
+    if row.check_status <= CHK_STATUS_START:
         return Health.CHECKING
     if row.admin_state & ADMF_MAINT:
         if row.check_result == CHK_RES_PASSED:
             return Health.UP
         if row.check_result in (CHK_RES_FAILED, CHK_RES_CONDPASS):
             return Health.DOWN
+        if row.check_result == CHK_RES_UNKNOWN:  # paused mid-check: the last status speaks
+            return Health.UP if row.check_status in CHK_STATUS_PASSED else Health.DOWN
         return Health.UNKNOWN
     if row.op_state in (OP_RUNNING, OP_STARTING):
         return Health.UP

@@ -360,3 +360,29 @@ def test_thousands_of_actions_are_fast() -> None:
         assert len(one.servers) == 50 and one == everything["be7"]
         assert {s.health for s in one.servers.values()} == {Health.CHECKING}
         assert t_apply < 10 and t_all < 2 and t_one < 0.5, (t_apply, t_all, t_one)
+
+
+# -- health while checks run (issue 17 defect 12) ----------------------------------------------
+@pytest.mark.netns
+def test_health_holds_while_slow_checks_run(pods3: list[Pod]) -> None:
+    """HTTP checks answered in ~100 ms every 300 ms: a third of all observations land while a
+    check runs. Health must stay UP through a quiet period: no flip at all."""
+    opts = "check inter 300ms fall 2 rise 1"
+    with HAProxy(
+        ["be"], server_options=opts, health_check="option httpchk GET /?delay_ms=100"
+    ) as lb:
+        p = HAProxyProvider([f"unix:{lb.socket_path}"], server_options=opts)
+        (inst,) = p.instances()
+        p.apply(inst, "be", adds(pods3))
+        wait_for("pool up", lambda: p.observe(inst, "be"), all_up)
+        flips: list[tuple[str, Health]] = []
+        observations = 0
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:
+            for name, srv in p.observe(inst, "be").servers.items():
+                observations += 1
+                if srv.health is not Health.UP:
+                    flips.append((name, srv.health))
+            time.sleep(0.01)
+        assert observations > 300
+        assert flips == [], f"{len(flips)} of {observations} observations not UP: {flips[:5]}"

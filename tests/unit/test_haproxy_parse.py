@@ -104,6 +104,32 @@ def test_servers_state_admin_and_health(server: str, admin: AdminState, health: 
     assert (admin_of(row.admin_state), health_of(row)) == (admin, health)
 
 
+# A check in progress, captured from 2.6.12 (a server UP, `option httpchk` answered in 100 ms,
+# then `mode tcp`): CHK_ST_INPROGRESS (0x01) set in srv_check_state, srv_check_result reset to
+# unknown, srv_check_status still the last one (15 L7OK, 6 L4OK); srv_op_state unchanged.
+STATE_CHECK_RUNNING_L7 = "3 be 1 s0 127.0.0.1 2 0 1 1 1 15 0 3 7 0 0 0 - 43815 - 0 0 - - 0"
+STATE_CHECK_RUNNING_L4 = "3 be 1 s0 127.0.0.1 2 0 1 1 0 6 0 3 7 0 0 0 - 37071 - 0 0 - - 0"
+# The first check of a new server in progress (status INI): still no verdict.
+STATE_FIRST_CHECK_RUNNING = "3 be 1 s0 127.0.0.1 2 0 1 1 1 1 0 2 7 0 0 0 - 43815 - 0 0 - - 0"
+# A DOWN server (12 L7TOUT: accepts, never answers) with its next check running.
+STATE_DOWN_CHECK_RUNNING = "3 be 1 dead 127.0.0.1 0 0 1 1 0 12 0 0 7 0 0 0 - 35883 - 0 0 - - 0"
+
+
+@pytest.mark.parametrize(
+    ("row", "health"),
+    [
+        (STATE_CHECK_RUNNING_L7, Health.UP),
+        (STATE_CHECK_RUNNING_L4, Health.UP),
+        (STATE_FIRST_CHECK_RUNNING, Health.CHECKING),
+        (STATE_DOWN_CHECK_RUNNING, Health.DOWN),
+    ],
+)
+def test_a_check_in_progress_keeps_the_last_verdict(row: str, health: Health) -> None:
+    """Issue 17 defect 12: a running check is no reason to take a pod out of rotation."""
+    (parsed,) = parse_servers_state(STATE_EMPTY.rstrip("\n") + "\n" + row + "\n")
+    assert health_of(parsed) is health
+
+
 def test_servers_state_empty_fqdn_and_paused_health() -> None:
     assert parse_servers_state(STATE_EMPTY) == []
     (fqdn,) = parse_servers_state(STATE_EMPTY.rstrip("\n") + "\n" + STATE_FQDN_ROW + "\n")
