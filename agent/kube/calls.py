@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
@@ -44,6 +45,19 @@ class Calls:
             raise TransientError(f"{verb} {resource}: {exc}") from exc
         self.observe(verb, resource, "200")
         return result
+
+    def read(self, verb: str, resource: str, resp: Any) -> bytes:
+        """The whole body of a ``_preload_content=False`` answer. Reading is part of the call:
+        a connection dropped mid-body is a ``TransientError`` like one dropped before it."""
+        try:
+            data: bytes = resp.data
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            self.observe(verb, resource, "error")
+            raise TransientError(f"{verb} {resource}: reading the answer: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                resp.release_conn()
+        return data
 
     def stream(
         self, verb: str, resource: str, events: Iterator[dict[str, Any]]

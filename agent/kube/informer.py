@@ -29,6 +29,7 @@ Key = tuple[str, str]
 WATCH_TIMEOUT_S = 300  # the server ends each watch after about this long; we then resume
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+WATCH_MIN_S = 1.0  # a watch that ends sooner, for any reason, is reopened after a backoff
 
 
 class Informer(Generic[T]):
@@ -88,31 +89,46 @@ class Informer(Generic[T]):
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """List, then watch until ``stop``; never returns early on API errors."""
+        """List, then watch until ``stop``; never returns early on API errors. Any failure
+        of a list or a watch (an error answer, a transport error, a body cut short) is
+        retried after a jittered, doubling backoff; so is a watch that ends at once."""
         backoff = BACKOFF_MIN_S
         need_list = True
         next_resync = self.clock.monotonic() + self._jitter(self.resync_s)
         while not stop.is_set():
+            delay, brief = 0.0, False
             try:
                 if need_list:
                     self._list()
                     need_list = False
                     self.on_resync()
-                self._watch_once(stop)
-                backoff = BACKOFF_MIN_S
+                started = self.clock.monotonic()
+                try:
+                    self._watch_once(stop)
+                finally:
+                    brief = self.clock.monotonic() - started < WATCH_MIN_S
+                if brief and not stop.is_set():
+                    delay = self._jitter(backoff)
+                    log.debug("%s watch ended at once; reopening in %.1fs", self.resource, delay)
             except Gone:
                 log.info("%s watch expired (410 Gone): relisting", self.resource)
                 need_list = True
-                continue
+                if brief:  # a relist that is at once too old again: do not spin
+                    delay = self._jitter(backoff)
             except PodlbError as exc:
+                if stop.is_set():  # our own shutdown cut the watch: nothing to report
+                    break
                 self.failures += 1
                 delay = retry_after(exc) or self._jitter(backoff)
                 log.warning(
                     "%s list/watch failed: %s; retrying in %.1fs", self.resource, exc, delay
                 )
+            if delay > 0:
                 if self.clock.wait(stop, delay):
                     break
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+            else:
+                backoff = BACKOFF_MIN_S
             if self.clock.monotonic() >= next_resync:
                 next_resync = self.clock.monotonic() + self._jitter(self.resync_s)
                 self.on_resync()
@@ -140,8 +156,9 @@ class Informer(Generic[T]):
             _request_timeout=self.request_timeout_s,
             **self.kwargs,
         )
+        data = self.calls.read("list", self.resource, resp)
         try:
-            body = json.loads(resp.data)
+            body = json.loads(data)
         except ValueError as exc:
             raise TransientError(f"list {self.resource}: unparsable response") from exc
         fresh: dict[Key, T] = {}

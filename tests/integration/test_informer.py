@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from kubernetes import client
 
@@ -49,6 +50,64 @@ def test_relists_on_410_in_the_stream_and_resumes_after_cut_watches() -> None:
             assert {p.name for p in informer.items()} == {"a", "b", "c"}
             core.delete_namespaced_pod("a", "default", grace_period_seconds=0)
             wait_for(lambda: informer.get(("default", "a")) is None, 10, "deletion seen")
+        finally:
+            stop.set()
+            informer.stop_watch()
+            thread.join(5)
+        assert not thread.is_alive()
+
+
+def run_informer(informer: Informer[object]) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=informer.run, args=(stop,), daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def test_a_connection_dropped_mid_list_body_is_retried_not_fatal() -> None:
+    """Issue 17, defect 5: the list body was read outside the error handling, so urllib3's
+    ProtocolError ended the informer thread (and the supervisor ended the agent)."""
+    with KubeAPIServer(port=0) as api:
+        core = client.CoreV1Api(api.api_client())
+        for i in range(20):
+            core.create_namespaced_pod("default", pod(f"p{i}"))
+        api.faults.cut_lists(count=2)
+        informer = Informer(
+            "pods", core.list_pod_for_all_namespaces, pod_from_dict, Calls(), Clock(),
+            watch_timeout_s=30,
+        )  # fmt: skip
+        stop, thread = run_informer(informer)
+        try:
+            wait_for(lambda: informer.synced.is_set() or not thread.is_alive(), 10, "listed")
+            assert thread.is_alive(), "the informer died on a cut list body"
+            assert len(informer) == 20
+            assert informer.failures == 2
+            cut = [r for r in api.requests if r.verb == "list"]
+            assert len(cut) == 3
+        finally:
+            stop.set()
+            informer.stop_watch()
+            thread.join(5)
+
+
+def test_a_watch_that_ends_at_once_is_reopened_with_backoff() -> None:
+    """A server that ends every watch at once (timeoutSeconds honoured as 0, a proxy closing
+    streams) must not be hammered in a tight loop."""
+    with KubeAPIServer(port=0) as api:
+        core = client.CoreV1Api(api.api_client())
+        core.create_namespaced_pod("default", pod("a"))
+        informer = Informer(
+            "pods", core.list_pod_for_all_namespaces, pod_from_dict, Calls(), Clock(),
+            watch_timeout_s=0,  # the testbed ends such a watch at once, cleanly
+        )  # fmt: skip
+        stop, thread = run_informer(informer)
+        try:
+            wait_for(lambda: informer.synced.is_set(), 10, "listed")
+            time.sleep(2.0)
+            watches = [r for r in api.requests if r.verb == "watch"]
+            # backoff 0.5 s doubling: about 3 watches in 2 s, never hundreds
+            assert 1 <= len(watches) <= 6, len(watches)
+            assert thread.is_alive()
         finally:
             stop.set()
             informer.stop_watch()

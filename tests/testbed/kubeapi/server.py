@@ -98,6 +98,9 @@ class Faults:
         self._latency = 0.0
         self._frozen_until = 0.0
         self.refused = False
+        self._cut_lists: tuple[int, Callable[[RequestInfo], bool] | None] = (0, None)
+        self._blackhole: Callable[[RequestInfo], bool] | None = None
+        self._dead: set[int] = set()  # connections that never answer again
 
     def refuse(self) -> None:
         """Close the listening socket (and open connections): clients get ECONNREFUSED."""
@@ -134,9 +137,30 @@ class Faults:
         """Accept connections but answer nothing (watches go silent too) for ``seconds``."""
         self._frozen_until = time.monotonic() + seconds
 
+    def cut_lists(self, count: int = 1, match: Callable[[RequestInfo], bool] | None = None) -> None:
+        """Drop the connection half-way through the body of the next ``count`` matching list
+        answers (headers and Content-Length sent in full: the client reads a short body)."""
+        with self._lock:
+            self._cut_lists = (count, match)
+
+    def blackhole(self, match: Callable[[RequestInfo], bool] | None = None) -> None:
+        """Half-open connections: matching requests are read and never answered, and the
+        connections they arrive on (watch streams open now too) stay silent for good, even
+        after :meth:`heal` — like a NAT entry or an API LB that dropped them without a reset.
+        ``match(info)`` sees ``info.user`` (set once the token is known)."""
+        with self._lock:
+            self._blackhole = match or (lambda info: True)
+
+    def heal(self) -> None:
+        """New requests are answered again; connections swallowed before stay dead."""
+        with self._lock:
+            self._blackhole = None
+
     def clear(self) -> None:
         with self._lock:
             self._error = None
+            self._cut_lists = (0, None)
+            self._blackhole = None
         self._latency = 0.0
         self._frozen_until = 0.0
         self.accept()
@@ -149,6 +173,24 @@ class Faults:
     def delay(self) -> None:
         if self._latency > 0:
             time.sleep(self._latency)
+
+    def swallowed(self, conn: socket.socket, info: RequestInfo | None) -> bool:
+        """Whether this connection is (now) dead: then the handler must never answer."""
+        with self._lock:
+            if id(conn) in self._dead:
+                return True
+            if self._blackhole is not None and info is not None and self._blackhole(info):
+                self._dead.add(id(conn))
+                return True
+        return False
+
+    def take_cut_list(self, info: RequestInfo) -> bool:
+        with self._lock:
+            count, match = self._cut_lists
+            if count <= 0 or (match is not None and not match(info)):
+                return False
+            self._cut_lists = (count - 1, match)
+            return True
 
     def check(self, info: RequestInfo) -> ApiError | None:
         with self._lock:
@@ -574,6 +616,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_error(self, err: ApiError) -> None:
         self._send(err.code, err.body(), err.headers)
 
+    def _send_cut(self, code: int, body: Any) -> None:
+        """Headers and half the body, then the connection is dropped (no reset, no rest)."""
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _park(self) -> None:
+        """A swallowed request: never answer (until the server stops)."""
+        api = self.api
+        while not api._stopping:
+            time.sleep(0.05)
+        self.close_connection = True
+
     def _body_json(self, raw: bytes) -> Any:
         if not raw:
             raise bad_request("the body of the request was empty")
@@ -585,6 +647,9 @@ class _Handler(BaseHTTPRequestHandler):
     # -- dispatch
     def _handle(self) -> None:
         api = self.api
+        if api.faults.swallowed(self.connection, None):
+            self._park()
+            return
         api.faults.wait_frozen()
         api.faults.delay()
         info = RequestInfo(self.command, self.path, {})
@@ -602,6 +667,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             user, rules = who
             info.user = user
+            if api.faults.swallowed(self.connection, info):
+                code = 0
+                self._park()
+                return
             if info.resource is None:
                 if info.path in NON_RESOURCE_OK:
                     code = 200
@@ -622,6 +691,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._watch(info)
                 return
             code, body = self._resource(info, raw)
+            if info.verb == "list" and api.faults.take_cut_list(info):
+                self._send_cut(code, body)
+                return
             self._send(code, body)
         except ApiError as e:
             code = e.code
@@ -940,6 +1012,9 @@ class _Handler(BaseHTTPRequestHandler):
                         rv = store.resource_version if w.queue.empty() else None
                     if rv is not None:
                         api.faults.wait_frozen()
+                        if api.faults.swallowed(self.connection, info):
+                            self._park()
+                            return
                         self._event(
                             "BOOKMARK",
                             {
@@ -977,6 +1052,9 @@ class _Handler(BaseHTTPRequestHandler):
                 out = (ev.type, ev.obj)
             if out is not None:
                 api.faults.wait_frozen()
+                if api.faults.swallowed(self.connection, info):
+                    self._park()
+                    return
                 self._event(*out)
 
 
