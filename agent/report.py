@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 from agent.model import Interface, LinkKind, NetnsInfo, Snapshot
@@ -58,6 +59,19 @@ def snapshot_json(snap: Snapshot) -> dict[str, Any]:
     }
 
 
+# Why a namespace or process was skipped: the last line of the table names the reasons.
+SKIP_REASONS = {
+    "vanished": "gone during the scan",
+    "permission": "a netns file that cannot be opened",
+    "not_a_namespace": "a file in a netns directory that is not a namespace",
+    "error": "a netns file that cannot be read",
+    "proc_permission": "a process whose /proc/<pid>/ns/net cannot be read; usually PID 1 of "
+    "the container or sandbox inspect runs in, harmless unless pods live under it",
+    "proc_error": "a process whose /proc/<pid>/ns/net cannot be read",
+    "dump_interrupted": "a netlink dump interrupted more than 5 times",
+    "netlink_error": "netlink refused a dump",
+}
+
 _COLUMNS = (
     "NAMESPACE",
     "POD",
@@ -71,6 +85,25 @@ _COLUMNS = (
 )
 
 
+def format_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], right: Container[int] = ()
+) -> str:
+    """Columns two spaces apart, each as wide as its widest cell; ``right``: the indexes of
+    right-aligned (numeric) columns."""
+    body = [tuple(r) for r in rows]
+    widths = [len(h) for h in header]
+    for row in body:
+        widths = [max(w, len(v)) for w, v in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if i in right else v.ljust(w)
+            for i, (v, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join(line(r) for r in (tuple(header), *body))
+
+
 def _bytes(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -80,48 +113,56 @@ def _bytes(n: int) -> str:
     return f"{n}B"  # pragma: no cover
 
 
-def _tcp(ns: NetnsInfo) -> str:
-    if not ns.tcp.listening:
+def tcp_column(ports: Iterable[int], established: Mapping[int, int], drain_port: int = 0) -> str:
+    """``listen 8080(1)``: listening ports with their established connections; podlb's own
+    in-pod drain listener (``drain_port``) is named as such."""
+    ports = sorted(set(ports))
+    if not ports:
         return "-"
-    parts = []
-    for port in sorted(ns.tcp.listening_ports()):
-        parts.append(f"{port}({ns.tcp.established.get(port, 0)})")
-    return "listen " + ",".join(parts)
+    parts = [
+        f"{port}({established.get(port, 0)})" + (" podlb-drain" if port == drain_port else "")
+        for port in ports
+    ]
+    return "listen " + ", ".join(parts)
 
 
-def snapshot_table(snap: Snapshot) -> str:
-    """One row per interface (loopback left out), namespace columns on its first row."""
+def skipped_line(skipped: Mapping[str, int]) -> str:
+    """``skipped: none`` or each reason with its count and what it means."""
+    if not skipped:
+        return "skipped: none"
+    return "skipped: " + "; ".join(
+        f"{k}={v} ({SKIP_REASONS[k]})" if k in SKIP_REASONS else f"{k}={v}"
+        for k, v in sorted(skipped.items())
+    )
+
+
+def snapshot_table(snap: Snapshot, drain_port: int = 0) -> str:
+    """One row per interface (loopback left out), namespace columns on its first row.
+
+    ``POD`` is the pod UID from the cgroup of the namespace's processes, ``-`` without one;
+    ``drain_port`` labels podlb's drain listener in the ``TCP`` column."""
     rows: list[tuple[str, ...]] = []
     for ns in snap.namespaces:
-        label = ns.path
-        pod = (ns.pod.uid or "?") if ns.pod else "-"
-        first = True
+        pod = (ns.pod.uid if ns.pod else None) or "-"
+        tcp = tcp_column(ns.tcp.listening_ports(), ns.tcp.established, drain_port)
         shown = [i for i in ns.interfaces if i.kind is not LinkKind.LOOPBACK] or list(
             ns.interfaces[:1]
         )
-        for iface in shown:
+        for n, iface in enumerate(shown):
             ref = iface.peer or iface.parent
             rows.append(
                 (
-                    label if first else "",
-                    pod if first else "",
+                    ns.path if n == 0 else "",
+                    pod if n == 0 else "",
                     iface.name,
                     iface.kind.value + (f"/{iface.mode}" if iface.mode else ""),
                     iface.state,
                     " ".join(iface.addresses) or "-",
                     (ref.name or f"#{ref.ifindex}") if ref else "-",
                     f"{_bytes(iface.stats.rx_bytes)}/{_bytes(iface.stats.tx_bytes)}",
-                    _tcp(ns) if first else "",
+                    tcp if n == 0 else "",
                 )
             )
-            first = False
-    widths = [len(c) for c in _COLUMNS]
-    for row in rows:
-        widths = [max(w, len(v)) for w, v in zip(widths, row, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    skipped = ", ".join(f"{k}={v}" for k, v in sorted(snap.skipped.items())) or "none"
-    lines.append(
-        f"{len(snap.namespaces)} namespaces in {snap.duration_s * 1000:.1f} ms; skipped: {skipped}"
-    )
-    return "\n".join(lines)
+    table = format_table(_COLUMNS, rows)
+    summary = f"{len(snap.namespaces)} namespaces in {snap.duration_s * 1000:.1f} ms"
+    return f"{table}\n{summary}; {skipped_line(snap.skipped)}"
