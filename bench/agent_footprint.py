@@ -1,4 +1,4 @@
-"""Benchmark: the footprint of one node agent with 110 pods on its node (issue 4).
+"""Benchmark: the footprint of one node agent with 110 pods on its node.
 
 Starts the API double, the simulated kubelet with ``--pods`` real pods (namespaces + app
 processes, all opted in with the readiness gate), and one ``podlb-agent run`` process with

@@ -5,7 +5,7 @@ time of a full scan (median of several) with podlb's lean decoder and with pyrou
 per-pod time, and the same inspection done the way a shell script would (``ip -j -d -s link``
 and ``ss`` per namespace), as a ratio measured in the same run.
 
-Target (issue 2): 200 pods in under 100 ms on a 2-core machine, at least 20x faster than the
+Target: 200 pods in under 100 ms on a 2-core machine, at least 20x faster than the
 shell baseline.
 
     .venv/bin/python bench/inspect.py [--sizes 50,100,200] [--repeat 5] [--json]

@@ -10,7 +10,7 @@ for all of them. One agent leads and drives HAProxy through its Runtime API. Pri
 * the leader's CPU at steady state and the Runtime API commands it sends per minute then
   (changes must be zero when nothing changed; the reads of each round are counted apart).
 
-Targets (issue 5): convergence under 30 s, p99 under 2 s, no change command when nothing
+Targets: convergence under 30 s, p99 under 2 s, no change command when nothing
 changed.
 
     .venv/bin/python -m bench.reconcile [--services 200] [--backends 50] [--probes 30]

@@ -8,7 +8,7 @@ by kind, the preStop hold per old pod (p50 / p99) and the total rollout time (un
 pod is gone), and "register": the median time from a new pod's ContainersReady to its Ready,
 i.e. how long the LB took to accept it through the readiness gate.
 
-Targets (issue 6): zero failures with podlb; median drain under 3 s; rollout at least 5x faster
+Targets: zero failures with podlb; median drain under 3 s; rollout at least 5x faster
 than ``sleep 40``. ``--lb-delay 0`` is HAProxy as it is (its Runtime API applies a change at
 once); 1 s models a cloud LB's API. Mode ``observe`` is TKE's direct mode against the CLB API
 double: the cloud's controller (a stand-in) registers the pods, podlb only reads the CLB.
@@ -24,7 +24,9 @@ import json
 import statistics
 import sys
 
+from agent.report import format_table
 from bench._setup import prepare
+from tests.testbed.load import ERROR_KINDS, ERROR_MEANINGS
 from tests.testbed.rollout import MODES, ScenarioResult, run_scenario
 
 
@@ -36,20 +38,29 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+HEADER = ("mode", "requests", "failed", "errors by kind", "drain p50 / p99 s", "register s",
+          "rollout s")  # fmt: skip
+
+
 def table(results: list[ScenarioResult], sleep_s: int) -> str:
-    lines = [
-        f"{'mode':<14} {'requests':>9} {'failed':>7}  {'errors by kind':<28} "
-        f"{'drain p50 s':>11} {'drain p99 s':>11} {'register s':>10} {'rollout s':>9}"
-    ]
+    """The comparison table, then what each error kind in it means."""
+    rows = []
     for r in results:
-        label = f"sleep {sleep_s}" if r.mode == "sleep" else r.mode
-        errors = ", ".join(f"{k}={v}" for k, v in sorted(r.errors().items())) or "none"
-        lines.append(
-            f"{label:<14} {r.requests:>9} {r.failed:>7}  {errors:<28} "
-            f"{fmt(r.drain_p(0.5)):>11} {fmt(r.drain_p(0.99)):>11} "
-            f"{fmt(median(r.register_s)):>10} {r.rollout_s:>9.1f}"
+        errors = r.errors()
+        rows.append(
+            (
+                f"sleep {sleep_s}" if r.mode == "sleep" else r.mode,
+                str(r.requests),
+                str(r.failed),
+                ", ".join(f"{k}={v}" for k, v in errors.items()) or "none",
+                f"{fmt(r.drain_p(0.5))} / {fmt(r.drain_p(0.99))}",
+                fmt(median(r.register_s)),
+                f"{r.rollout_s:.1f}",
+            )
         )
-    return "\n".join(lines)
+    seen = [k for k in ERROR_KINDS if any(k in r.errors() for r in results)]
+    legend = [f"  {k}: {ERROR_MEANINGS[k]}" for k in seen]
+    return "\n".join([format_table(HEADER, rows, right={1, 2, 4, 5, 6}), *legend])
 
 
 def main() -> int:

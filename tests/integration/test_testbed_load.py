@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import http.client
+import http.server
 import socket
 import struct
 import subprocess
@@ -13,7 +16,15 @@ import pytest
 
 from tests.testbed.app import spawn_local
 from tests.testbed.haproxy import HAProxy, free_port, supports_dynamic_servers
-from tests.testbed.load import LoadGenerator, LoadResult, percentile, run_load
+from tests.testbed.load import (
+    ERROR_KINDS,
+    ERROR_MEANINGS,
+    LoadGenerator,
+    LoadResult,
+    classify,
+    percentile,
+    run_load,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -124,3 +135,40 @@ def test_5xx_and_spread_through_haproxy(apps: list[int]) -> None:
 def test_needs_a_bound() -> None:
     with pytest.raises(ValueError):
         LoadGenerator("http://127.0.0.1:1/")
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), "refused"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "unreachable"),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), "unreachable"),
+        (TimeoutError("timed out"), "timeout"),
+        (http.client.RemoteDisconnected("closed"), "reset"),
+        (http.client.IncompleteRead(b""), "reset"),
+        (BrokenPipeError(errno.EPIPE, "pipe"), "reset"),
+        (ValueError("odd"), "other"),
+    ],
+)
+def test_classify_names_the_cause(exc: BaseException, kind: str) -> None:
+    assert classify(exc) == kind
+    assert set(ERROR_MEANINGS) == set(ERROR_KINDS)
+
+
+def test_4xx_is_its_own_kind() -> None:
+    class Deny(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(403)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deny)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        res = run_load(f"http://127.0.0.1:{srv.server_address[1]}/", count=3, concurrency=1)
+        assert res.errors["4xx"] == 3 and res.errors["other"] == 0, res.summary()
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -15,6 +15,7 @@ from kubernetes.client.rest import ApiException
 from tests.testbed.app import spawn_local
 from tests.testbed.deploy import RollingUpdate, is_ready, template_hash
 from tests.testbed.haproxy import free_port
+from tests.testbed.load import run_load
 from tests.testbed.netns import ip
 from tests.testbed.node import Kubelet, make_pod, pod_ready_condition
 
@@ -161,12 +162,22 @@ def test_http_prestop_and_grace_period_cut(kubelet: Kubelet, core: client.CoreV1
 
 def test_stop_cleans_up(api: Any, core: client.CoreV1Api) -> None:
     k = Kubelet.for_api(api, ["node-c"])
+    cidr = k.pod_cidrs["node-c"]
     with k:
         core.create_namespaced_pod("default", make_pod("tmp", "node-c"))
         k.wait_ready("tmp", timeout=15)
         tag = k.pool.tag
+        gone_ip = k.record("tmp").ip
+        core.delete_namespaced_pod("tmp", "default")
+        k.wait_gone("tmp", timeout=15)
+        # A deleted pod's IP is unreachable at once, as on a node that routes its pod CIDR;
+        # it never leaves through the default route (the load generator's "other" once).
+        res = run_load(f"http://{gone_ip}:8080/", count=2, concurrency=1, timeout=1)
+        assert res.errors["unreachable"] == 2, res.summary()
+        assert f"unreachable {cidr}" in ip("route", "show", "type", "unreachable").stdout
     assert tag not in ip("netns", "list").stdout
     assert tag not in ip("link").stdout
+    assert cidr not in ip("route", "show", "type", "unreachable").stdout
 
 
 def test_rolling_update_keeps_capacity(api: Any, kubelet: Kubelet, core: client.CoreV1Api) -> None:

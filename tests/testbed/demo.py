@@ -18,7 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
+from agent.report import format_table, tcp_column
 from tests.testbed.netns import NetnsPool, socket_in_netns
 
 
@@ -86,13 +88,10 @@ def agent_demo() -> None:
                 netns.popen(app_argv(8080, "web-1"))
                 wait(lambda: all_true(core), 20)
                 show()
-                print("\nthe agent's node API, GET /v1/pods (first pod):")
-                pods = agent.get_json("/v1/pods")["pods"]
-                first = pods[0]
-                print(
-                    f"  {first['namespace']}/{first['name']} ip={first['ips'][0]} "
-                    f"iface={first['interface']} tcp={first['tcp']}"
-                )
+                print("\nthe agent's node API, GET /v1/pods (JSON, shown as a table):")
+                print(pods_table(agent.get_json("/v1/pods")["pods"]))
+                print(f"(TCP: listening ports with their connections; {DRAIN_PORT} podlb-drain is")
+                print(" podlb's own drain listener in each opted-in pod, for its preStop hook)")
             finally:
                 agent.stop()
 
@@ -115,6 +114,28 @@ def rollout_demo(sleep_s: int = 10) -> None:
     held = podlb.drain_p(0.5) or 0.0
     print(f"\npodlb: {podlb.failed} failed requests; each old pod held {held:.1f} s (median)")
     print(f"instead of {sleep_s} s; without hook and gate {results[1].failed} requests failed.")
+
+
+DRAIN_PORT = 9809  # the agent's default --drain-port
+
+
+def pods_table(pods: list[dict[str, Any]]) -> str:
+    """``/v1/pods`` as a table: one row per pod."""
+    rows = []
+    for p in pods:
+        iface, tcp, dp = p["interface"] or {}, p["tcp"] or {}, p["datapath"]
+        established = {int(port): n for port, n in tcp.get("established", {}).items()}
+        rows.append(
+            (
+                f"{p['namespace']}/{p['name']}",
+                ",".join(p["ips"]) or "-",
+                " ".join(str(iface[k]) for k in ("name", "kind", "state") if iface.get(k)) or "-",
+                "-" if dp["ready"] is None else f"{dp['ready']} {dp['reason']}",
+                tcp_column([s["port"] for s in tcp.get("listening", [])], established, DRAIN_PORT),
+            )
+        )
+    header = ("POD", "IP", "INTERFACE", "DATAPATH-READY", "TCP")
+    return "\n".join("  " + line for line in format_table(header, rows).splitlines())
 
 
 def conditions(core: object) -> dict[str, tuple[str, str]]:

@@ -14,14 +14,17 @@ Modes: ``new`` opens a connection per request; ``keepalive`` reuses one connecti
 ``duration`` and always stops by itself (``max_duration`` caps a count-only run). ``rate``
 (requests/s over all workers) paces the run; without it every worker goes as fast as it can.
 
-Errors are counted by kind: ``refused``, ``reset`` (reset, broken pipe, closed without a
-response, truncated body), ``timeout``, ``5xx``, ``other`` (4xx, anything else). Latencies are
-of successful (2xx) requests. The body of a 2xx response is taken as the name of the pod that
-answered (the testbed app answers with its pod name).
+Errors are counted by kind (:data:`ERROR_KINDS`, each explained in :data:`ERROR_MEANINGS`):
+``refused``, ``unreachable``, ``reset`` (reset, broken pipe, closed without a response,
+truncated body), ``timeout``, ``5xx``, ``4xx``, and ``other`` for anything else (rare: the
+exception is kept in ``error_events``). Latencies are of successful (2xx) requests. The body
+of a 2xx response is taken as the name of the pod that answered (the testbed app answers with
+its pod name).
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import socket
 import threading
@@ -32,7 +35,18 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-ERROR_KINDS = ("refused", "reset", "timeout", "5xx", "other")
+ERROR_KINDS = ("refused", "unreachable", "reset", "timeout", "5xx", "4xx", "other")
+ERROR_MEANINGS = {
+    "refused": "connection refused: nothing listening",
+    "unreachable": "no route to the address",
+    "reset": "connection reset or closed before a whole response",
+    "timeout": "no answer within the client's timeout",
+    "5xx": "a 5xx answer; from HAProxy, 503: it could not connect to the pod it picked (gone "
+    "or not listening), 502: the pod closed the connection mid-request",
+    "4xx": "a 4xx answer",
+    "other": "any other failure (see error_events)",
+}
+_UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH)
 MODES = ("new", "keepalive")
 
 
@@ -48,6 +62,8 @@ def classify(exc: BaseException) -> str:
     """Error kind of an exception raised while doing one request."""
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+        return "unreachable"
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timeout"
     if isinstance(
@@ -265,7 +281,9 @@ class LoadGenerator:
             w.last[pod] = t
         elif resp.status >= 500:
             self._error(w, "5xx", str(resp.status), start)
-        else:
+        elif resp.status >= 400:
+            self._error(w, "4xx", str(resp.status), start)
+        else:  # 1xx (after the interim answers http.client skips) or 3xx
             self._error(w, "other", str(resp.status), start)
         return not resp.will_close
 

@@ -15,7 +15,11 @@ For each pod on one of its nodes:
 
 * a veth pod namespace (:class:`~tests.testbed.netns.NetnsPool`) with an IP from the node's
   ``/24`` of ``10.244.0.0/16`` (a free ``/24`` is picked per node at start, the node is
-  registered with that ``spec.podCIDR`` when the API serves nodes);
+  registered with that ``spec.podCIDR`` when the API serves nodes). Like a real node (Calico
+  installs a blackhole route for its block), the host routes the whole ``/24`` locally: an
+  ``unreachable`` route, removed on :meth:`Kubelet.stop`, under the pods' own ``/32`` routes,
+  so a connection to a deleted pod's IP fails at once ("no route to host") instead of leaving
+  through the default route to whatever answers there;
 * each container with a ``containerPort`` runs :mod:`tests.testbed.app` in the namespace on its
   first port (``--name`` = pod name). The container's ``env`` (literal values) is passed on, so
   ``APP_DELAY_MS`` selects a delay; ``args`` starting with ``--`` are passed to the app (e.g.
@@ -183,6 +187,11 @@ class _PodRuntime:
         return self.record.name
 
 
+def _route_unreachable(cidr: str) -> bool:
+    """Add ``unreachable <cidr>`` on the host; False when a route to it exists already."""
+    return ip("route", "add", "unreachable", cidr, check=False).returncode == 0
+
+
 class Kubelet:
     """Plays kubelet for ``nodes``; see the module docstring. A context manager."""
 
@@ -210,7 +219,11 @@ class Kubelet:
         self.watch_timeout = watch_timeout
         self.register_nodes = register_nodes
         self.pool = NetnsPool(prefix=pool_prefix)
+        self._routes: list[str] = []  # the unreachable routes this kubelet added
         self.pod_cidrs = dict(pod_cidrs) if pod_cidrs else self._pick_cidrs(self.nodes)
+        for cidr in self.pod_cidrs.values():
+            if cidr not in self._routes and _route_unreachable(cidr):
+                self._routes.append(cidr)
         self._ip_free: dict[str, list[str]] = {
             n: [str(h) for h in ipaddress.ip_network(c).hosts()][1:]  # .1 is the "gateway"
             for n, c in self.pod_cidrs.items()
@@ -231,9 +244,9 @@ class Kubelet:
         return cls(api.api_client(), nodes, finalize_delete=api.store.finalize_delete, **kw)
 
     # -- setup --------------------------------------------------------------------------
-    @staticmethod
-    def _pick_cidrs(nodes: Sequence[str]) -> dict[str, str]:
-        """A free ``10.244.X.0/24`` per node (no route into it on this host yet)."""
+    def _pick_cidrs(self, nodes: Sequence[str]) -> dict[str, str]:
+        """A free ``10.244.X.0/24`` per node (no route into it on this host yet), claimed by
+        adding its unreachable route (which fails when another kubelet was quicker)."""
         out: dict[str, str] = {}
         candidates = list(range(100, 250))
         random.shuffle(candidates)
@@ -242,7 +255,9 @@ class Kubelet:
                 if not candidates:
                     raise RuntimeError("no free /24 in 10.244.0.0/16")
                 cidr = f"10.244.{candidates.pop()}.0/24"
-                if not ip("-4", "route", "show", "root", cidr, check=False).stdout.strip():
+                taken = ip("-4", "route", "show", "root", cidr, check=False).stdout.strip()
+                if not taken and _route_unreachable(cidr):
+                    self._routes.append(cidr)
                     out[node] = cidr
                     break
         return out
@@ -309,6 +324,8 @@ class Kubelet:
         for rt in runtimes:
             self._kill(rt, grace=0)
         self.pool.close()
+        while self._routes:
+            ip("route", "del", "unreachable", self._routes.pop(), check=False)
 
     def __enter__(self) -> Kubelet:
         try:
