@@ -13,8 +13,10 @@ I/O: observations use one connection per command (non-interactive mode, the answ
 EOF, so no answer text can be mistaken for a delimiter). :meth:`HAProxyProvider.apply` sends a
 whole batch on one connection in interactive (``prompt``) mode, pipelined: every answer ends
 with ``"\\n> "``. An ADD is ``add server`` then, only if that succeeded, ``enable health`` and
-``enable server``; a REMOVE is ``set server .. state maint`` then ``del server``. So a batch
-runs in two phases, and a server named twice in one batch splits it in sequential batches.
+``enable server``; a REMOVE is ``set server .. state maint`` then, only once nothing refers
+to the server any more (:func:`removal_blockers` over ``show sess`` and ``show stat``),
+``del server``. So a batch runs in two phases, and a server named twice in one batch splits it
+in sequential batches.
 """
 
 from __future__ import annotations
@@ -232,6 +234,57 @@ def parse_stat_csv(text: str) -> list[StatRow]:
 def parse_backends(text: str) -> list[str]:
     """Names listed by ``show backend``."""
     return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+
+
+# What still refers to a server, by ``show stat`` column: sessions, queued requests, and
+# server-side connections in use or kept idle for reuse (``http-reuse``).
+_USE_COLUMNS = (
+    ("scur", "sessions"),
+    ("qcur", "queued"),
+    ("used_conn_cur", "connections in use"),
+    ("idle_conn_cur", "idle connections"),
+    ("safe_conn_cur", "idle connections"),
+)
+
+
+def streams_by_server(sess: str, pool: str) -> dict[str, int]:
+    """Streams per server of backend ``pool`` in a ``show sess`` answer (``... be=<pool>
+    srv=<server> ...``, one line per stream). A stream keeps its server after its connection
+    failed, while it waits to retry (``scur`` no longer counts it)."""
+    key = f" be={pool} srv="
+    out: dict[str, int] = {}
+    for line in sess.splitlines():
+        i = line.find(key)
+        if i >= 0:
+            name = line[i + len(key) :].split(" ", 1)[0]
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def removal_blockers(pool: str, names: Iterable[str], sess: str, stat: str) -> dict[str, str]:
+    """Servers of ``names`` that something still refers to, with what: streams (``show sess``),
+    sessions, queued requests, connections (``show stat``). Deleting such a server crashes
+    HAProxy before 2.9 (a stream that still points to it uses freed memory)."""
+    wanted = set(names)
+    why: dict[str, list[str]] = {}
+    for name, n in streams_by_server(sess, pool).items():
+        if name in wanted:
+            why.setdefault(name, []).append(f"{n} streams")
+    if not stat.startswith("# "):
+        raise ValueError(f"not a 'show stat' CSV answer: {stat[:80]!r}")
+    lines = stat[2:].splitlines()
+    header = next(csv.reader(lines[:1]), [])
+    cols = [(header.index(c), what) for c, what in _USE_COLUMNS if c in header]
+    px, sv = header.index("pxname"), header.index("svname")
+    for row in csv.reader(lines[1:]):
+        if len(row) <= max(px, sv) or row[px] != pool or row[sv] not in wanted:
+            continue
+        counts: dict[str, int] = {}
+        for i, what in cols:
+            if i < len(row) and row[i].isdigit() and int(row[i]):
+                counts[what] = counts.get(what, 0) + int(row[i])
+        why.setdefault(row[sv], []).extend(f"{n} {what}" for what, n in counts.items())
+    return {name: ", ".join(parts) for name, parts in why.items() if parts}
 
 
 def admin_of(admin_state: int) -> AdminState:
@@ -495,6 +548,12 @@ class HAProxyProvider:
     wait for progress. An unreachable instance is retried ``retries`` times, waiting
     ``backoff_s`` doubled each time, then :class:`TransientError`. ``on_command(instance,
     verb, outcome)`` is called for each command, outcome ``ok`` / ``rejected`` / ``error``.
+
+    A REMOVE deletes a server only once nothing refers to it (no stream in ``show sess``, no
+    session, queued request or server connection in ``show stat``): HAProxy before 2.9 does
+    not check streams itself, and deleting a server a stream still points to crashes it. A
+    server still in use is left in maintenance and reported ``in_use`` after waiting up to
+    ``remove_wait_s`` (polling every ``remove_poll_s``); the next plan removes it again.
     """
 
     name = "haproxy"
@@ -511,6 +570,8 @@ class HAProxyProvider:
         backoff_s: float = 0.2,
         clock: Clock | None = None,
         on_command: Callable[[str, str, str], None] | None = None,
+        remove_wait_s: float = 1.0,
+        remove_poll_s: float = 0.2,
     ) -> None:
         if isinstance(endpoints, str):
             raise ValueError("endpoints must be a sequence of strings, not one string")
@@ -519,12 +580,16 @@ class HAProxyProvider:
         self._endpoints = {e: parse_endpoint(e) for e in endpoints}
         if any(c in server_options for c in "\r\n;#"):
             raise ValueError(f"server_options {server_options!r}: no newline, ';' or '#'")
-        if timeout_s <= 0 or retries < 0 or backoff_s < 0:
-            raise ValueError("timeout_s > 0, retries >= 0, backoff_s >= 0")
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or remove_wait_s < 0:
+            raise ValueError("timeout_s > 0, retries >= 0, backoff_s >= 0, remove_wait_s >= 0")
+        if remove_poll_s <= 0:
+            raise ValueError("remove_poll_s > 0")
         self.server_options = " ".join(server_options.split())
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.remove_wait_s = remove_wait_s
+        self.remove_poll_s = remove_poll_s
         self._clock = clock or Clock()
         self._on_command = on_command
 
@@ -646,6 +711,23 @@ class HAProxyProvider:
             )
         return ApplyResult(done=done, failed=tuple(failed))
 
+    def _wait_unused(self, instance: str, pool: str, names: Sequence[str]) -> dict[str, str]:
+        """Which of ``names`` (in maintenance by now: nothing new can pick them) something still
+        refers to, after waiting up to ``remove_wait_s`` for that to end; -> what refers."""
+        deadline = self._clock.monotonic() + self.remove_wait_s
+        while True:
+            sess = self._query(instance, "show sess")
+            stat = self._query(instance, f"show stat {pool} 4 -1")
+            try:
+                if not (sess.ok and stat.ok):
+                    raise ValueError((sess if not sess.ok else stat).describe())
+                busy = removal_blockers(pool, names, sess.text, stat.text)
+            except ValueError as e:  # cannot tell: do not delete
+                busy = dict.fromkeys(names, f"cannot tell what uses it ({e})")
+            if not busy or self._clock.monotonic() >= deadline:
+                return busy
+            self._clock.sleep(min(self.remove_poll_s, max(0.0, deadline - self._clock.monotonic())))
+
     def _apply_batch(
         self, instance: str, pool: str, batch: Sequence[Action]
     ) -> tuple[int, list[tuple[Action, str]]]:
@@ -658,6 +740,14 @@ class HAProxyProvider:
                 failed.append((a, f"invalid: {e}"))
         phase = 0
         while live:
+            # No del server while anything refers to the server (crashes HAProxy < 2.9).
+            leaving = [a.server for a, steps in live if steps[phase][0].startswith("del server ")]
+            if leaving:
+                busy = self._wait_unused(instance, pool, leaving)
+                failed += [(a, f"in_use: {busy[a.server]}") for a, _ in live if a.server in busy]
+                live = [(a, steps) for a, steps in live if a.server not in busy]
+                if not live:
+                    break
             cmds = [c for _, steps in live for c in steps[phase]]
             answers = iter(self._run(instance, cmds, interactive=True))
             still: list[tuple[Action, list[list[str]]]] = []
@@ -700,6 +790,8 @@ __all__ = [
     "parse_endpoint",
     "parse_servers_state",
     "parse_stat_csv",
+    "removal_blockers",
     "split_answers",
     "split_batches",
+    "streams_by_server",
 ]

@@ -22,6 +22,7 @@ from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound, PoolStat
 from agent.lb.haproxy import HAProxyProvider
 from tests.testbed.app import spawn_in_pod
 from tests.testbed.haproxy import HAProxy, haproxy_version, supports_dynamic_servers
+from tests.testbed.load import LoadGenerator
 from tests.testbed.netns import NetnsPool, Pod, ip
 
 pytestmark = [
@@ -139,10 +140,10 @@ def test_drain_keeps_existing_connection_then_remove(netns_pool: NetnsPool) -> N
             srv = p.observe(inst, "be").servers[name]
             assert (srv.admin, srv.health, srv.sessions) == (AdminState.DRAIN, Health.UP, 1)
 
-            # Still a session: 2.6 refuses the delete; reported, not raised.
+            # Still a session: podlb does not even try the delete; reported, not raised.
             result = p.apply(inst, "be", [Action(Op.REMOVE, name)])
             assert result.done == 0
-            assert result.failed[0][1].startswith("has_connections: Server still has")
+            assert result.failed[0][1] == "in_use: 1 streams, 1 sessions, 1 connections in use"
             assert p.observe(inst, "be").servers[name].admin is AdminState.MAINT
         finally:
             keep.close()
@@ -386,3 +387,63 @@ def test_health_holds_while_slow_checks_run(pods3: list[Pod]) -> None:
             time.sleep(0.01)
         assert observations > 300
         assert flips == [], f"{len(flips)} of {observations} observations not UP: {flips[:5]}"
+
+
+# -- removal under load (issue 17 defect 11) ---------------------------------------------------
+def alive(lb: HAProxy, when: str) -> None:
+    if not lb.running:
+        rc = lb.proc.returncode if lb.proc is not None else None
+        raise AssertionError(f"HAProxy died {when} (exit {rc}): {lb.log()[-400:]}")
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_removing_a_dead_pods_server_under_load_never_crashes_haproxy(
+    netns_pool: NetnsPool,
+) -> None:
+    """A pod dies while in rotation (its app is killed: connections refused); podlb drains its
+    server and removes it once it shows no session, as the leader plans, while clients keep
+    coming. Requests that had picked the server wait to retry it (HAProxy's 1 s turn-around)
+    and count as no session: 2.6.12's ``del server`` frees the server they still point to and
+    HAProxy dies (SIGSEGV; ``MALLOC_PERTURB_`` makes glibc poison freed memory, so the use
+    after free crashes every time). The removal must wait until nothing refers to it."""
+    cycles = 3
+    pods = netns_pool.add_many_veth(cycles + 1)
+    spawn_in_pod(pods[0], 8080, "keep")
+    refusals: list[str] = []
+    with HAProxy(["be"], server_options=OPTS, env={"MALLOC_PERTURB_": "165"}) as lb:
+        p = provider(lb)
+        (inst,) = p.instances()
+        p.apply(inst, "be", [Action(Op.ADD, "keep", pods[0].ip, 8080, 1)])
+        with LoadGenerator(lb.url, concurrency=16, duration=cycles * 6 + 5, timeout=5) as gen:
+            for c, victim in enumerate(pods[1:]):
+                name = f"v{c}"
+                app = spawn_in_pod(victim, 8080, name)
+                assert p.apply(inst, "be", [Action(Op.ADD, name, victim.ip, 8080, 1)]).done == 1
+                wait_for(f"{name} UP", lambda: p.observe(inst, "be"), all_up)
+                time.sleep(0.5)  # taking its share of the load
+                app.kill()
+                app.wait()
+                p.apply(inst, "be", [Action(Op.DRAIN, name)])
+                wait_for(
+                    f"{name} without session",
+                    lambda: p.observe(inst, "be").servers[name].sessions,  # noqa: B023
+                    lambda n: n == 0,
+                )
+                # What the leader does round after round: REMOVE until the server is gone.
+                deadline = time.monotonic() + 15
+                while True:
+                    alive(lb, f"removing {name}")
+                    if name not in p.observe(inst, "be").servers:
+                        break
+                    result = p.apply(inst, "be", [Action(Op.REMOVE, name)])
+                    refusals += [why for _, why in result.failed]
+                    assert time.monotonic() < deadline, f"{name} never removed: {refusals[-3:]}"
+                    time.sleep(0.5)
+                time.sleep(1.5)  # past the turn-around of any request that had picked it
+                alive(lb, f"after removing {name}")
+        res = gen.result()
+        alive(lb, "at the end")
+    # Refused only while something referred to the server; the survivors kept serving.
+    assert all(why.startswith("in_use: ") for why in refusals), refusals
+    assert res.by_pod.get("keep", 0) > 100, res.summary()

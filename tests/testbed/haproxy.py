@@ -94,7 +94,8 @@ class HAProxy:
     127.0.0.1 (0 picks a free port); by default one frontend on ``frontend_port`` sends to the
     first backend. ``mode``: ``http`` or ``tcp``. ``server_options`` go on ``default-server``
     and on every :meth:`add_server`. ``extra_global`` / ``extra_defaults`` /
-    ``extra_backend`` add raw config lines.
+    ``extra_backend`` add raw config lines. ``env`` is added to HAProxy's environment
+    (``MALLOC_PERTURB_`` makes glibc fill freed memory, so a use after free crashes at once).
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class HAProxy:
         extra_backend: Sequence[str] = (),
         binary: str = "haproxy",
         start_timeout: float = 5.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if not backends:
             raise ValueError("at least one backend")
@@ -136,6 +138,7 @@ class HAProxy:
         self.extra_defaults = list(extra_defaults)
         self.extra_backend = list(extra_backend)
         self.start_timeout = start_timeout
+        self.env = {**os.environ, **env} if env else None
         self._tmp = Path(tempfile.mkdtemp(prefix="podlb-haproxy-"))
         self.socket_path = str(self._tmp / "admin.sock")
         self.config_path = self._tmp / "haproxy.cfg"
@@ -208,6 +211,7 @@ class HAProxy:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=self.env,
         )
         try:
             self._wait_ready()

@@ -27,8 +27,10 @@ from agent.lb.haproxy import (
     parse_endpoint,
     parse_servers_state,
     parse_stat_csv,
+    removal_blockers,
     split_answers,
     split_batches,
+    streams_by_server,
 )
 
 # `show servers state be`: up (2 sessions), nochk (no `check`), dead (refused), maint
@@ -182,6 +184,39 @@ def _row(op_state: int, admin: int = 0, status: int = 15, result: int = 3) -> Se
 )
 def test_health(row: ServerStateRow, health: Health) -> None:
     assert health_of(row) is health
+
+
+# `show sess` on 2.6.12 under load, a moment after the app behind `be/a` was killed: two
+# streams still point to `a` (scb state 3 = TAR: waiting 1 s to retry the connection; `scur`
+# of `a` is already 0), two are served by `b`, one is the CLI itself.
+SESS = """\
+0x55a726fd66b0: proto=tcpv4 src=127.0.0.1:42634 fe=fe_be be=be srv=b ts=00 epoch=0 age=0s calls=2 rate=0 cpu=0 lat=0 rq[f=49c40080h,i=0,an=8000h,rx=,wx=,ax=] rp[f=80400000h,i=0,an=1400000h,rx=29s,wx=,ax=] scf=[8,80h,fd=11] scb=[8,11h,fd=14] exp=1s rc=0 c_exp=
+0x55a726ff23f0: proto=tcpv4 src=127.0.0.1:42648 fe=fe_be be=be srv=b ts=00 epoch=0 age=0s calls=2 rate=0 cpu=0 lat=0 rq[f=49c40080h,i=0,an=8000h,rx=,wx=,ax=] rp[f=80400000h,i=0,an=1400000h,rx=29s,wx=,ax=] scf=[8,80h,fd=15] scb=[8,11h,fd=16] exp=1s rc=0 c_exp=
+0x55a726ea68c0: proto=unix_stream src=unix:1 fe=GLOBAL be=<NONE> srv=<none> ts=00 epoch=0 age=0s calls=1 rate=0 cpu=0 lat=0 rq[f=c08000h,i=0,an=00h,rx=,wx=,ax=] rp[f=80008002h,i=0,an=00h,rx=,wx=,ax=] scf=[8,200h,fd=21] scb=[8,1h,fd=-1] exp= rc=0 c_exp=
+0x7fe2b00668f0: proto=tcpv4 src=127.0.0.1:42588 fe=fe_be be=be srv=a ts=00 epoch=0 age=0s calls=2 rate=1 cpu=0 lat=0 rq[f=4dc00000h,i=16309,an=8000h,rx=,wx=,ax=] rp[f=80000000h,i=0,an=00h,rx=,wx=,ax=] scf=[8,280h,fd=36] scb=[3,1h,fd=-1] exp=0s rc=1 c_exp=0s
+0x7fe2b006b430: proto=tcpv4 src=127.0.0.1:42604 fe=fe_be be=be srv=a ts=00 epoch=0 age=0s calls=2 rate=1 cpu=0 lat=0 rq[f=4dc00000h,i=16309,an=8000h,rx=,wx=,ax=] rp[f=80000000h,i=0,an=00h,rx=,wx=,ax=] scf=[8,280h,fd=43] scb=[3,1h,fd=-1] exp=0s rc=1 c_exp=0s
+
+"""
+
+
+# -- removal: what still refers to a server (issue 17 defect 11) ------------------------------
+def test_streams_by_server_counts_streams_of_one_backend() -> None:
+    assert streams_by_server(SESS, "be") == {"a": 2, "b": 2}
+    assert streams_by_server(SESS, "b") == {}  # a backend named like a server: no match
+    assert streams_by_server("\n", "be") == {}
+
+
+def test_removal_blockers_streams_sessions_and_connections() -> None:
+    # STAT_ALL: `up` has 2 sessions on 2 connections in use; `dead` and `maint` nothing.
+    sess = SESS.replace("srv=a ", "srv=dead ")
+    assert removal_blockers("be", ["up", "dead", "maint", "ghost"], sess, STAT_ALL) == {
+        "up": "2 sessions, 2 connections in use",
+        "dead": "2 streams",
+    }
+    assert removal_blockers("be", ["maint"], SESS, STAT_ALL) == {}
+    assert removal_blockers("other", ["up"], SESS, STAT_ALL) == {}  # another backend's server
+    with pytest.raises(ValueError):
+        removal_blockers("be", ["up"], SESS, "No such proxy.\n")
 
 
 # -- show stat ----------------------------------------------------------------------------------
