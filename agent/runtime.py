@@ -383,8 +383,10 @@ def build_leader(
             metrics.set_backends({})  # only the leader's view of the LB counts
         metrics.leader_transitions.inc()
 
+    # A hung renewal must leave time for another attempt within the renew deadline.
+    lease_timeout_s = min(settings.kube_timeout_s, settings.renew_deadline_s / 2)
     elector = LeaderElector(
-        kube.lease_store(settings.namespace, settings.lease_name),
+        kube.lease_store(settings.namespace, settings.lease_name, lease_timeout_s),
         settings.identity,
         clock,
         ElectionConfig(
@@ -409,7 +411,13 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         with open(settings.kube_token_file, encoding="utf-8") as f:
             token = f.read().strip()
     kube = KubeAdapters(
-        KubeAccess(kubeconfig=settings.kubeconfig, host=settings.kube_server, token=token),
+        KubeAccess(
+            kubeconfig=settings.kubeconfig,
+            host=settings.kube_server,
+            token=token,
+            timeout_s=settings.kube_timeout_s,
+            watch_idle_s=settings.watch_idle_s,
+        ),
         calls,
         clock,
     )

@@ -96,6 +96,8 @@ class RunSettings:
     kubeconfig: str | None  # a kubeconfig file; None: in-cluster service account
     kube_server: str | None  # explicit API server URL (with kube_token_file)
     kube_token_file: str | None
+    kube_timeout_s: float  # connect and read timeout of every API request (not watch streams)
+    watch_idle_s: float  # a watch that sends nothing this long (no bookmark either) is reopened
     listen_host: str
     listen_port: int
     log_format: str  # text | json
@@ -167,6 +169,18 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(parser, "--kubeconfig", help="kubeconfig file (default: in-cluster config)")
     env.add(parser, "--kube-server", help="API server URL (tests; with --kube-token-file)")
     env.add(parser, "--kube-token-file", help="bearer token file for --kube-server")
+    env.add(
+        parser,
+        "--kube-timeout",
+        default="10",
+        help="connect and read timeout of every API request, seconds",
+    )
+    env.add(
+        parser,
+        "--watch-idle-timeout",
+        default="90",
+        help="seconds a watch may send nothing, not even a bookmark, before it is reopened",
+    )
     env.add(parser, "--listen", default="0.0.0.0:9808", help="node HTTP API HOST:PORT")
     env.add(parser, "--log-format", default="text", choices=("text", "json"), help="log format")
     env.add(parser, "--log-level", default="info", choices=LOG_LEVELS, help="log level")
@@ -345,6 +359,8 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         kubeconfig=args.kubeconfig,
         kube_server=args.kube_server,
         kube_token_file=args.kube_token_file,
+        kube_timeout_s=_number(args, env, "kube_timeout", 0.1, 300),
+        watch_idle_s=_number(args, env, "watch_idle_timeout", 1, 3600),
         listen_host=host,
         listen_port=int(port_s),
         log_format=args.log_format,

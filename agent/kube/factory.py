@@ -24,6 +24,7 @@ Hooks = tuple[Callable[[Key], None], Callable[[], None], float]
 
 class KubeAdapters:
     def __init__(self, access: KubeAccess, calls: Calls, clock: Clock) -> None:
+        self.access = access
         self.api = api_client(access)
         self.calls = calls
         self.clock = clock
@@ -49,6 +50,8 @@ class KubeAdapters:
             on_change=on_change,
             on_resync=on_resync,
             resync_s=resync_s,
+            request_timeout_s=self.access.timeout_s,
+            watch_idle_s=self.access.watch_idle_s,
         )
 
     def node_pods(
@@ -101,8 +104,12 @@ class KubeAdapters:
     def status_sink(self, component: str, host: str) -> PodStatusSink:
         return PodStatusSink(self.api, self.calls, self.clock, component, host)
 
-    def lease_store(self, namespace: str, name: str) -> LeaseStore:
-        return LeaseStore(self.api, self.calls, namespace, name)
+    def lease_store(self, namespace: str, name: str, timeout_s: float | None = None) -> LeaseStore:
+        """``timeout_s``: per Lease request (default: the client's); keep it well under the
+        renew deadline so that a hung renewal leaves time for another attempt."""
+        return LeaseStore(
+            self.api, self.calls, namespace, name, timeout_s=timeout_s or self.access.timeout_s
+        )
 
     def close(self) -> None:
         self.api.close()

@@ -54,6 +54,7 @@ class Informer(Generic[T]):
         resync_s: float = 300.0,
         watch_timeout_s: int = WATCH_TIMEOUT_S,
         request_timeout_s: float = 10.0,
+        watch_idle_s: float = 90.0,
     ) -> None:
         self.resource = resource
         self.list_fn = list_fn
@@ -65,7 +66,10 @@ class Informer(Generic[T]):
         self.on_resync = on_resync or (lambda: None)
         self.resync_s = resync_s
         self.watch_timeout_s = watch_timeout_s
-        self.request_timeout_s = request_timeout_s
+        self.request_timeout_s = request_timeout_s  # connect and read, per request
+        # A watch that sends nothing for this long (the API server sends a bookmark about once a
+        # minute) is taken as dead and reopened from its resourceVersion.
+        self.watch_idle_s = watch_idle_s
         self._lock = threading.Lock()
         self._items: dict[Key, T] = {}
         self._resp: Any = None
@@ -153,7 +157,7 @@ class Informer(Generic[T]):
             self.resource,
             self.list_fn,
             _preload_content=False,
-            _request_timeout=self.request_timeout_s,
+            _request_timeout=(self.request_timeout_s, self.request_timeout_s),
             **self.kwargs,
         )
         data = self.calls.read("list", self.resource, resp)
@@ -191,7 +195,7 @@ class Informer(Generic[T]):
             timeout_seconds=self.watch_timeout_s,
             allow_watch_bookmarks=True,
             _preload_content=False,
-            _request_timeout=(self.request_timeout_s, self.watch_timeout_s + 30),
+            _request_timeout=(self.request_timeout_s, self.watch_idle_s),
             **self.kwargs,
         )
         self._resp = resp

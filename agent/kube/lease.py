@@ -51,7 +51,7 @@ class LeaseStore:
         self._calls = calls
         self.namespace = namespace
         self.name = name
-        self._timeout_s = timeout_s  # per request; the elector's watchdog does not depend on it
+        self._timeout_s = timeout_s  # connect and read, per request (the watchdog does not need it)
         # metadata we do not model (labels, annotations, owners) survives our PUTs
         self._meta: dict[str, Any] = {}
 
@@ -66,7 +66,7 @@ class LeaseStore:
                 self._api.read_namespaced_lease,
                 self.name,
                 self.namespace,
-                _request_timeout=self._timeout_s,
+                _request_timeout=(self._timeout_s, self._timeout_s),
             )
         except NotFound:
             return None
@@ -79,7 +79,7 @@ class LeaseStore:
             self._api.create_namespaced_lease,
             self.namespace,
             self._body(record, create=True),
-            _request_timeout=self._timeout_s,
+            _request_timeout=(self._timeout_s, self._timeout_s),
         )
         return self._record(lease)
 
@@ -93,7 +93,7 @@ class LeaseStore:
             self.name,
             self.namespace,
             self._body(record, create=False),
-            _request_timeout=self._timeout_s,
+            _request_timeout=(self._timeout_s, self._timeout_s),
         )
         return self._record(lease)
 

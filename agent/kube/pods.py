@@ -42,10 +42,10 @@ class PodStatusSink:
             name,
             namespace,
             _preload_content=False,
-            _request_timeout=(5, 10),
         )
+        data = self.calls.read("get", "pods", resp)
         try:
-            return pod_from_dict(json.loads(resp.data))
+            return pod_from_dict(json.loads(data))
         except (ValueError, TypeError) as exc:
             raise TransientError(f"get pod {namespace}/{name}: unreadable answer") from exc
 

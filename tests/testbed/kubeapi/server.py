@@ -101,6 +101,7 @@ class Faults:
         self._cut_lists: tuple[int, Callable[[RequestInfo], bool] | None] = (0, None)
         self._blackhole: Callable[[RequestInfo], bool] | None = None
         self._dead: set[int] = set()  # connections that never answer again
+        self._streams: dict[int, RequestInfo] = {}  # open watch streams by connection
 
     def refuse(self) -> None:
         """Close the listening socket (and open connections): clients get ECONNREFUSED."""
@@ -150,6 +151,7 @@ class Faults:
         ``match(info)`` sees ``info.user`` (set once the token is known)."""
         with self._lock:
             self._blackhole = match or (lambda info: True)
+            self._dead |= {c for c, info in self._streams.items() if self._blackhole(info)}
 
     def heal(self) -> None:
         """New requests are answered again; connections swallowed before stay dead."""
@@ -183,6 +185,14 @@ class Faults:
                 self._dead.add(id(conn))
                 return True
         return False
+
+    def track_stream(self, conn: socket.socket, info: RequestInfo | None) -> None:
+        """A watch stream opens (``info``) or ends (None) on ``conn``."""
+        with self._lock:
+            if info is None:
+                self._streams.pop(id(conn), None)
+            else:
+                self._streams[id(conn)] = info
 
     def take_cut_list(self, info: RequestInfo) -> bool:
         with self._lock:
@@ -973,10 +983,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._event("ERROR", status_body(410, str(e), "Expired"))
             self._end_stream()
             return
+        api.faults.track_stream(self.connection, info)
         try:
             self._start_stream()
             self._stream(w, res, info, match, deadline, bookmarks)
         finally:
+            api.faults.track_stream(self.connection, None)
             api.store.unwatch(w)
 
     def _stream(
@@ -994,6 +1006,9 @@ class _Handler(BaseHTTPRequestHandler):
         import queue as _queue
 
         while True:
+            if api.faults.swallowed(self.connection, None):
+                self._park()
+                return
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 self._end_stream()
