@@ -64,6 +64,9 @@ class ObservedServer:
     # Current sessions (connections) on this server; None when the LB does not report them
     # (cloud LBs): a drained server is then taken as deregistered once its weight is 0.
     sessions: int | None
+    # The server has a health check but it is switched off (an add cut short before its
+    # ``enable health``): the plan enables it again. False where the LB has no such state.
+    checks_off: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,7 @@ class PoolState:
 class Op(enum.StrEnum):
     ADD = "add"  # create the server (health checks on), then make it ready
     SET_WEIGHT = "set_weight"
-    ENABLE = "enable"  # drain/maint -> ready
+    ENABLE = "enable"  # drain/maint -> ready, health checks on
     DRAIN = "drain"  # ready -> drain: no new connections
     REMOVE = "remove"  # maint + delete; only once drained (no sessions)
 

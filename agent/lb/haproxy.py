@@ -351,6 +351,8 @@ def build_pools(
             admin=admin_of(r.admin_state),
             health=health_of(r),
             sessions=sessions.get((r.backend, r.name), 0),
+            checks_off=bool(r.check_state & CHK_ST_CONFIGURED)
+            and not r.check_state & CHK_ST_ENABLED,
         )
     return {b: PoolState(b, servers) for b, servers in pools.items()}
 
@@ -408,6 +410,18 @@ def classify_answer(cmd: str, text: str) -> Answer:
     return Answer(not body, "ok" if not body else "rejected", body)
 
 
+def retried_answer(cmd: str, answer: Answer) -> Answer:
+    """The answer to a command sent again after its first answer was lost: the first one may
+    have run, so ``exists`` to an ``add server`` and ``no_server`` to a ``del server`` are
+    what that success looks like now."""
+    if (command_verb(cmd), answer.reason) in {
+        ("add server", "exists"),
+        ("del server", "no_server"),
+    }:
+        return Answer(True, "ok", answer.text)
+    return answer
+
+
 # -- commands (pure) ----------------------------------------------------------------------
 def format_address(address: str, port: int) -> str:
     """``addr:port`` as ``add server`` parses it: IPv6 in brackets (without them HAProxy 2.6
@@ -448,7 +462,12 @@ def action_steps(pool: str, action: Action, server_options: str) -> list[list[st
             raise ValueError("set_weight needs a weight")
         return [[f"set server {srv} weight {int(action.weight)}"]]
     if action.op is Op.ENABLE:
-        return [[f"set server {srv} state ready"]]
+        # Checks first: a server whose add was cut short has them off (enabling them again is
+        # a no-op). One phase: a server without a check still gets ready.
+        enable = [f"set server {srv} state ready"]
+        if "check" in server_options.split():
+            enable.insert(0, f"enable health {srv}")
+        return [enable]
     if action.op is Op.DRAIN:
         return [[f"set server {srv} state drain"]]
     if action.op is Op.REMOVE:
@@ -607,11 +626,19 @@ class HAProxyProvider:
         if self._on_command is not None:
             self._on_command(instance, command_verb(cmd), outcome)
 
-    def _run(self, instance: str, commands: Sequence[str], *, interactive: bool) -> list[str]:
+    def _run(
+        self,
+        instance: str,
+        commands: Sequence[str],
+        *,
+        interactive: bool,
+        resent: set[int] | None = None,
+    ) -> list[str]:
         """Answers to ``commands`` (in order), resuming after the last answered command when
         the connection fails; ``TransientError`` after ``retries`` retries without progress.
-        A command whose answer was lost may run twice: a repeated ``add server`` then reads
-        ``exists``, a repeated ``del server`` ``no_server``."""
+        A command whose answer was lost may run twice (its index goes into ``resent``): a
+        repeated ``add server`` then reads ``exists``, a repeated ``del server``
+        ``no_server`` (:func:`retried_answer`)."""
         ep = self._endpoint(instance)
         answers: list[str] = []
         failures = 0
@@ -627,6 +654,8 @@ class HAProxyProvider:
                 answers += e.answers
                 if e.answers:
                     failures = 0
+                if resent is not None:  # sent, perhaps run: their answers are lost
+                    resent.update(range(len(answers), len(commands)))
                 cmd = commands[len(answers)]
                 self._note(instance, cmd, "error")
                 if failures >= self.retries:
@@ -749,13 +778,17 @@ class HAProxyProvider:
                 if not live:
                     break
             cmds = [c for _, steps in live for c in steps[phase]]
-            answers = iter(self._run(instance, cmds, interactive=True))
+            resent: set[int] = set()
+            answers = enumerate(self._run(instance, cmds, interactive=True, resent=resent))
             still: list[tuple[Action, list[list[str]]]] = []
             done_or_failed: list[tuple[Action, Answer | None]] = []
             for a, steps in live:
                 first_bad: Answer | None = None
                 for cmd in steps[phase]:
-                    ans = classify_answer(cmd, next(answers))
+                    i, text = next(answers)
+                    ans = classify_answer(cmd, text)
+                    if i in resent:
+                        ans = retried_answer(cmd, ans)
                     self._note(instance, cmd, "ok" if ans.ok else "rejected")
                     if not ans.ok and first_bad is None:
                         first_bad = ans
@@ -791,6 +824,7 @@ __all__ = [
     "parse_servers_state",
     "parse_stat_csv",
     "removal_blockers",
+    "retried_answer",
     "split_answers",
     "split_batches",
     "streams_by_server",

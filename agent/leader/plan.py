@@ -66,8 +66,9 @@ def plan_pool(
         if obs is None:
             actions.append(Action(Op.ADD, name, backend.address, backend.port, backend.weight))
             continue
-        if obs.admin is not AdminState.READY and not (
-            obs.sessions is None and backend.weight == 0 == obs.weight
+        if obs.checks_off or (
+            obs.admin is not AdminState.READY
+            and not (obs.sessions is None and backend.weight == 0 == obs.weight)
         ):  # an LB without sessions has no drain state but weight 0: nothing more to enable
             actions.append(Action(Op.ENABLE, name, weight=backend.weight))
         if obs.weight != backend.weight:

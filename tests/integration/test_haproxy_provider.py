@@ -10,6 +10,8 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,9 @@ import pytest
 from agent.errors import TransientError
 from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound, PoolState
 from agent.lb.haproxy import HAProxyProvider
+from agent.leader.desired import Backend, PoolSpec
+from agent.leader.plan import plan_pool
+from agent.model import PodKey
 from tests.testbed.app import spawn_in_pod
 from tests.testbed.haproxy import HAProxy, haproxy_version, supports_dynamic_servers
 from tests.testbed.load import LoadGenerator
@@ -447,3 +452,96 @@ def test_removing_a_dead_pods_server_under_load_never_crashes_haproxy(
     # Refused only while something referred to the server; the survivors kept serving.
     assert all(why.startswith("in_use: ") for why in refusals), refusals
     assert res.by_pod.get("keep", 0) > 100, res.summary()
+
+
+# -- a partly applied add (issue 17 defect 4) --------------------------------------------------
+class AnswerLosingProxy:
+    """A Runtime API socket in front of HAProxy's that, for the first ``times`` connections whose
+    commands contain ``trigger``, passes the commands on, lets HAProxy run them all, and then
+    closes the client's connection without a word: the changes land, the answers are lost."""
+
+    def __init__(self, upstream: str, trigger: bytes, times: int = 1) -> None:
+        self.upstream = upstream
+        self.trigger = trigger
+        self.times = times
+        self.dropped = 0
+        self._dir = tempfile.mkdtemp(prefix="lossy-")
+        self.socket_path = os.path.join(self._dir, "runtime.sock")
+        self._srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._srv.bind(self.socket_path)
+        self._srv.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._srv.close()
+        os.unlink(self.socket_path)
+        os.rmdir(self._dir)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._srv.accept()
+            except OSError:
+                return
+            with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as up:
+                data = client.recv(1 << 16)  # a small batch comes in one piece
+                up.connect(self.upstream)
+                up.sendall(data)
+                answer = b"".join(iter(lambda: up.recv(1 << 16), b""))  # to "quit"'s EOF
+                if self.trigger in data and self.dropped < self.times:
+                    self.dropped += 1
+                    continue
+                client.sendall(answer)
+
+
+def spec_of(pod: Pod, name: str) -> PoolSpec:
+    backend = Backend(name, pod.ip, 8080, 1, False, PodKey("shop", "web-0"))
+    return PoolSpec("be", PodKey("shop", "web"), "http", {name: backend})
+
+
+@pytest.mark.netns
+def test_an_add_whose_answer_was_lost_is_finished_on_retry(netns_pool: NetnsPool) -> None:
+    """The connection drops after ``add server`` ran: the retried add answers that the server
+    exists. That is the add having worked: its checks and the server must still be enabled."""
+    pod = netns_pool.add_veth()
+    spawn_in_pod(pod, 8080, "pod-a")
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        proxy = AnswerLosingProxy(lb.socket_path, b"add server")
+        try:
+            p = HAProxyProvider([f"unix:{proxy.socket_path}"], server_options=OPTS)
+            (inst,) = p.instances()
+            result = p.apply(inst, "be", [Action(Op.ADD, "s0", pod.ip, 8080, 1)])
+            assert proxy.dropped == 1
+            assert (result.done, result.failed) == (1, ())
+            state = wait_for("up", lambda: p.observe(inst, "be"), all_up, timeout=5)
+            assert state.servers["s0"].admin is AdminState.READY
+        finally:
+            proxy.close()
+
+
+@pytest.mark.netns
+def test_a_server_added_but_never_enabled_is_repaired_by_the_next_plans(
+    netns_pool: NetnsPool,
+) -> None:
+    """The connection dropped for good between ``add server`` and ``enable health`` / ``enable
+    server``: the server exists in maintenance with its health check off. Planned from what
+    HAProxy reports, the next rounds must turn the check on and the server ready (before:
+    only ``state ready``; the server took traffic unchecked and its pod stayed Registering)."""
+    pod = netns_pool.add_veth()
+    spawn_in_pod(pod, 8080, "pod-a")
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        p = provider(lb)
+        (inst,) = p.instances()
+        name = f"{pod.ip}_8080"
+        lb.runtime(f"add server be/{name} {pod.ip}:8080 {OPTS}")  # and nothing more
+        assert lb.servers("be")[name]["status"] == "MAINT"
+        deadline = time.monotonic() + 6
+        while True:  # leader rounds: plan from what HAProxy reports, apply
+            state = p.observe(inst, "be")
+            if all_up(state) and state.servers[name].admin is AdminState.READY:
+                break
+            assert time.monotonic() < deadline, (state, lb.servers("be")[name]["status"])
+            assert p.apply(inst, "be", plan_pool(spec_of(pod, name), state)).failed == ()
+            time.sleep(0.3)
+        assert lb.servers("be")[name]["check_status"] not in ("", "INI")  # checks ran
+        assert plan_pool(spec_of(pod, name), p.observe(inst, "be")) == []

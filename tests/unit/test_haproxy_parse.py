@@ -28,6 +28,7 @@ from agent.lb.haproxy import (
     parse_servers_state,
     parse_stat_csv,
     removal_blockers,
+    retried_answer,
     split_answers,
     split_batches,
     streams_by_server,
@@ -130,6 +131,15 @@ def test_a_check_in_progress_keeps_the_last_verdict(row: str, health: Health) ->
     """Issue 17 defect 12: a running check is no reason to take a pod out of rotation."""
     (parsed,) = parse_servers_state(STATE_EMPTY.rstrip("\n") + "\n" + row + "\n")
     assert health_of(parsed) is health
+
+
+def test_checks_off_is_a_configured_check_switched_off() -> None:
+    """Issue 17 defect 4: the plan re-enables a check an add cut short left off."""
+    pools = build_pools(parse_servers_state(STATE), parse_stat_csv(STAT_ALL))
+    off = {n for n, srv in pools["be"].servers.items() if srv.checks_off}
+    assert off == {"v6"}  # added, never `enable health`; "nochk" has no check to switch on
+    (maint,) = parse_servers_state(STATE_EMPTY.rstrip("\n") + "\n" + STATE_MAINT_NO_HEALTH_ROW)
+    assert build_pools([maint], [])["be"].servers["maint"].checks_off
 
 
 def test_servers_state_empty_fqdn_and_paused_health() -> None:
@@ -384,6 +394,19 @@ def test_command_verb(cmd: str, verb: str) -> None:
     assert command_verb(cmd) == verb
 
 
+def test_a_retried_add_or_delete_that_already_happened_is_a_success() -> None:
+    exists = classify_answer(
+        "add server be/s1 10.0.0.1:80", "Already exists a server with the same name in backend.\n"
+    )
+    gone = classify_answer("del server be/s1", "No such server.\n")
+    assert not exists.ok and not gone.ok
+    assert retried_answer("add server be/s1 10.0.0.1:80", exists).ok
+    assert retried_answer("del server be/s1", gone).ok
+    # Anything else keeps its verdict, retried or not.
+    weight = classify_answer("set server be/s1 weight 5", "No such server.\n")
+    assert retried_answer("set server be/s1 weight 5", weight) == weight
+
+
 def test_split_answers_of_a_prompt_session() -> None:
     answers, used = split_answers(PROMPT_STREAM)
     assert used == len(PROMPT_STREAM)
@@ -436,7 +459,12 @@ def test_action_steps() -> None:
     assert action_steps("be", Action(Op.SET_WEIGHT, "s1", weight=0), OPTS) == [
         ["set server be/s1 weight 0"]
     ]
-    assert action_steps("be", Action(Op.ENABLE, "s1"), OPTS) == [["set server be/s1 state ready"]]
+    assert action_steps("be", Action(Op.ENABLE, "s1"), OPTS) == [
+        ["enable health be/s1", "set server be/s1 state ready"]
+    ]
+    assert action_steps("be", Action(Op.ENABLE, "s1"), "inter 1s") == [
+        ["set server be/s1 state ready"]
+    ]
     assert action_steps("be", Action(Op.DRAIN, "s1"), OPTS) == [["set server be/s1 state drain"]]
     assert action_steps("be", Action(Op.REMOVE, "s1"), OPTS) == [
         ["set server be/s1 state maint"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -216,6 +217,18 @@ def test_plan_is_idempotent_and_fail_static_removes_nothing() -> None:
     assert plan_pool(spec, stray, fail_static=True) == []
     assert plan_pool(None, stray) == [Action(Op.DRAIN, A), Action(Op.DRAIN, B)]
     assert plan_pool(spec, state(obs(A, weight=1))) == [Action(Op.SET_WEIGHT, A, weight=100)]
+
+
+def test_plan_turns_health_checks_back_on() -> None:
+    """Issue 17 defect 4: an add cut short leaves the server with its check off, in maintenance
+    or (after an ENABLE that only set the state) ready: ENABLE it, which turns checks on."""
+    [spec], _ = desired_pools([svc()], [slice_of(("a", "10.0.0.1"))], pods_map(pod("a")))
+    for admin in (AdminState.MAINT, AdminState.READY):
+        off = replace(obs(A, admin, Health.CHECKING), checks_off=True)
+        assert plan_pool(spec, state(off)) == [Action(Op.ENABLE, A, weight=100)]
+    # Checks off on a server on its way out: nothing to turn on.
+    gone = replace(obs(A, AdminState.DRAIN, Health.CHECKING), checks_off=True)
+    assert plan_pool(None, state(gone)) == [Action(Op.REMOVE, A)]
 
 
 def test_lb_verdicts_need_every_instance() -> None:
