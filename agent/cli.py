@@ -16,8 +16,11 @@ from agent import __version__, caps
 from agent.settings import (
     EnvDefaults,
     SettingError,
+    add_drain_port_flag,
     add_path_flags,
     add_run_flags,
+    check_proc_root,
+    drain_port,
     finish_repeatables,
     run_settings,
 )
@@ -25,6 +28,7 @@ from agent.settings import (
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+COMMANDS = ("run", "inspect", "drain", "version")
 
 DESCRIPTION = """\
 podlb node agent: direct-to-pod load balancing on Kubernetes.
@@ -43,7 +47,8 @@ def _build_info() -> dict[str, str]:
 
 def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="podlb-agent", description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Not required= here: argparse would then report a missing COMMAND before an unknown flag.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     version = sub.add_parser("version", help="print the version and build commit")
     version.add_argument("--json", action="store_true", help="print JSON")
@@ -64,8 +69,9 @@ def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
         "--netlink-decoder",
         default="fast",
         choices=("fast", "pyroute2"),
-        help="netlink decoder: fast (default) or pyroute2 (reference, slower)",
+        help="netlink decoder: fast or pyroute2 (reference, slower)",
     )
+    add_drain_port_flag(inspect, env)
     drain = sub.add_parser(
         "drain",
         help="hold until a terminating pod is drained (for exec preStop hooks)",
@@ -165,12 +171,8 @@ def cmd_inspect(args: argparse.Namespace, env: EnvDefaults) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    import os
-
-    if not os.path.isdir(args.proc_root):
-        raise SettingError(
-            "--proc-root", args.proc_root, env.source("proc_root"), "no such directory"
-        )
+    check_proc_root(args, env)
+    port = drain_port(args, env)
     config = InspectorConfig(
         proc_root=args.proc_root,
         netns_dirs=tuple(args.netns_dir),
@@ -182,7 +184,7 @@ def cmd_inspect(args: argparse.Namespace, env: EnvDefaults) -> int:
         json.dump(snapshot_json(snap), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(snapshot_table(snap))
+        print(snapshot_table(snap, drain_port=port))
     return EXIT_OK
 
 
@@ -190,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = EnvDefaults()
     parser = build_parser(env)
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error(f"a COMMAND is required: one of {', '.join(COMMANDS)}")
     finish_repeatables(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -26,6 +26,14 @@ class SettingError(ValueError):
         self.flag = flag
 
 
+class MissingSetting(SettingError):
+    """A required setting given nowhere: names it and says where it can come from."""
+
+    def __init__(self, flag: str, hint: str) -> None:
+        ValueError.__init__(self, f"{flag} is required: {hint}")
+        self.flag = flag
+
+
 def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
@@ -36,6 +44,7 @@ class EnvDefaults:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.from_env: set[str] = set()
+        self.builtin: dict[str, Any] = {}  # flag -> its default without the environment
 
     def add(
         self,
@@ -49,6 +58,7 @@ class EnvDefaults:
     ) -> None:
         name = env_name(flag)
         dest = flag.lstrip("-").replace("-", "_")
+        self.builtin[flag] = default
         value: Any = default
         if name in self.environ:
             raw = self.environ[name]
@@ -59,6 +69,9 @@ class EnvDefaults:
             # argparse appends to the default list: start from None and fill in later.
             parser.set_defaults(**{f"_default_{dest}": value})
             value = None
+        shown = ",".join(default) if isinstance(default, list) else default
+        if shown not in (None, ""):
+            help = f"{help} (default: {shown})"
         parser.add_argument(flag, default=value, help=f"{help} [env {name}]", **kwargs)
 
     def source(self, dest: str) -> str:
@@ -161,6 +174,16 @@ def add_path_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     )
 
 
+def add_drain_port_flag(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
+    """The in-pod drain listener's port (``run`` serves it, ``inspect`` labels it)."""
+    env.add(
+        parser,
+        "--drain-port",
+        default="9809",
+        help="port of podlb's drain listener inside each opted-in pod (0: no listener)",
+    )
+
+
 def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(parser, "--node-name", help="node this agent serves (required)")
     env.add(parser, "--namespace", default="podlb-system", help="the agent's namespace (Lease)")
@@ -235,12 +258,7 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(parser, "--lb-drain-timeout", default="60", help="seconds before a draining server "
             "is removed even with sessions left")  # fmt: skip
     env.add(parser, "--leader-resync", default="10", help="seconds between full LB reconciles")
-    env.add(
-        parser,
-        "--drain-port",
-        default="9809",
-        help="port of the drain listener inside each opted-in pod (0: no listener)",
-    )
+    add_drain_port_flag(parser, env)
     env.add(
         parser,
         "--drain-quiet",
@@ -249,6 +267,36 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     )
     env.add(parser, "--drain-max-concurrent", default="256", help="drains served at once")
     env.add(parser, "--shutdown-timeout", default="10", help="seconds to stop on SIGTERM")
+
+
+def listen_address(raw: str | None, source: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too; an empty host is ``0.0.0.0``)."""
+    host, sep, port_s = (raw or "").rpartition(":")
+    if not sep:
+        raise SettingError("--listen", raw, source, "expected HOST:PORT")
+    if not port_s.isdigit():
+        raise SettingError("--listen", raw, source, f"port {port_s!r} is not a number")
+    if int(port_s) > 65535:
+        raise SettingError("--listen", raw, source, f"port {port_s} out of range (0-65535)")
+    return host.strip("[]") or "0.0.0.0", int(port_s)
+
+
+def in_cluster(env: EnvDefaults) -> bool:
+    """Whether the in-cluster config can work: kubelet sets these in every pod."""
+    return bool(
+        env.environ.get("KUBERNETES_SERVICE_HOST") and env.environ.get("KUBERNETES_SERVICE_PORT")
+    )
+
+
+def check_proc_root(args: argparse.Namespace, env: EnvDefaults) -> None:
+    if not os.path.isdir(args.proc_root):
+        raise SettingError(
+            "--proc-root", args.proc_root, env.source("proc_root"), "no such directory"
+        )
+
+
+def drain_port(args: argparse.Namespace, env: EnvDefaults) -> int:
+    return int(_number(args, env, "drain_port", 0, 65535))
 
 
 def _number(args: argparse.Namespace, env: EnvDefaults, dest: str, lo: float, hi: float) -> float:
@@ -267,7 +315,11 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
     """Validate ``run``'s flags; raise :class:`SettingError` naming the first bad one."""
     node = (args.node_name or "").strip()
     if not node:
-        raise SettingError("--node-name", args.node_name, env.source("node_name"), "required")
+        raise MissingSetting(
+            "--node-name",
+            f"pass --node-name NODE or set {env_name('node_name')} (the DaemonSet sets it from "
+            "the pod's spec.nodeName)",
+        )
     if not _DNS1123.match(node):
         raise SettingError("--node-name", node, env.source("node_name"), "not a DNS-1123 name")
     namespace = args.namespace
@@ -275,10 +327,7 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         raise SettingError(
             "--namespace", namespace, env.source("namespace"), "not a namespace name"
         )
-    host, sep, port_s = (args.listen or "").rpartition(":")
-    if not sep or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-        raise SettingError("--listen", args.listen, env.source("listen"), "expected HOST:PORT")
-    host = host.strip("[]") or "0.0.0.0"
+    host, port = listen_address(args.listen, env.source("listen"))
     if args.kube_server and not re.match(r"^https?://", args.kube_server):
         raise SettingError(
             "--kube-server", args.kube_server, env.source("kube_server"), "expected http(s)://..."
@@ -289,10 +338,7 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
             raise SettingError(
                 "--" + dest.replace("_", "-"), path, env.source(dest), "no such file"
             )
-    if not os.path.isdir(args.proc_root):
-        raise SettingError(
-            "--proc-root", args.proc_root, env.source("proc_root"), "no such directory"
-        )
+    check_proc_root(args, env)
     lease = _number(args, env, "lease_duration", 1, 3600)
     renew = _number(args, env, "renew_deadline", 0.1, 3600)
     retry = _number(args, env, "retry_period", 0.05, 3600)
@@ -352,7 +398,7 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
                     "--lb", name, env.source("lb"), f"needs the environment variable {var}"
                 )
             secrets[var] = value
-    return RunSettings(
+    settings = RunSettings(
         node_name=node,
         namespace=namespace,
         identity=args.identity or args.pod_name or socket.gethostname(),
@@ -362,7 +408,7 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         kube_timeout_s=_number(args, env, "kube_timeout", 0.1, 300),
         watch_idle_s=_number(args, env, "watch_idle_timeout", 1, 3600),
         listen_host=host,
-        listen_port=int(port_s),
+        listen_port=port,
         log_format=args.log_format,
         log_level=args.log_level,
         scan_interval_s=_number(args, env, "scan_interval", 0.1, 3600),
@@ -384,8 +430,16 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         credentials=Credentials(secrets),
         lb_drain_timeout_s=_number(args, env, "lb_drain_timeout", 0, 86400),
         leader_resync_s=_number(args, env, "leader_resync", 0.5, 3600),
-        drain_port=int(_number(args, env, "drain_port", 0, 65535)),
+        drain_port=drain_port(args, env),
         drain_quiet_s=_number(args, env, "drain_quiet", 0, 600),
         drain_max_concurrent=int(_number(args, env, "drain_max_concurrent", 1, 100000)),
         shutdown_timeout_s=_number(args, env, "shutdown_timeout", 0.5, 600),
     )
+    if not (args.kubeconfig or args.kube_server or in_cluster(env)):
+        raise MissingSetting(
+            "--kubeconfig",
+            "outside a pod there is no in-cluster config (KUBERNETES_SERVICE_HOST is not "
+            f"set): pass --kubeconfig FILE (e.g. ~/.kube/config) or set {env_name('kubeconfig')}, "
+            "or run the agent in a pod",
+        )
+    return settings

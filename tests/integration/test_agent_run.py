@@ -178,7 +178,7 @@ def test_sigterm_stops_cleanly(api: KubeAPIServer) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "needle"),
     [
-        (["--node-name", ""], {}, "invalid --node-name"),
+        (["--node-name", ""], {}, "--node-name is required: pass --node-name NODE or set"),
         (["--node-name", "n1", "--scan-interval", "abc"], {}, "--scan-interval='abc' (from flag"),
         (["--node-name", "n1"], {"PODLB_LISTEN": "nope"}, "(from environment PODLB_LISTEN)"),
         (["--node-name", "n1", "--renew-deadline", "20"], {}, "renew-deadline < lease-duration"),

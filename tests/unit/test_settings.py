@@ -12,7 +12,9 @@ TENCENT = {"PODLB_TENCENT_SECRET_ID": "AKIDsecret", "PODLB_TENCENT_SECRET_KEY": 
 
 def parse(args: list[str], environ: dict[str, str] | None = None) -> RunSettings:
     env = EnvDefaults(environ or {})
-    ns = build_parser(env).parse_args(["run", "--node-name", "n1", *args])
+    ns = build_parser(env).parse_args(
+        ["run", "--node-name", "n1", "--kube-server", "http://127.0.0.1:1", *args]
+    )
     finish_repeatables(ns)
     return run_settings(ns, env)
 
