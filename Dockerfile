@@ -4,6 +4,9 @@
 #   docker push REGISTRY/podlb-agent:0.1.0
 # The Python dependencies are pinned in requirements.lock (tests/integration/test_deploy.py
 # checks it against pyproject.toml and lints this file).
+# The base needs python, pip and /bin/sh. The standard one is the public Python image; the
+# real-cluster tests (tests/cluster/image.py) build one from Debian's python3 packages, so
+# nothing below may assume where site-packages is.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -34,7 +37,7 @@ COPY --from=build /wheels /wheels
 # --no-index: only the wheels built above, i.e. exactly requirements.lock and the agent.
 RUN pip install --no-cache-dir --no-index /wheels/*.whl \
  && rm -rf /wheels \
- && python -OO -m compileall -q /usr/local/lib/python3.11/site-packages
+ && python -OO -m compileall -q "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 # No docstrings in memory (the kubernetes client's are ~11 MiB) and fewer malloc arenas:
 # see bench/agent_footprint.py. iproute2 is not needed: the agent speaks netlink itself.
 ENV PYTHONOPTIMIZE=2 \

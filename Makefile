@@ -3,17 +3,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := haproxy iproute2 iptables nftables procps curl
+DEB_PACKAGES := python3-venv haproxy iproute2 iptables nftables procps curl
+# The real-cluster tier (tests/cluster/README.md): the node's runtime and the image builders.
+CLUSTER_PACKAGES := etcd-server containerd runc containernetworking-plugins busybox-static \
+  conntrack buildah mmdebstrap
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint unit bench deps sysdeps clean
+.PHONY: demo test lint unit e2e-cluster bench deps sysdeps clean
 
 ## deps: Debian packages + the Python venv with the project and its test extra
 deps: sysdeps $(VENV)/.installed
 
 sysdeps: .sysdeps.stamp
 .sysdeps.stamp: Makefile
-	@missing=""; for p in $(DEB_PACKAGES); do \
+	@missing=""; for p in $(DEB_PACKAGES) $(CLUSTER_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -38,6 +41,11 @@ test: deps lint
 
 unit: deps
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+## e2e-cluster: only the real-cluster tier; fails (not skips) without the Kubernetes binaries
+## (PODLB_K8S_ASSETS, or the archive in ../shared/k8s/)
+e2e-cluster: deps
+	PODLB_REQUIRE_CLUSTER=1 $(PY) -m pytest tests/cluster $(PYTEST_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check agent tests bench
