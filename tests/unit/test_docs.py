@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from agent.cli import build_parser
 from agent.metrics import Metrics, NodeCollector, PodCollector, PodView
 from agent.model import Interface, LinkKind, NetnsInfo, Pod, TcpState
+from agent.report import SKIP_REASONS
 from agent.settings import EnvDefaults
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,10 +41,60 @@ def test_every_run_flag_is_in_the_settings_table_and_nothing_else() -> None:
     assert documented == flags(subparser("run"))
 
 
+def settings_rows() -> list[tuple[list[str], str]]:
+    """(flags, default cell) of each row of the README's settings table."""
+    section = README.split("### Settings", 1)[1].split("\n### ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `--"):
+            first, default = [c.strip() for c in line.strip("|").split("|")][:2]
+            rows.append((re.findall(r"`(--[a-z0-9-]+)`", first), default))
+    return rows
+
+
+def test_settings_table_defaults_are_the_ones_help_shows() -> None:
+    """The README's default column and ``run --help`` agree: both come from the code's default,
+    a literal in the README (`10`) is the default, and a flag without one has none."""
+    env = EnvDefaults({})
+    build_parser(env)
+    help_text = " ".join(subparser("run").format_help().split())
+    rows = settings_rows()
+    assert rows
+    for flags_in_row, cell in rows:
+        literals = [v for v in re.findall(r"`([^`]+)`", cell) if not v.startswith("--")]
+        for i, flag in enumerate(flags_in_row):
+            default = env.builtin[flag]
+            shown = ",".join(default) if isinstance(default, list) else default
+            if shown in (None, ""):
+                assert not literals, (flag, cell)
+            else:
+                assert literals[i] == shown, (flag, cell, shown)
+                assert f"(default: {shown})" in help_text, flag
+
+
 def test_inspect_and_drain_flags_are_documented() -> None:
     for command in ("inspect", "drain"):
         for flag in flags(subparser(command)) - {"--json"}:
             assert f"`{flag}`" in README or f"{flag} " in README, (command, flag)
+
+
+def test_every_skip_reason_is_explained_in_the_readme() -> None:
+    section = README.split("## `podlb-agent inspect`", 1)[1].split("\n## ", 1)[0]
+    for reason in SKIP_REASONS:
+        assert f"`{reason}`" in section, reason
+
+
+def test_docs_stand_alone() -> None:
+    """No link out of the repository, no private issue numbers."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    docs += sorted((ROOT / "daemonset").rglob("*.md"))
+    for path in docs:
+        text = path.read_text()
+        assert "../shared" not in text, path
+        assert not re.search(r"\(issue \d+\)|the drain issue|issue \d+\b", text), path
+        for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            if not link.startswith(("http://", "https://")):
+                assert (path.parent / link).exists(), (path, link)
 
 
 def expand(name: str) -> list[str]:
