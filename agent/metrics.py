@@ -123,6 +123,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.lb_servers_lost = Counter(
+            "podlb_leader_lb_servers_lost_total",
+            "Servers of pods in rotation an LB instance lost (restart, reload) and the leader "
+            "re-added, by provider; their pods stayed ready",
+            ["provider"],
+            registry=r,
+        )
 
         self.drain_duration = Histogram(
             "podlb_drain_duration_seconds",

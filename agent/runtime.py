@@ -184,6 +184,7 @@ def leader_work(
                 backends=metrics.set_backends,
                 finding=lambda reason: metrics.service_problems.labels(reason).inc(),
                 fail_static=lambda why: metrics.fail_static.labels(why).inc(),
+                servers_lost=lambda provider, n: metrics.lb_servers_lost.labels(provider).inc(n),
             ),
             resync_s=settings.leader_resync_s,
             drain_timeout_s=settings.lb_drain_timeout_s,

@@ -8,7 +8,7 @@ longer than the drain timeout, or (on an LB that does not count sessions) its po
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState, server_name
 from agent.model import PodKey, Verdict
@@ -94,14 +94,23 @@ class LBReason(enum.StrEnum):
 LBVerdict = Verdict[LBReason]  # for annotations; instances are plain Verdicts
 
 
+Observed = Mapping[str, Mapping[str, Mapping[str, PoolState]]]  # provider -> instance -> pool
+
+
 def lb_verdicts(
-    pools: Iterable[PoolSpec], observed: Mapping[str, Mapping[str, Mapping[str, PoolState]]]
+    pools: Iterable[PoolSpec], observed: Observed, admitted: Collection[PodKey] = frozenset()
 ) -> dict[PodKey, LBVerdict]:
     """``podlb.io/lb-ready`` for every pod behind a direct Service.
 
     ``observed`` is provider -> instance -> pool -> state, for every instance of each provider
     (pools of a provider not in it get no verdict). True only when every instance reports
     every one of the pod's servers UP.
+
+    The gate is for admission into rotation: a pod in ``admitted`` (lb-ready is True now)
+    stays True while an LB instance lacks its server or has not checked it yet (a restart or
+    reload lost it; the plan adds it again, :func:`lost_servers` reports it), and leaves only
+    when a health check fails or it is drained. Its verdict is then the healthy one, word for
+    word, so nothing is written.
     """
     per_pod: dict[PodKey, list[LBVerdict]] = {}
     for spec in pools:
@@ -117,18 +126,24 @@ def lb_verdicts(
                 if s is not None and backend.server in s.servers
             ]
             where = f"{spec.pool}/{backend.server}"
+            healthy = Verdict(
+                True, LBReason.HEALTHY, f"{where}: in rotation, LB health checks pass"
+            )
+            down = any(s.health is Health.DOWN for s in present)
             if backend.draining:
                 v = _leaving(where, present, len(instances), None in states)
+            elif backend.pod in admitted and instances and not down:
+                v = healthy
             elif len(present) < len(instances) or not instances:
                 v = Verdict(
                     False,
                     LBReason.REGISTERING,
                     f"{where}: registered on {len(present)} of {len(instances)} LB instances",
                 )
-            elif any(s.health is Health.DOWN for s in present):
+            elif down:
                 v = Verdict(False, LBReason.UNHEALTHY, f"{where}: the LB health check fails")
             elif all(s.health is Health.UP and s.admin is AdminState.READY for s in present):
-                v = Verdict(True, LBReason.HEALTHY, f"{where}: UP on every LB instance")
+                v = healthy
             else:
                 v = Verdict(False, LBReason.REGISTERING, f"{where}: waiting for health checks")
             per_pod.setdefault(backend.pod, []).append(v)
@@ -139,6 +154,22 @@ def lb_verdicts(
                 _leaving(where, present, len(instances), None in states)
             )
     return {pod: _combine(vs) for pod, vs in per_pod.items()}
+
+
+def lost_servers(
+    pools: Iterable[PoolSpec], observed: Observed, admitted: Collection[PodKey]
+) -> dict[tuple[str, str, str], frozenset[str]]:
+    """(provider, instance, pool) -> servers of pods in rotation (``admitted``, not draining)
+    that the instance's pool lacks: lost on the LB side (a restart or reload drops HAProxy's
+    runtime servers). The plan adds them again; the caller reports each loss once."""
+    out: dict[tuple[str, str, str], frozenset[str]] = {}
+    for spec in pools:
+        wanted = {b.server for b in spec.backends.values() if b.pod in admitted and not b.draining}
+        for instance, per_pool in observed.get(spec.provider, {}).items():
+            state = per_pool.get(spec.pool)
+            if state is not None and (missing := wanted - set(state.servers)):
+                out[(spec.provider, instance, spec.pool)] = frozenset(missing)
+    return out
 
 
 def _leaving(

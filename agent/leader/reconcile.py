@@ -29,12 +29,12 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from agent.clock import Clock
 from agent.errors import PodlbError
 from agent.lb.base import Action, AdminState, LBProvider, Mode, PoolState, canonical_ip
-from agent.model import EndpointSlice, Pod, PodKey, Service, direct_mode
+from agent.model import LB_READY, EndpointSlice, Pod, PodKey, Service, direct_mode
 from agent.node.reporter import ConditionReporter, Desired
 
 from .desired import Finding, Limits, PoolSpec, desired_pools
 from .election import LeaderScope
-from .plan import LBReason, lb_verdicts, plan_pool
+from .plan import LBReason, lb_verdicts, lost_servers, plan_pool
 from .routing import HAPROXY, Problem
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class LeaderMetrics:
     backends: Callable[[dict[str, int]], None] = lambda by_state: None
     finding: Callable[[str], None] = lambda reason: None
     fail_static: Callable[[str], None] = lambda why: None
+    # servers of pods in rotation an LB instance lost (restart, reload), by provider
+    servers_lost: Callable[[str, int], None] = lambda provider, count: None
 
 
 @dataclass
@@ -121,6 +123,8 @@ class Leader:
     _round_findings: set[Finding] = field(default_factory=set)
     _last_desired: dict[str, frozenset[str]] = field(default_factory=dict)
     _registered: dict[str, frozenset[str]] = field(default_factory=dict)
+    # (provider, instance, pool) -> servers of pods in rotation it lacked last round
+    _lost: dict[tuple[str, str, str], frozenset[str]] = field(default_factory=dict)
 
     def poke(self, key: object = None) -> None:
         del key
@@ -446,9 +450,60 @@ class Leader:
             return True
         return False
 
+    def _admitted(self, pools: list[PoolSpec]) -> set[PodKey]:
+        """Pods in rotation: lb-ready True as the API shows it, or as written since."""
+        out = set()
+        for key in {b.pod for spec in pools for b in spec.backends.values()}:
+            pod = self.pods.get((key.namespace, key.name))
+            if pod is None:
+                continue
+            cond = pod.condition(LB_READY)
+            mine = self.reporter.desired(key)
+            if (cond is not None and cond.status == "True") or (
+                mine is not None and mine.uid == pod.uid and mine.status == "True"
+            ):
+                out.add(key)
+        return out
+
+    def _report_lost(
+        self, pools: list[PoolSpec], observed: Observed, admitted: set[PodKey]
+    ) -> None:
+        """An Event on the Service and a metric for each server an LB instance newly lacks."""
+        lost = lost_servers(pools, observed, admitted)
+        by_pool = {(s.provider, s.pool): s for s in pools}
+        for (provider, instance, pool), servers in sorted(lost.items()):
+            new = servers - self._lost.get((provider, instance, pool), frozenset())
+            if not new:
+                continue
+            self.metrics.servers_lost(provider, len(new))
+            svc = by_pool[(provider, pool)].service
+            message = (
+                f"the {provider} LB {instance} lost {len(new)} servers of pool {pool} "
+                f"({', '.join(sorted(new)[:3])}{' ...' if len(new) > 3 else ''}): an LB "
+                "restart or reload? Re-adding them; their pods stay in rotation"
+            )
+            log.warning("leader: %s/%s: %s", svc.namespace, svc.name, message)
+            uid = next(
+                (
+                    x.uid
+                    for x in self.services.items()
+                    if x.namespace == svc.namespace and x.name == svc.name
+                ),
+                "",
+            )
+            try:
+                self.events.emit_object_event(
+                    "Service", svc.namespace, svc.name, uid, "Warning", "LBServersLost", message
+                )
+            except PodlbError as exc:
+                log.warning("leader: event not recorded: %s", exc)
+        self._lost = lost
+
     def _write_verdicts(self, pools: Iterable[PoolSpec], observed: Observed) -> bool:
         pools = list(pools)
-        verdicts = lb_verdicts(pools, observed)
+        admitted = self._admitted(pools)
+        verdicts = lb_verdicts(pools, observed, admitted)
+        self._report_lost(pools, observed, admitted)
         # Pods behind a provider that could not be observed keep their condition as it is.
         held = {
             pod

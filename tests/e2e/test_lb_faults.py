@@ -15,6 +15,7 @@ from kubernetes import client
 
 from tests.testbed.agents import agents
 from tests.testbed.haproxy import HAProxy
+from tests.testbed.load import LoadGenerator
 from tests.testbed.node import Kubelet, make_pod
 from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
 from tests.testbed.waiting import wait_for
@@ -125,6 +126,10 @@ def all_ready(api: Any) -> Callable[[], bool]:
     )
 
 
+def all_up(lb: HAProxy) -> bool:
+    return sorted(s["status"] for s in lb.servers(POOL).values()) == ["UP"] * len(NAMES)
+
+
 def test_quiet_pods_never_flip_while_slow_health_checks_run(
     cluster: tuple[Any, Kubelet, client.CoreV1Api],
 ) -> None:
@@ -147,3 +152,54 @@ def test_quiet_pods_never_flip_while_slow_health_checks_run(
     assert watch.samples > 500
     assert watch.changes == [], f"{watch.flips()} in 20 s: {watch.changes[:4]}"
     assert after == before  # not even a lastTransitionTime moved
+
+
+def test_haproxy_restart_keeps_pods_in_rotation_and_restores_servers(
+    cluster: tuple[Any, Kubelet, client.CoreV1Api],
+) -> None:
+    """Defect 8: two HAProxy instances; one restarts (every runtime server lost) under load.
+    The pods stay lb-ready and Ready throughout, the leader re-adds the servers, reports an
+    Event and a metric. The other instance loses no request; what the restarted one loses is
+    measured (refused while it is down, 503 until its servers are back)."""
+    api, _kubelet, core = cluster
+    with (
+        HAProxy((POOL,), server_options=OPTS) as lb1,
+        HAProxy((POOL,), server_options=OPTS) as lb2,
+    ):
+        start_pods(core)
+        with agents(api.url, AGENT_TOKEN, ["node-a", "node-b"], extra=lb_args(lb1, lb2)) as procs:
+            for p in procs:
+                p.wait_ready()
+            wait_for(all_ready(api), 40, "3 pods Ready")
+            before = {n: conditions(api, n)[GATE] for n in NAMES}
+            load = {
+                lb: LoadGenerator(lb.url, concurrency=2, rate=100, duration=12, timeout=2)
+                for lb in (lb1, lb2)
+            }
+            with ConditionWatch(api, NAMES) as watch:
+                for gen in load.values():
+                    gen.start()
+                time.sleep(2)
+                t0 = time.monotonic()
+                lb1.restart()
+                restarted = time.monotonic()
+                wait_for(lambda: all_up(lb1), 20, "servers back UP on the restarted instance")
+                back = time.monotonic()
+                for gen in load.values():
+                    gen.wait()
+            results = {lb: gen.result() for lb, gen in load.items()}
+            metrics = "".join(p.get("/metrics")[1].decode() for p in procs)
+            events = [
+                e for e in api.store.list("events", "shop") if e.get("reason") == "LBServersLost"
+            ]
+        after = {n: conditions(api, n)[GATE] for n in NAMES}
+    lost1 = results[lb1]
+    print(
+        f"restart took {restarted - t0:.2f}s, servers UP again {back - restarted:.2f}s later;"
+        f" restarted instance: {lost1.summary()}; other: {results[lb2].summary()}"
+    )
+    assert watch.changes == [], f"{watch.flips()}: {watch.changes[:4]}"
+    assert after == before
+    assert results[lb2].errors_total == 0, results[lb2].summary()
+    assert 'podlb_leader_lb_servers_lost_total{provider="haproxy"} 3.0' in metrics
+    assert len(events) == 1 and "lost 3 servers" in events[0]["message"], events

@@ -21,7 +21,7 @@ from agent.lb.base import (
     PoolState,
     server_name,
 )
-from agent.leader.reconcile import Leader
+from agent.leader.reconcile import Leader, LeaderMetrics
 from agent.model import (
     LB_READY,
     Condition,
@@ -467,3 +467,68 @@ def test_cloud_pool_keeps_drained_live_pods_and_unseen_pools_confirm_nothing() -
     del clb.pools["r"][CLB_POOL]
     ld.round()
     assert reasons(ld, sink)["a"] == "Draining"
+
+
+def in_rotation(p: Pod, sink: FakeSink) -> Pod:
+    """The pod as the informer shows it once its lb-ready condition was written."""
+    return replace(p, conditions=(*p.conditions, sink.conditions[p.key]))
+
+
+def set_pods(ld: Leader, pods: list[Pod]) -> None:
+    """New informer contents, seen by the round and by the condition writer alike."""
+    ld.pods._items[:] = pods  # type: ignore[attr-defined]
+
+
+def test_an_lb_restart_is_repaired_without_taking_pods_out_of_rotation() -> None:
+    """Issue 17 defect 8: h1 restarts and loses every runtime server. Pods that were
+    lb-ready=True stay so (no write at all); their servers are re-added; the loss is one
+    Warning Event on the Service and a metric."""
+    lb = FakeLB({"h1": {POOL: {}}, "h2": {POOL: {}}})
+    pods = [pod("a"), pod("b")]
+    ld, sink = leader(pods, [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], lb)
+    lost: list[tuple[str, int]] = []
+    ld.metrics = LeaderMetrics(servers_lost=lambda provider, n: lost.append((provider, n)))
+    ld.round()
+    ld.round()
+    write_all(ld)
+    set_pods(ld, [in_rotation(p, sink) for p in pods])
+    assert {c.status for c in sink.conditions.values()} == {"True"}
+    writes: list[Condition] = []
+    patch = sink.patch_condition
+    sink.patch_condition = lambda key, cond: (writes.append(cond), patch(key, cond))[1]  # type: ignore[method-assign]
+
+    lb.pools["h1"][POOL].clear()  # h1 restarted
+    lb.applied.clear()
+    ld.round()
+    write_all(ld)
+    assert sorted((i, op.value, s) for i, _p, op, s in lb.applied) == [
+        ("h1", "add", A), ("h1", "add", B),
+    ]  # fmt: skip
+    # Re-added; the first health check has not run yet.
+    for name, srv in lb.pools["h1"][POOL].items():
+        lb.pools["h1"][POOL][name] = replace(srv, health=Health.CHECKING)
+    ld.round()
+    write_all(ld)
+    for name, srv in lb.pools["h1"][POOL].items():
+        lb.pools["h1"][POOL][name] = replace(srv, health=Health.UP)
+    ld.round()
+    write_all(ld)
+    assert writes == []  # never False, nothing written at all
+    assert [e for e in sink.events if e[2] == "LBServersLost"] == [
+        ("web", "Warning", "LBServersLost")
+    ]
+    assert lost == [("haproxy", 2)]
+
+    # A failing check still takes a pod in rotation out; a new pod waits for every instance.
+    lb.pools["h2"][POOL][A] = replace(lb.pools["h2"][POOL][A], health=Health.DOWN)
+    set_pods(ld, [*ld.pods.items(), pod("c")])
+    ld.slices = FakeCache([slice_for({"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"})])
+    ld.round()
+    write_all(ld)
+    assert {c.reason for c in writes} == {"Unhealthy", "Registering"}
+    assert {k.name: c.reason for k, c in sink.conditions.items()} == {
+        "a": "Unhealthy",
+        "b": "Healthy",
+        "c": "Registering",
+    }
+    assert lost == [("haproxy", 2)]  # a new pod's server is not a loss
