@@ -66,6 +66,7 @@ from agent.lb.base import (
     PoolState,
     server_name,
 )
+from agent.lb.fence import fenced
 
 log = logging.getLogger(__name__)
 
@@ -566,7 +567,8 @@ class BaiduBLBProvider:
         failures = 0
         while True:
             try:
-                result = fn()
+                with fenced(f"BLB {self._instance} {operation}"):  # each request, each retry
+                    result = fn()
             except (BceError, OSError) as e:
                 status, code, message = _error_parts(e)
                 outcome = classify(status, code)

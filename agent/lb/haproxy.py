@@ -43,6 +43,7 @@ from agent.lb.base import (
     PoolState,
     split_batches,
 )
+from agent.lb.fence import fenced_call
 
 log = logging.getLogger(__name__)
 
@@ -499,6 +500,7 @@ class _Incomplete(Exception):
         self.cause = cause
 
 
+@fenced_call("HAProxy runtime API command")
 def _exchange_one(ep: Endpoint, cmd: str, timeout: float) -> str:
     """One command in non-interactive mode: the answer is everything up to EOF."""
     try:
@@ -513,6 +515,7 @@ def _exchange_one(ep: Endpoint, cmd: str, timeout: float) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+@fenced_call("HAProxy runtime API commands")
 def _exchange_many(ep: Endpoint, commands: Sequence[str], timeout: float) -> list[str]:
     """Commands pipelined on one interactive connection; reads while it writes, so a large
     batch cannot deadlock on full socket buffers. ``timeout``: longest time without progress."""

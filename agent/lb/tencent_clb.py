@@ -61,6 +61,7 @@ from agent.lb.base import (
     server_name,
     split_batches,
 )
+from agent.lb.fence import fenced
 
 log = logging.getLogger(__name__)
 
@@ -600,7 +601,8 @@ class TencentCLBProvider:
         """One SDK call: the request model, the typed client method, the response as JSON."""
         request = getattr(models, f"{action}Request")()
         request.from_json_string(json.dumps(params))
-        response = getattr(self._client(), action)(request)
+        with fenced(f"CLB {action}"):  # each request, each retry: only within the term
+            response = getattr(self._client(), action)(request)
         out: JSON = json.loads(response.to_json_string())
         return out
 

@@ -25,12 +25,14 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from agent.clock import Clock
 from agent.errors import Conflict, NotFound, PodlbError
+from agent.lb.fence import Term
 from agent.leader.lease_record import LeaseRecord
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,8 @@ def _bridge(stop: threading.Event, done: threading.Event, wake: threading.Event)
 
 class LeaderScope:
     """Where leader-only work runs. ``stopped`` is set the moment this agent may no longer act
-    as the leader; the work must check it (``wait`` is the convenient way) and return."""
+    as the leader; the work must check it (``wait`` is the convenient way) and return.
+    ``term`` fences the LB calls of this leadership (see ``agent.lb.fence``)."""
 
     def __init__(self, identity: str, clock: Clock, deadline: float) -> None:
         self.identity = identity
@@ -128,6 +131,7 @@ class LeaderScope:
         self._lock = threading.Lock()
         self._deadline = deadline  # monotonic; past it we may no longer lead
         self._changed = threading.Event()
+        self.term = Term(self.is_leading, f"{identity}@{self.started_at:.3f}")
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True (at once) when leadership has ended."""
@@ -151,6 +155,7 @@ class LeaderScope:
     def _stop(self) -> None:
         with self._lock:
             self.stopped.set()
+        self.term.close()  # not under our lock: a fenced call holds the term's, then ours
         self._changed.set()
 
     def _watch(self, on_expired: Callable[[], None]) -> None:
@@ -189,6 +194,7 @@ class LeaderElector:
         self._observed: LeaseRecord | None = None
         self._observed_at = 0.0  # monotonic time we observed the record change
         self._scope: LeaderScope | None = None
+        self._term: Term | None = None  # of the current or the last scope
         self._lead_thread: threading.Thread | None = None  # the current or the last leader work
         self._lead_error: BaseException | None = None
         self._report_lock = threading.Lock()  # serializes on_change calls
@@ -263,8 +269,12 @@ class LeaderElector:
         with self._lock:
             scope = self._scope
             thread = self._lead_thread
-        if scope is None and thread is not None and thread.is_alive():
-            # The previous leader work has not returned yet: never run it twice at once.
+            term = self._term
+        if scope is None and (
+            (thread is not None and thread.is_alive()) or (term is not None and term.in_flight)
+        ):
+            # The previous leader work has not returned yet, or LB calls of its term are still
+            # in flight: never lead twice at once.
             overdue = (
                 self._clock.monotonic() - self._stopped_at > self._config.leader_stop_timeout_s
             )
@@ -364,6 +374,7 @@ class LeaderElector:
         )
         with self._lock:
             self._scope = scope
+            self._term = scope.term
             self._lead_thread = worker
         log.info("leader election: %s acquired the lease and starts leading", self._identity)
         self._report()
@@ -438,6 +449,8 @@ class LeaderElector:
             self._step_down(scope, "shutting down", logging.INFO)
         with self._lock:
             worker = self._lead_thread
+            term = self._term
+        deadline = time.monotonic() + self._config.leader_stop_timeout_s  # real threads
         if worker is not None and worker is not threading.current_thread():
             worker.join(self._config.leader_stop_timeout_s)
             if worker.is_alive():
@@ -447,6 +460,17 @@ class LeaderElector:
                     self._config.leader_stop_timeout_s,
                 )
                 return
+        # No LB call of the ended term may land after a successor could lead.
+        if term is not None and not term.settle(max(0.0, deadline - time.monotonic())):
+            if term.in_flight:
+                why = f"{term.in_flight} LB call(s) of the ended term still in flight"
+            else:
+                why = f"an LB call of the ended term may still land ({term.unsettled})"
+            log.warning(
+                "leader election: %s; the lease is left to expire instead of being released",
+                why,
+            )
+            release = False
         if release:
             self._release()
         self._report()

@@ -29,6 +29,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from agent.clock import Clock
 from agent.errors import PodlbError
 from agent.lb.base import Action, AdminState, LBProvider, Mode, PoolState, canonical_ip
+from agent.lb.fence import Term, TermEnded, bound
 from agent.model import LB_READY, EndpointSlice, Pod, PodKey, Service, direct_mode
 from agent.node.reporter import ConditionReporter, Desired
 
@@ -107,6 +108,7 @@ class Leader:
     # Where LB changes run; the composition root gives a thread pool, shut down with the term.
     apply_executor: Executor = field(default_factory=InlineExecutor)
     stop_apply_timeout_s: float = 5.0  # how long a term's end waits for changes in flight
+    _term: Term | None = None  # fences every LB call of the term this leader runs in
     _futures: set[Future[None]] = field(default_factory=set)
     _wake: threading.Event = field(default_factory=threading.Event)
     # Pools this leader has managed, and the Service that asked for each.
@@ -133,6 +135,7 @@ class Leader:
     # -- lifetime ---------------------------------------------------------------------------
     def run(self, scope: LeaderScope) -> None:
         """Leader work: informers, the condition writer and rounds, until the scope stops."""
+        self._term = scope.term
         caches: list[Cache[Any]] = [self.services, self.slices, self.pods]
         failed = self._failed
 
@@ -182,9 +185,9 @@ class Leader:
         finally:
             for c in caches:
                 c.stop_watch()
-            # Changes in flight may finish before the lease is given up (a new leader should
-            # not race this one's last writes), but only for so long: a cloud call can take
-            # tens of seconds, and the election waits for this term only a few.
+            # Changes queued are dropped; those running send no further request (the term
+            # fences each one) and may finish the request they are in. The election releases
+            # the Lease only once none of them can still land (agent.lb.fence).
             self.apply_executor.shutdown(wait=False, cancel_futures=True)
             with self._lock:
                 pending = list(self._futures)
@@ -387,7 +390,14 @@ class Leader:
         """One batch of LB changes, on an apply worker."""
         try:
             try:
-                result = self.providers[provider].apply(instance, pool, actions)
+                with bound(self._term):
+                    result = self.providers[provider].apply(instance, pool, actions)
+            except TermEnded as exc:
+                log.info(
+                    "leader: %d actions on %s %s/%s left to the next leader: %s",
+                    len(actions), provider, instance, pool, exc,
+                )  # fmt: skip
+                return
             except PodlbError as exc:
                 log.warning(
                     "leader: applying %d actions to %s %s/%s failed: %s",

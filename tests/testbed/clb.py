@@ -195,6 +195,8 @@ class ClbDouble:
         self._fail_next: dict[str, list[tuple[str, str]]] = {}
         self._fail_task: list[str] = []
         self._denied: set[str] = set()
+        self._slow: dict[str, float] = {}  # action -> seconds before it is handled
+        self._in_flight: dict[str, int] = {}  # action -> requests being held by slow()
         self._to_fire: list[tuple[str, str, str | None, list[tuple[str, int, int]]]] = []
         self._fire_lock = threading.RLock()
         self._window: dict[str, tuple[int, int]] = {}  # action -> (second, count)
@@ -306,6 +308,17 @@ class ClbDouble:
         """The next write task ends with Status 1 and changes nothing."""
         with self._lock:
             self._fail_task.append(message)
+
+    def slow(self, action: str, seconds: float) -> None:
+        """Requests of ``action`` are held ``seconds`` before they are handled (and take
+        effect): a call in flight that lands late. 0 ends it."""
+        with self._lock:
+            self._slow[action] = seconds
+
+    def in_flight(self, action: str) -> int:
+        """Requests of ``action`` being held by :meth:`slow` now."""
+        with self._lock:
+            return self._in_flight.get(action, 0)
 
     def deny(self, action: str) -> None:
         """The credential lacks the CAM permission for ``action``."""
@@ -501,6 +514,14 @@ class ClbDouble:
         request_id = str(uuid.uuid4())
         action = h.get("x-tc-action", "")
         params: Json = {}
+        with self._lock:
+            delay = self._slow.get(action, 0.0)
+            if delay > 0:
+                self._in_flight[action] = self._in_flight.get(action, 0) + 1
+        if delay > 0:
+            self._stop.wait(delay)
+            with self._lock:
+                self._in_flight[action] -= 1
         try:
             self._verify(method, h, body)
             try:
