@@ -166,6 +166,10 @@ class Snapshot:
 
 DATAPATH_READY = "podlb.io/datapath-ready"
 LB_READY = "podlb.io/lb-ready"
+# kubelet's mark on a pod it stops on its own (node-pressure eviction, graceful node shutdown;
+# Kubernetes 1.26+, feature PodDisruptionConditions): no API deletion announces those.
+DISRUPTION_TARGET = "DisruptionTarget"
+TERMINATION_BY_KUBELET = "TerminationByKubelet"
 
 DIRECT_ANNOTATIONS: dict[str, str] = {
     "podlb.io/direct": "true",
@@ -228,6 +232,18 @@ class Pod:
             if cond.type == ctype:
                 return cond
         return None
+
+    @property
+    def stopped_by_kubelet(self) -> bool:
+        """kubelet stops the pod without an API deletion (eviction, node shutdown): it marks
+        it ``DisruptionTarget=True`` reason ``TerminationByKubelet`` before the preStop hooks."""
+        cond = self.condition(DISRUPTION_TARGET)
+        return cond is not None and cond.status == "True" and cond.reason == TERMINATION_BY_KUBELET
+
+    @property
+    def leaving(self) -> bool:
+        """Being stopped: deleted through the API, or stopped by its kubelet."""
+        return self.terminating or self.stopped_by_kubelet
 
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)

@@ -114,9 +114,13 @@ class NodeAgent:
         services = list(self.services())
         views: dict[PodKey, PodView] = {}
         for pod in self.pods():
-            if pod.node_name != self.node_name or pod.phase in ("Succeeded", "Failed"):
+            if pod.node_name != self.node_name:
                 continue
             ns = None if pod.host_network else find_namespace(pod, snap)
+            # A pod reported Failed by a graceful node shutdown may still be in its preStop
+            # hook: it keeps its view (and drain listener) while its namespace is there.
+            if pod.phase in ("Succeeded", "Failed") and not (pod.stopped_by_kubelet and ns):
+                continue
             if not opted_in(pod, services):
                 views[pod.key] = PodView(pod, ns, False, None, None, frozenset())
                 continue

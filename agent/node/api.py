@@ -1,4 +1,10 @@
-"""The node HTTP API: /healthz /readyz /metrics /v1/pods (one server, bounded requests)."""
+"""The node HTTP API: /healthz /readyz /metrics /v1/pods (one server, bounded requests).
+
+It listens on the node's addresses (``0.0.0.0:9808``), so pods can reach it: requests are
+served one thread each, at most ``MAX_PER_CALLER`` at once per client address and
+``MAX_REQUESTS`` in all. A connection over a limit gets ``429`` at once, before any thread is
+made for it, so a flood from one address costs the others nothing but the accept.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from agent.report import namespace_json
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0
+MAX_REQUESTS = 128  # requests served at once
+MAX_PER_CALLER = 16  # ... of them from one client address
 
 
 def pod_view_json(view: PodView) -> dict[str, Any]:
@@ -63,6 +71,60 @@ def pod_view_json(view: PodView) -> dict[str, Any]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
+    max_requests = MAX_REQUESTS
+    max_per_caller = MAX_PER_CALLER
+
+    def server_activate(self) -> None:
+        self._count_lock = threading.Lock()
+        self._serving: dict[str, int] = {}  # client address -> requests being served
+        self._total = 0
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        caller = str(client_address[0])
+        with self._count_lock:
+            over = (
+                "too many requests from this address"
+                if self._serving.get(caller, 0) >= self.max_per_caller
+                else "too many requests"
+                if self._total >= self.max_requests
+                else None
+            )
+            if over is None:
+                self._serving[caller] = self._serving.get(caller, 0) + 1
+                self._total += 1
+        if over is not None:
+            body = over.encode() + b"\n"
+            head = (
+                "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            try:
+                request.setblocking(False)  # never wait on a flooding client
+                request.send(head.encode() + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done(caller)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done(str(client_address[0]))
+
+    def _done(self, caller: str) -> None:
+        with self._count_lock:
+            left = self._serving.pop(caller, 1) - 1
+            if left:
+                self._serving[caller] = left
+            self._total -= 1
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name (getfqdn): no DNS at start-up.

@@ -5,8 +5,19 @@ The hook returns as soon as (1) the LB confirms it sends the pod nothing more
 manage) and (2) the pod has gone quiet on its serving ports: no established connection left,
 or every one idle (no byte received) for ``quiet_s``, read from tcp_info with sock_diag — so
 an idle keep-alive connection does not hold the pod; the app's own SIGTERM handling closes
-those. Or when the drain timeout ends. ``decide`` is the pure part; ``DrainManager`` does the
-I/O and serves every caller (the in-pod listener, the node API, ``podlb-agent drain``).
+those. Or when the drain timeout ends. ``admit`` and ``decide`` are the pure parts;
+``DrainManager`` does the I/O and serves every caller (the in-pod listener, the node API,
+``podlb-agent drain``).
+
+Who may be drained (``admit``): a pod on this node that is being stopped -- deleted through
+the API (``deletionTimestamp``), or stopped by its kubelet without an API deletion
+(node-pressure eviction, graceful node shutdown: the kubelet marks the pod
+``DisruptionTarget=True`` reason ``TerminationByKubelet`` before it runs the preStop hooks).
+Both marks are written only by the API server or by holders of ``pods/status`` (the node's
+kubelet): a caller cannot make a live pod drainable, so a drain request for a live pod is
+refused. The request is checked against the informer's cache first; a pod the cache does not
+show as stopping is re-read from the cache for ``announce_wait_s`` (the kubelet's status write
+and the watch may trail its hook call) and then once from the API before it is refused.
 """
 
 from __future__ import annotations
@@ -17,11 +28,11 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.clock import Clock
 from agent.errors import NamespaceGone, NotFound, PodlbError
-from agent.model import LB_READY, Pod, PodKey, Service
+from agent.model import LB_READY, Pod, PodKey, Service, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,31 @@ class Outcome(enum.StrEnum):
     DRAINED = "drained"
     TIMEOUT = "timeout"
     REFUSED = "refused"
+
+
+class Admission(enum.StrEnum):
+    """Why a drain request is taken or refused (log lines and messages)."""
+
+    DELETED = "Deleted"  # deletionTimestamp: deleted through the API
+    STOPPED_BY_KUBELET = "TerminationByKubelet"  # eviction or graceful node shutdown
+    NOT_STOPPING = "NotTerminating"
+    OTHER_NODE = "OtherNode"
+
+
+def admit(pod: Pod, node_name: str) -> Verdict[Admission]:
+    """Whether a drain of ``pod`` may start on ``node_name`` (pure)."""
+    if pod.node_name != node_name:
+        return Verdict(False, Admission.OTHER_NODE, f"pod {pod.key} is not on node {node_name}")
+    if pod.terminating:
+        return Verdict(True, Admission.DELETED, "deleted")
+    if pod.stopped_by_kubelet:
+        return Verdict(True, Admission.STOPPED_BY_KUBELET, "stopped by its kubelet")
+    return Verdict(
+        False,
+        Admission.NOT_STOPPING,
+        f"pod {pod.key} is not terminating (no deletionTimestamp, no DisruptionTarget "
+        "TerminationByKubelet): refused",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +142,19 @@ def decide(
     quiet_s: float,
     elapsed_s: float,
     timeout_s: float,
+    unread: bool = False,
 ) -> Step:
-    """One look at a draining pod (pure). ``connections`` None: the namespace is gone."""
+    """One look at a draining pod (pure). ``connections`` None: the namespace is gone;
+    ``unread``: they could not be read this time (a netlink error), so they may be busy."""
     waits: list[str] = []
     if lb_managed(pod):
         cond = pod.condition(LB_READY)
         if cond is None or cond.reason != "Deregistered":
             state = f"{cond.status}/{cond.reason}" if cond else "none"
             waits.append(f"the LB to deregister the pod (lb-ready {state})")
-    if connections is not None:
+    if unread:
+        waits.append("its connections to be read (the last read failed)")
+    elif connections is not None:
         quiet_ms = int(quiet_s * 1000)
         busy = [c for c in connections if c.port in serving_ports and c.idle_ms < quiet_ms]
         if busy:
@@ -141,14 +181,26 @@ class DrainMetrics:
         finished: Callable[[str, float], None] = lambda outcome, s: None,
         started: Callable[[int], None] = lambda connections: None,
         in_flight: Callable[[int], None] = lambda n: None,
+        read_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.finished = finished
         self.started = started
         self.in_flight = in_flight
+        self.read_error = read_error
+
+
+@dataclass
+class _Shared:
+    """One pod's drain and every caller waiting for it."""
+
+    waiters: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    result: DrainResult | None = None
 
 
 class DrainManager:
-    """Serves drain requests; any number of callers for one pod share one drain."""
+    """Serves drain requests; any number of callers for one pod share one drain (and one
+    admission), at most ``max_waiters_per_pod`` of them at a time."""
 
     def __init__(
         self,
@@ -164,6 +216,9 @@ class DrainManager:
         quiet_s: float = 1.0,
         poll_s: float = 0.2,
         max_concurrent: int = 256,
+        max_waiters_per_pod: int = 8,
+        announce_wait_s: float = 5.0,
+        api_reads: int = 4,
         metrics: DrainMetrics | None = None,
     ) -> None:
         self.node_name = node_name
@@ -176,61 +231,110 @@ class DrainManager:
         self.clock = clock
         self.quiet_s = quiet_s
         self.poll_s = poll_s
+        self.max_waiters_per_pod = max_waiters_per_pod
+        self.announce_wait_s = announce_wait_s
         self.slots = threading.BoundedSemaphore(max_concurrent)
+        # Live API reads in flight at once (requests the cache cannot answer): a flood of
+        # requests for made-up pods costs the API server at most this many GETs at a time.
+        self.api_reads = threading.BoundedSemaphore(api_reads)
         self.metrics = metrics or DrainMetrics()
         self._lock = threading.Lock()
-        self._running: dict[PodKey, tuple[threading.Event, list[DrainResult]]] = {}
+        self._running: dict[PodKey, _Shared] = {}
+        self._holding = 0  # drains admitted and being held
 
     def in_flight(self) -> int:
+        """Drains being held right now (admitted, not finished)."""
         with self._lock:
-            return len(self._running)
+            return self._holding
+
+    def wait_idle(self, timeout_s: float, stop: threading.Event) -> int:
+        """Wait until no drain is held, ``timeout_s`` at most or until ``stop``; returns how
+        many are still held (the agent's shutdown waits here, see the README)."""
+        deadline = self.clock.monotonic() + timeout_s
+        while self.in_flight() and (left := deadline - self.clock.monotonic()) > 0:
+            if self.clock.wait(stop, min(self.poll_s, left)):
+                break
+        return self.in_flight()
 
     def drain(self, namespace: str, name: str, stop: threading.Event | None = None) -> DrainResult:
         stop = stop or threading.Event()
         key = PodKey(namespace, name)
+        with self._lock:
+            shared = self._running.get(key)
+            owner = shared is None
+            if shared is None:
+                shared = self._running[key] = _Shared()
+            elif shared.waiters >= self.max_waiters_per_pod:
+                return DrainResult(
+                    429, None, 0.0, f"too many callers waiting for the drain of {key}"
+                )
+            shared.waiters += 1
+        if not owner:
+            shared.done.wait()
+            with self._lock:
+                shared.waiters -= 1
+            assert shared.result is not None
+            return shared.result
         try:
-            pod = self.live_pod(namespace, name)
+            result = self._admit_and_hold(key, stop)
+        except Exception as exc:  # never leave a kubelet hook hanging on a bug
+            log.exception("pod=%s: drain failed", key)
+            result = DrainResult(500, None, 0.0, f"drain failed: {exc}")
+        with self._lock:
+            shared.result = result
+            shared.waiters -= 1
+            del self._running[key]
+        shared.done.set()
+        return result
+
+    def _admit_and_hold(self, key: PodKey, stop: threading.Event) -> DrainResult:
+        found = self._admitted(key, stop)
+        if isinstance(found, DrainResult):
+            if found.outcome is Outcome.REFUSED:
+                self.metrics.finished(Outcome.REFUSED.value, 0.0)
+            return found
+        if not self.slots.acquire(blocking=False):
+            return DrainResult(429, None, 0.0, "too many drains in flight on this node")
+        with self._lock:
+            self._holding += 1
+            self.metrics.in_flight(self._holding)
+        try:
+            return self._hold(found, stop)
+        finally:
+            with self._lock:
+                self._holding -= 1
+                self.metrics.in_flight(self._holding)
+            self.slots.release()
+
+    def _admitted(self, key: PodKey, stop: threading.Event) -> Pod | DrainResult:
+        """The pod if it may be drained, else the refusal. The cache first; one that does not
+        show the pod stopping is watched for ``announce_wait_s``, then asked of the API."""
+        pod = self.cached_pod(key)
+        if pod is not None and pod.node_name == self.node_name:
+            deadline = self.clock.monotonic() + self.announce_wait_s
+            while not admit(pod, self.node_name).ready and self.clock.monotonic() < deadline:
+                if self.clock.wait(stop, self.poll_s):
+                    return DrainResult(503, None, 0.0, "the agent is stopping")
+                pod = self.cached_pod(key) or pod
+            if admit(pod, self.node_name).ready:
+                return pod
+        if not self.api_reads.acquire(blocking=False):
+            return DrainResult(503, None, 0.0, f"cannot check pod {key} now: too many requests")
+        try:
+            pod = self.live_pod(key.namespace, key.name)
         except NotFound:
             return DrainResult(404, Outcome.REFUSED, 0.0, f"pod {key} not found")
         except PodlbError as exc:
             return DrainResult(503, None, 0.0, f"cannot read pod {key} from the API: {exc}")
-        if pod.node_name != self.node_name:
-            self.metrics.finished(Outcome.REFUSED.value, 0.0)
-            return DrainResult(
-                404, Outcome.REFUSED, 0.0, f"pod {key} is not on node {self.node_name}"
-            )
-        if not pod.terminating:
-            self.metrics.finished(Outcome.REFUSED.value, 0.0)
-            log.warning("pod=%s: drain refused: the pod is not terminating", key)
-            return DrainResult(409, Outcome.REFUSED, 0.0, f"pod {key} is not terminating: refused")
-        with self._lock:
-            shared = self._running.get(key)
-            owner = shared is None
-            if owner:
-                shared = (threading.Event(), [])
-                self._running[key] = shared
-                self.metrics.in_flight(len(self._running))
-        assert shared is not None
-        done, results = shared
-        if not owner:
-            done.wait()
-            return results[0]
-        if not self.slots.acquire(blocking=False):
-            result = DrainResult(429, None, 0.0, "too many drains in flight on this node")
-        else:
-            try:
-                result = self._hold(pod, stop)
-            except Exception as exc:  # never leave a kubelet hook hanging on a bug
-                log.exception("pod=%s: drain failed", key)
-                result = DrainResult(500, None, 0.0, f"drain failed: {exc}")
-            finally:
-                self.slots.release()
-        with self._lock:
-            results.append(result)
-            del self._running[key]
-            self.metrics.in_flight(len(self._running))
-        done.set()
-        return result
+        finally:
+            self.api_reads.release()
+        verdict = admit(pod, self.node_name)
+        if verdict.ready:
+            return pod
+        if verdict.reason is Admission.OTHER_NODE:
+            return DrainResult(404, Outcome.REFUSED, 0.0, verdict.message)
+        log.warning("pod=%s: drain refused: %s", key, verdict.reason)
+        return DrainResult(409, Outcome.REFUSED, 0.0, verdict.message)
 
     def _hold(self, pod: Pod, stop: threading.Event) -> DrainResult:
         key = pod.key
@@ -243,24 +347,33 @@ class DrainManager:
         already = max(0.0, (now_wall - started).total_seconds())  # resumed after a restart
         t0 = self.clock.monotonic() - already
         first = True
+        last: list[Activity] | None = None  # the last connections read
         while True:
             current = self.cached_pod(key) or pod
             found = self.netns_of(current)
             connections: list[Activity] | None = None
             ports: frozenset[int] = frozenset()
+            unread = False
             if found is not None:
                 paths, inode, ports = found
                 try:
-                    connections = self.activity(paths, inode)
+                    connections = last = self.activity(paths, inode)
                 except NamespaceGone:
                     connections = None
+                except PodlbError as exc:  # a netlink error says nothing of the connections
+                    self.metrics.read_error()
+                    log.debug("pod=%s: connections not read: %s", key, exc)
+                    connections, unread = last, last is None
             if first:
                 self.metrics.started(len([c for c in connections or [] if c.port in ports]))
-                log.info("pod=%s: drain started (timeout %.1fs)", key, timeout)
+                log.info(
+                    "pod=%s: drain started (%s, timeout %.1fs)",
+                    key, admit(pod, self.node_name).reason, timeout,
+                )  # fmt: skip
                 first = False
             elapsed = self.clock.monotonic() - t0
             step = decide(current, connections, ports, quiet_s=self.quiet_s,
-                          elapsed_s=elapsed, timeout_s=timeout)  # fmt: skip
+                          elapsed_s=elapsed, timeout_s=timeout, unread=unread)  # fmt: skip
             if step.done:
                 assert step.outcome is not None
                 self.metrics.finished(step.outcome.value, elapsed)

@@ -4,8 +4,11 @@ For every opted-in pod the agent opens a listening socket *inside the pod's netw
 namespace* on ``--drain-port``. kubelet's ``GET podIP:port/drain`` lands on it, which
 identifies the pod exactly, and the request long-polls until the drain is over. App images
 need no shell and no curl. A port the app already uses is detected, reported once as an Event
-and skipped. One selector thread accepts on every listener; each request gets a thread
-(bounded by the drain manager), reads at most 8 KiB for at most 5 s, and answers once.
+and skipped. One selector thread accepts on every listener; each request gets a thread, reads
+at most 8 KiB for at most 5 s in all (a slow sender is cut off then, not each time it is idle
+5 s), and answers once. Connections are bounded per pod (8 at once) and on the node (512):
+a flood from one pod -- its app is on the other side of this port -- ends at its own limit
+and cannot take the slots the kubelet needs for other pods' hooks.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -28,7 +32,8 @@ from .drain import DrainResult
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 8192
-READ_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 5.0  # for the whole request head
+MAX_PER_POD = 8  # connections served at once per pod (a pod's containers each have a hook)
 DRAIN_PATHS = ("/drain", "/")
 
 
@@ -74,6 +79,7 @@ class DrainListeners:
         inside: Callable[[tuple[str, ...], int], AbstractContextManager[object]],
         event: Callable[[Pod, str, str, str], None],
         max_connections: int = 512,
+        max_per_pod: int = MAX_PER_POD,
     ) -> None:
         self.port = port
         self.drain = drain
@@ -87,6 +93,8 @@ class DrainListeners:
         # Connection threads are bounded before they start: a flood of idle connections to
         # the drain port gets closed, it cannot exhaust threads.
         self._conn_slots = threading.BoundedSemaphore(max_connections)
+        self.max_per_pod = max_per_pod
+        self._per_pod: dict[PodKey, int] = {}  # connections being served, per pod
 
     def listening(self, key: PodKey) -> bool:
         with self._lock:
@@ -161,9 +169,11 @@ class DrainListeners:
                 except OSError:
                     continue
                 pod_key: PodKey = sel_key.data
-                if not self._conn_slots.acquire(blocking=False):
+                why = self._take_slot(pod_key)
+                if why:
                     with contextlib.suppress(OSError):
-                        conn.sendall(response(429, {"error": "too many drain connections"}))
+                        conn.setblocking(False)  # never wait on a flooding client
+                        conn.send(response(429, {"error": why}))
                     conn.close()
                     continue
                 try:
@@ -172,9 +182,26 @@ class DrainListeners:
                         name=f"drain-{pod_key.name}",
                     ).start()  # fmt: skip
                 except RuntimeError:  # no thread to be had: refuse this one, keep serving
-                    self._conn_slots.release()
+                    self._give_slot(pod_key)
                     conn.close()
         self.close()
+
+    def _take_slot(self, key: PodKey) -> str | None:
+        """Count a connection of ``key``'s pod in; the reason when it is over a limit."""
+        with self._lock:
+            if self._per_pod.get(key, 0) >= self.max_per_pod:
+                return f"too many drain connections from this pod (at most {self.max_per_pod})"
+            if not self._conn_slots.acquire(blocking=False):
+                return "too many drain connections on this node"
+            self._per_pod[key] = self._per_pod.get(key, 0) + 1
+        return None
+
+    def _give_slot(self, key: PodKey) -> None:
+        with self._lock:
+            left = self._per_pod.pop(key, 1) - 1
+            if left:
+                self._per_pod[key] = left
+            self._conn_slots.release()
 
     def _serve_slot(self, conn: socket.socket, key: PodKey, stop: threading.Event) -> None:
         try:
@@ -182,14 +209,18 @@ class DrainListeners:
         except OSError:
             pass  # the caller went away
         finally:
-            self._conn_slots.release()
+            self._give_slot(key)
 
     def _serve(self, conn: socket.socket, key: PodKey, stop: threading.Event) -> None:
         with conn:
-            conn.settimeout(READ_TIMEOUT_S)
+            deadline = time.monotonic() + READ_TIMEOUT_S
             data = b""
             try:
                 while b"\r\n\r\n" not in data and len(data) < MAX_REQUEST:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return  # too slow: cut off
+                    conn.settimeout(left)
                     chunk = conn.recv(MAX_REQUEST - len(data))
                     if not chunk:
                         break

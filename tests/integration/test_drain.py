@@ -3,9 +3,13 @@ an agent restarted mid-drain, and a whole node draining at once."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import itertools
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -200,3 +204,173 @@ def test_node_drain_of_110_pods_completes(
         assert elapsed < 90
         text = agent.get("/metrics")[1].decode()
         assert f'podlb_drain_duration_seconds_count{{outcome="drained"}} {float(n)}' in text
+
+
+# A pod's flood of its own drain port (argv: ip port connections request-threads seconds):
+# slow requests (a byte a second, the head never complete) kept open -- those answered or cut
+# are re-opened -- and whole requests in a loop.
+POD_FLOOD = """
+import json, socket, sys, threading, time
+ip, port, idle, threads, seconds = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:])
+end = time.monotonic() + seconds
+counts = {}
+lock = threading.Lock()
+def count(what):
+    with lock:
+        counts[what] = counts.get(what, 0) + 1
+def slow(share):
+    held = []
+    while time.monotonic() < end:
+        while len(held) < share and time.monotonic() < end:
+            try:
+                held.append(socket.create_connection((ip, port), timeout=2))
+            except OSError:
+                count("slow connect failed")
+        for s in list(held):
+            try:
+                s.sendall(b"G")
+                s.setblocking(False)
+                count("slow answered" if s.recv(1) else "slow cut")
+            except BlockingIOError:
+                s.setblocking(True)
+                continue
+            except OSError:
+                count("slow error")
+            held.remove(s)
+            s.close()
+        time.sleep(1)
+def requester():
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((ip, port), timeout=10) as s:
+                s.sendall(b"GET /drain HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+                answer = b""
+                while chunk := s.recv(4096):
+                    answer += chunk
+                text = answer.decode(errors="replace")
+                count("in-pod " + text[9:12] + (" slots" if "connections" in text else ""))
+        except OSError:
+            count("in-pod error")
+# 120 connecting threads: a SYN dropped by a full accept queue costs its thread 1 s
+workers = [threading.Thread(target=slow, args=(idle // 120,)) for _ in range(120)]
+workers += [threading.Thread(target=requester) for _ in range(threads)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+print(json.dumps(counts))
+"""
+
+
+def direct_service(core: client.CoreV1Api, app: str) -> None:
+    """A direct-mode Service: its pods are opted in without a gate (the drain waits for quiet
+    only, as no leader manages an LB here)."""
+    spec = {"type": "ClusterIP", "selector": {"app": app}, "ports": [{"port": 80}]}
+    meta = {"name": app, "annotations": {"podlb.io/direct": "true"}}
+    core.create_namespaced_service("shop", {"metadata": meta, "spec": spec})
+
+
+def lease_renewals(
+    api: KubeAPIServer, stop: threading.Event, seen: list[tuple[float, str]]
+) -> None:
+    """Record (time, holder/renewTime) each time the Lease changes, until ``stop``."""
+    last = None
+    while not stop.wait(0.1):
+        lease = api.store.get("leases", "podlb-system", "podlb-leader") or {}
+        spec = lease.get("spec") or {}
+        mark = f"{spec.get('holderIdentity')}/{spec.get('renewTime')}"
+        if mark != last:
+            seen.append((time.monotonic(), mark))
+            last = mark
+
+
+@pytest.mark.slow
+def test_a_flood_from_one_pod_neither_stops_the_lease_nor_blocks_another_drain(
+    cluster: tuple[KubeAPIServer, Kubelet, client.CoreV1Api],
+) -> None:
+    """Defect 9. For 14 s, one pod floods its own drain port from inside its namespace (600
+    slow requests -- a byte a second, never a whole head -- re-opened when cut, and 10 threads
+    of whole requests), and one caller floods the node API (300 idle connections, 20 threads
+    asking to drain that live pod). 7 s in, another pod on the node is deleted: its preStop
+    hook must drain as usual, and the agent's Lease renewals must go on."""
+    api, kubelet, core = cluster
+    core.create_namespaced_pod("shop", make_pod("flood", "node-a", namespace="shop",
+                                                labels={"app": "web"}))  # fmt: skip
+    core.create_namespaced_pod(
+        "shop",
+        make_pod("victim", "node-a", namespace="shop", labels={"app": "web"}, pre_stop=HOOK,
+                 grace=20),
+    )  # fmt: skip
+    with agents(api.url, AGENT_TOKEN, ["node-a"]) as (agent,):
+        agent.wait_ready()
+        direct_service(core, "web")
+        wait_for(lambda: drain_listener_up(kubelet, "flood"), what="flood pod's drain listener")
+        wait_for(lambda: drain_listener_up(kubelet, "victim"), what="victim's drain listener")
+        wait_for(lambda: "\npodlb_leader_is_leader 1.0" in agent.get("/metrics")[1].decode(),
+                 what="the agent leads")  # fmt: skip
+        flood = kubelet.record("flood", "shop")
+        stop = threading.Event()
+        renewals: list[tuple[float, str]] = []
+        answers: dict[str, int] = {}
+        lock = threading.Lock()
+
+        def count(what: str) -> None:
+            with lock:
+                answers[what] = answers.get(what, 0) + 1
+
+        def node_api() -> None:
+            while not stop.is_set():
+                try:
+                    with urllib.request.urlopen(f"{agent.url}/v1/drain/shop/flood", timeout=10):
+                        count("api 200")
+                except urllib.error.HTTPError as exc:
+                    count(f"api {exc.code}")
+                except OSError:
+                    count("api error")
+
+        def idle_node_api() -> None:
+            socks = []
+            for _ in range(300):
+                if stop.is_set():
+                    break
+                with contextlib.suppress(OSError):
+                    socks.append(socket.create_connection(("127.0.0.1", agent.port), timeout=2))
+            stop.wait(10)
+            for s in socks:
+                s.close()
+
+        workers = [threading.Thread(target=lease_renewals, args=(api, stop, renewals))]
+        workers += [threading.Thread(target=idle_node_api)]
+        workers += [threading.Thread(target=node_api) for _ in range(20)]
+        t0 = time.monotonic()
+        in_pod = subprocess.Popen(  # the pod's own flood, from inside its namespace
+            ["ip", "netns", "exec", flood.netns, sys.executable, "-c", POD_FLOOD,
+             flood.ip, "9809", "600", "10", "14"],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        for w in workers:
+            w.daemon = True
+            w.start()
+        time.sleep(7.0)  # the slow connections are all up by then
+        deleted_at = time.monotonic()
+        core.delete_namespaced_pod("victim", "shop")
+        kubelet.wait_gone("victim", "shop", timeout=20)
+        victim = kubelet.record("victim", "shop")
+        while time.monotonic() < t0 + 14:
+            time.sleep(0.1)
+        stop.set()
+        stopped_at = time.monotonic()
+        for w in workers:
+            w.join(15)
+        out, _ = in_pod.communicate(timeout=30)
+        answers.update(json.loads(out))
+        assert victim.prestop_errors == [], (victim.prestop_errors, answers)
+        assert victim.prestop_s is not None and victim.prestop_s < 5, victim.prestop_s
+        assert victim.finalized_at is not None and victim.finalized_at - deleted_at < 10
+        holders = {mark.split("/")[0] for _, mark in renewals}
+        assert holders == {agent.identity}, renewals
+        times = [t for t, _ in renewals if t >= t0] + [stopped_at]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert len(times) >= 4 and max(gaps) < 5.0, (gaps, answers)  # renew every 2 s
+        assert agent.get("/healthz")[0] == 200  # the node API serves again
+        print(f"flood answers: {answers}; lease renewals gaps {[round(g, 1) for g in gaps]}")

@@ -42,7 +42,13 @@ For each pod on one of its nodes:
   then SIGTERM; SIGKILL when the rest of the grace period (at least 2 s, kubelet's minimum) is
   over; status ``ContainersReady``/``Ready`` False with terminated containers and a terminal
   phase; the namespace is removed; finally ``finalize_delete("pods", ns, name)``.
-  :class:`PodRecord` keeps the timings (``prestop_s`` = how long the hooks ran).
+  :class:`PodRecord` keeps the timings (``prestop_s`` = how long the hooks ran);
+* :meth:`Kubelet.stop_pod` stops a pod as a kubelet does on its own, with no API deletion:
+  node-pressure eviction (``"eviction"``) or graceful node shutdown (``"shutdown"``). As kubelet
+  1.26+ (PodDisruptionConditions) it first writes ``DisruptionTarget=True`` reason
+  ``TerminationByKubelet`` (a shutdown also phase ``Failed``, reason ``Terminated``, at once),
+  then runs the hooks, SIGTERM, SIGKILL as above, phase ``Failed`` (eviction: reason
+  ``Evicted``); the namespace is removed and the pod stays in the API server.
 
 :meth:`Kubelet.stop` stops the watches and removes every process and namespace it made (pods
 still in the API server are left there, like a node going away).
@@ -687,11 +693,52 @@ class Kubelet:
         raise ValueError(f"no port named {port!r}")
 
     # -- termination --------------------------------------------------------------------
-    def _terminate(self, rt: _PodRuntime) -> None:
+    def stop_pod(
+        self, name: str, namespace: str = "default", *, why: str = "eviction",
+        grace: int | None = None,
+    ) -> None:  # fmt: skip
+        """Stop a pod without an API deletion, as a kubelet's eviction manager (``why``
+        ``"eviction"``) or its graceful node shutdown (``"shutdown"``) does; see the module
+        docstring. ``grace``: the kubelet's override (default: the pod's own)."""
+        if why not in ("eviction", "shutdown"):
+            raise ValueError(f"why: eviction or shutdown, not {why!r}")
+        key = f"{namespace}/{name}"
+        with self._lock:
+            rt = self._pods[key]
+            if rt.terminating:
+                return
+            rt.terminating = True
+        rt.record.deletion_seen_at = time.monotonic()
+        message = (
+            "The node was low on resource: memory."
+            if why == "eviction"
+            else "Pod was terminated in response to imminent node shutdown."
+        )
+        cond = self._cond(rt, "DisruptionTarget", "True", "TerminationByKubelet", message)
+        first: Obj = {"conditions": [cond]}
+        if why == "shutdown":  # the shutdown manager sets the terminal phase before the hooks
+            first.update(phase="Failed", reason="Terminated", message=message)
+        with rt.lock:
+            self._patch_status(rt, first)
+        final = {"reason": "Evicted" if why == "eviction" else "Terminated", "message": message}
+        self._spawn(
+            lambda r: self._terminate(r, grace=grace, finalize=False, final=final), rt,
+            name=f"stop-{key}",
+        )  # fmt: skip
+
+    def _terminate(
+        self,
+        rt: _PodRuntime,
+        *,
+        grace: float | None = None,
+        finalize: bool = True,
+        final: Obj | None = None,
+    ) -> None:
         rt.started.wait(30)
         md = rt.obj["metadata"]
         spec = rt.obj.get("spec") or {}
-        grace = md.get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = md.get("deletionGracePeriodSeconds")
         if grace is None:
             grace = spec.get("terminationGracePeriodSeconds", 30)
         t0 = time.monotonic()
@@ -724,7 +771,10 @@ class Kubelet:
             self._patch_status(
                 rt,
                 {
-                    "phase": "Succeeded" if all(v == 0 for v in codes.values()) else "Failed",
+                    **(final or {}),
+                    "phase": "Succeeded"
+                    if all(v == 0 for v in codes.values()) and final is None
+                    else "Failed",
                     "conditions": [
                         self._cond(rt, "ContainersReady", "False", "PodCompleted"),
                         self._cond(rt, "Ready", "False", "PodCompleted"),
@@ -736,7 +786,7 @@ class Kubelet:
             )
             self._note_ready(rt, "False")
         self._remove(rt)
-        if self.finalize_delete is not None:
+        if finalize and self.finalize_delete is not None:
             try:
                 self.finalize_delete("pods", rt.ns, rt.name)
             except Exception as e:
