@@ -222,6 +222,7 @@ class Pod:
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
     resource_version: str = ""
+    creation_timestamp: str | None = None  # RFC 3339, as the API server stores it
 
     @property
     def key(self) -> PodKey:

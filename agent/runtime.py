@@ -121,7 +121,7 @@ def leader_relevant(pod: Pod) -> tuple[object, ...]:
     conds = tuple(
         (c.type, c.status) for c in pod.conditions if c.type in ("ContainersReady", DATAPATH_READY)
     )
-    return (pod.uid, pod.ips, pod.terminating, conds, pod.labels, pod.annotations, pod.ports)
+    return (pod.uid, pod.ips, pod.leaving, conds, pod.labels, pod.annotations, pod.ports)
 
 
 def leader_work(

@@ -67,6 +67,7 @@ def pod_from_dict(obj: dict[str, Any]) -> Pod:
         labels=_pairs(meta.get("labels")),
         annotations=_pairs(meta.get("annotations")),
         resource_version=meta.get("resourceVersion", ""),
+        creation_timestamp=meta.get("creationTimestamp"),
     )
 
 

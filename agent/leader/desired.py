@@ -2,13 +2,25 @@
 
 A Service in direct mode gets one pool per TCP port. A pod behind it is a *backend* when it is
 ``ContainersReady`` (not ``Ready``: that waits on our own readiness gate, which would deadlock)
-and its ``podlb.io/datapath-ready`` is not False; a terminating pod is a *draining* backend.
-Problems (bad annotations, no selector, ports that resolve to nothing, a cap reached) are
-returned as data with a typed reason; the caller turns them into Events and metrics.
+and its ``podlb.io/datapath-ready`` is not False; a pod being stopped -- deleted, or stopped by
+its kubelet (eviction, graceful node shutdown: ``DisruptionTarget`` ``TerminationByKubelet``)
+-- is a *draining* backend. Problems (bad annotations, no selector, ports that resolve to
+nothing, a cap reached) are returned as data with a typed reason; the caller turns them into
+Events and metrics.
+
+``podlb.io/max-backends`` (or the provider's own limit): when more pods are ready than the cap,
+the slots go to the pods of the newest revision first (``pod-template-hash`` /
+``controller-revision-hash``; the revision whose newest pod was created last), then, within a
+revision, to those the LB has now, then by name. A rolling update therefore always completes,
+even at the cap with ``maxUnavailable: 0``: each new pod takes the slot of an old one (which
+the LB drains, so it goes NotReady and is the first old pod the Deployment deletes), while a
+scale-up within one revision never pushes out a registered pod. Draining backends do not count
+against the cap.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -30,6 +42,7 @@ WEIGHT = "podlb.io/weight"
 MAX_BACKENDS = "podlb.io/max-backends"
 DEFAULT_WEIGHT = 100
 MAX_WEIGHT = 256  # HAProxy's limit; a provider with a lower one gets weights capped to it
+REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")  # Deployment; StatefulSet, DS
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +117,9 @@ def desired_pools(
     number of backends when the Service sets no cap of its own."""
     registered = registered or {}
     limits = limits or {}
+    # Pods their kubelet stops may leave the EndpointSlices at once (reported Failed before
+    # their hooks end): they are looked for apart, so the LB still drains them.
+    stopped = [p for p in pods.values() if p.stopped_by_kubelet and p.ips]
     by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
     for sl in slices:
         if sl.service:
@@ -147,8 +163,9 @@ def desired_pools(
             if pool is None or sp.protocol != "TCP":
                 continue
             spec, extra = _pool(
-                svc, sp, pool, svc_slices, pods, cap, registered.get(pool), limit.max_weight
-            )
+                svc, sp, pool, svc_slices, pods, cap, registered.get(pool), limit.max_weight,
+                stopped,
+            )  # fmt: skip
             pools.append(replace(spec, provider=where.provider, mode=where.mode))
             findings += extra
     return _without_conflicts(pools, findings)
@@ -192,12 +209,14 @@ def _pool(
     cap: int | None,
     registered: frozenset[str] | None,
     max_weight: int,
+    stopped: Iterable[Pod] = (),
 ) -> tuple[PoolSpec, list[Finding]]:
     findings: list[Finding] = []
     candidates: dict[str, Backend] = {}
     others: dict[PodKey, str] = {}
     label = port_label(sp)
     resolved_any = False
+    slice_port: int | None = None
     for sl in slices:
         if sl.address_type not in ("IPv4", "IPv6"):
             continue
@@ -205,13 +224,14 @@ def _pool(
         if port is None:
             continue
         resolved_any = True
+        slice_port = port
         for ep in sl.endpoints:
             if ep.pod is None or not ep.addresses:
                 continue
             pod = pods.get(ep.pod)
             if pod is None or pod.uid == "":
                 continue
-            terminating = pod.terminating or bool(ep.terminating)
+            terminating = pod.leaving or bool(ep.terminating)
             address = canonical_ip(ep.addresses[0])
             name = server_name(address, port)
             if not terminating and not is_backend(pod):
@@ -235,6 +255,14 @@ def _pool(
                     weight = parsed
             weight = min(weight, max_weight)
             candidates[name] = Backend(name, address, port, weight, terminating, ep.pod)
+    if slice_port is not None:
+        # A pod its kubelet stops that is out of the slices already: on its way out of the LB
+        # (drained, then removed) with a verdict, unless its IP went to a pod in the slices.
+        in_slices = {b.pod for b in candidates.values()} | set(others)
+        for pod in stopped:
+            name = server_name(canonical_ip(pod.ips[0]), slice_port)
+            if svc.selects(pod) and pod.key not in in_slices and name not in candidates:
+                others[pod.key] = name
     if not resolved_any and slices:
         findings.append(
             Finding(
@@ -249,9 +277,7 @@ def _pool(
     if cap is not None:
         live = [b for b in candidates.values() if not b.draining]
         if len(live) > cap:
-            registered = registered or frozenset()
-            # Stable: whoever the LB has now keeps its slot; then by name.
-            live.sort(key=lambda b: (b.server not in registered, b.server))
+            live = _by_claim(live, pods, registered or frozenset())
             keep = {b.server for b in live[:cap]}
             capped = len(live) - cap
             backends = {n: b for n, b in candidates.items() if b.draining or n in keep}
@@ -275,3 +301,40 @@ def _pool(
         ),
         findings,
     )
+
+
+def _created(pod: Pod | None) -> float:
+    """A pod's creationTimestamp in seconds (0 when unknown or unreadable)."""
+    if pod is None or not pod.creation_timestamp:
+        return 0.0
+    try:
+        return dt.datetime.fromisoformat(pod.creation_timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _by_claim(
+    live: list[Backend], pods: Mapping[PodKey, Pod], registered: frozenset[str]
+) -> list[Backend]:
+    """Live backends in the order they get the capped slots (see the module docstring): the
+    newest revision first (ties: the one with fewer servers on the LB, the one arriving),
+    then whoever the LB has, then by name."""
+
+    def revision(b: Backend) -> str:
+        pod = pods.get(b.pod)
+        labels = dict(pod.labels) if pod else {}
+        return next((labels[k] for k in REVISION_LABELS if k in labels), "")
+
+    newest: dict[str, float] = {}
+    on_lb: dict[str, int] = {}
+    for b in live:
+        rev = revision(b)
+        newest[rev] = max(newest.get(rev, 0.0), _created(pods.get(b.pod)))
+        on_lb[rev] = on_lb.get(rev, 0) + (b.server in registered)
+    return sorted(
+        live,
+        key=lambda b: (
+            -newest[revision(b)], on_lb[revision(b)], revision(b),
+            b.server not in registered, b.server,
+        ),
+    )  # fmt: skip

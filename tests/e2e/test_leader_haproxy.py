@@ -6,6 +6,8 @@ Direct-mode Service -> servers in HAProxy -> health checks -> podlb.io/lb-ready 
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +24,7 @@ from tests.testbed.waiting import wait_for
 pytestmark = pytest.mark.netns
 
 POOL = "shop.web.http"
+IDLE_POOL = "shop.idle.http"  # a direct Service's pool that never has a pod
 GATE = "podlb.io/lb-ready"
 
 
@@ -53,6 +56,16 @@ def conditions(api: Any, name: str) -> dict[str, str]:
     return {c["type"]: c["status"] for c in (pod.get("status") or {}).get("conditions") or []}
 
 
+def events(api: Any) -> list[tuple[str, str, str]]:
+    """(object name, type, reason) of every Event in the namespace, oldest first."""
+    return [
+        (e["involvedObject"]["name"], e["type"], e["reason"])
+        for e in sorted(
+            api.store.list("events", "shop"), key=lambda e: int(e["metadata"]["resourceVersion"])
+        )
+    ]
+
+
 def servers(lb: HAProxy) -> dict[str, str]:
     return {name: row["status"] for name, row in lb.servers(POOL).items()}
 
@@ -62,7 +75,7 @@ def setup() -> Iterator[tuple[Any, Kubelet, HAProxy, client.CoreV1Api]]:
     with (
         agent_cluster("shop") as api,
         Kubelet.for_api(api, ["node-a", "node-b"]) as kubelet,
-        HAProxy(backends=(POOL,), server_options="check inter 300ms fall 2 rise 1") as lb,
+        HAProxy(backends=(POOL, IDLE_POOL), server_options="check inter 300ms fall 2 rise 1") as lb,
     ):
         yield api, kubelet, lb, client.CoreV1Api(api.api_client())
 
@@ -80,6 +93,11 @@ def test_service_to_haproxy_to_ready_and_back(
 ) -> None:
     api, kubelet, lb, core = setup
     core.create_namespaced_service("shop", service())
+    # A direct Service that selects no pod: the EndpointSlice controller's empty placeholder
+    # slice is no routing problem (no Warning PortUnresolved).
+    idle = service()
+    idle["metadata"]["name"], idle["spec"]["selector"] = "idle", {"app": "none"}
+    core.create_namespaced_service("shop", idle)
     for i, node in enumerate(["node-a", "node-b", "node-a"]):
         core.create_namespaced_pod("shop", web_pod(f"web-{i}", node))
     with agents(api.url, AGENT_TOKEN, ["node-a", "node-b"], extra=lb_args(lb)) as procs:
@@ -103,6 +121,13 @@ def test_service_to_haproxy_to_ready_and_back(
         assert seen_ready_before_up == []
         assert all(conditions(api, n).get(GATE) == "True" for n in names)
         assert sorted(servers(lb).values()) == ["UP", "UP", "UP"]
+        # Pods created, registered, Ready: their story in Normal Events, not one Warning.
+        wait_for(
+            lambda: sum(r == "LbReadyTrue" for _n, _t, r in events(api)) == 3,
+            what="LbReadyTrue events",
+        )
+        assert [e for e in events(api) if e[1] != "Normal"] == []
+        assert {n for n, _t, _r in events(api)} == set(names)
 
         res = run_load(lb.url, mode="new", concurrency=3, count=300, timeout=2.0)
         assert res.errors_total == 0, res.summary()
@@ -191,3 +216,60 @@ def test_leader_failover_mid_changes_loses_no_request(
         assert res.errors_total == 0, res.summary()
         assert sorted(servers(lb).values()) == ["UP"] * 4
         assert "web-3" in res.by_pod or res.requests > 0
+
+
+def test_pods_their_kubelet_stops_are_drained_and_spoofs_refused(
+    setup: tuple[Any, Kubelet, HAProxy, client.CoreV1Api],
+) -> None:
+    """Defect 10: node-pressure eviction and graceful node shutdown stop a pod with no API
+    deletion. The kubelet marks it DisruptionTarget/TerminationByKubelet (a shutdown also
+    reports it Failed at once, so it leaves the EndpointSlice) and runs its preStop hook: the
+    drain must hold it until HAProxy has drained and removed it, as for a deletion. A live pod
+    with another DisruptionTarget reason (what an API eviction writes before its deletion)
+    cannot be drained through its drain port."""
+    api, kubelet, lb, core = setup
+    core.create_namespaced_service("shop", service())
+    hook = {"httpGet": {"path": "/drain", "port": 9809}}
+    for name in ("evicted", "shutdown", "spoofed"):
+        pod = make_pod(name, "node-a", namespace="shop", labels={"app": "web"},
+                       readiness_gates=[GATE], grace=20, pre_stop=hook)  # fmt: skip
+        core.create_namespaced_pod("shop", pod)
+    with agents(api.url, AGENT_TOKEN, ["node-a"], extra=lb_args(lb)) as (agent,):
+        agent.wait_ready()
+        for name in ("evicted", "shutdown", "spoofed"):
+            wait_for(lambda n=name: conditions(api, n).get("Ready") == "True", 30, f"{name} Ready")
+        ips = {n: kubelet.record(n, "shop").ip for n in ("evicted", "shutdown", "spoofed")}
+        kubelet.stop_pod("evicted", "shop", why="eviction")
+        kubelet.stop_pod("shutdown", "shop", why="shutdown")
+        for name in ("evicted", "shutdown"):
+            kubelet.wait_gone(name, "shop", timeout=30)
+            record = kubelet.record(name, "shop")
+            assert record.prestop_errors == [], (name, record.prestop_errors)
+            assert not record.prestop_timed_out and record.prestop_s is not None
+            assert f"{ips[name]}_8080" not in servers(lb)  # drained and removed before SIGTERM
+            pod = api.store.get("pods", "shop", name) or {}
+            lb_ready = next(c for c in pod["status"]["conditions"] if c["type"] == GATE)
+            assert (lb_ready["status"], lb_ready["reason"]) == ("False", "Deregistered")
+        text = agent.get("/metrics")[1].decode()
+        assert 'podlb_drain_duration_seconds_count{outcome="drained"} 2.0' in text, text
+        # A DisruptionTarget the kubelet did not write for its own stop admits nothing.
+        core.patch_namespaced_pod_status(
+            "spoofed",
+            "shop",
+            {
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "DisruptionTarget",
+                            "status": "True",
+                            "reason": "EvictionByEvictionAPI",
+                        }
+                    ]
+                }
+            },
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://{ips['spoofed']}:9809/drain", timeout=20)
+        assert refused.value.code == 409
+        assert servers(lb).get(f"{ips['spoofed']}_8080") == "UP"
+        assert conditions(api, "spoofed").get("Ready") == "True"

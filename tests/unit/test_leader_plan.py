@@ -284,3 +284,120 @@ def test_a_pool_claimed_twice_belongs_to_neither_and_static_servers_stay() -> No
     ]
     static = ObservedServer("web1", "192.0.2.10", 80, 1, AdminState.READY, Health.UP, 0)
     assert plan_pool(None, PoolState("prod", {"web1": static})) == []
+
+
+def rollout_at_the_cap(replicas: int, cap: int, max_surge: int = 1) -> list[str]:
+    """A Deployment rolling update (maxUnavailable 0) of a Service capped at ``cap`` backends,
+    step by step: the leader's desired pools against an LB that takes them at once (a pod is
+    Ready once it is a live backend), the Deployment controller's rules (deletedPods first
+    the not-ready old ones, never below ``replicas`` Ready). Returns the log; raises if stuck."""
+    capped = svc({"podlb.io/direct": "true", "podlb.io/max-backends": str(cap)})
+    clock = iter(range(10_000))
+    live: dict[str, Pod] = {}  # name -> pod (not deleted)
+    gone: dict[str, Pod] = {}  # deleted, still draining for one step
+
+    def create(rev: str) -> None:
+        n = next(clock)
+        name = f"{rev}{n}"
+        live[name] = pod(
+            name, ips=(f"10.0.{n // 250}.{n % 250 + 1}",),
+            labels=(("app", "web"), ("pod-template-hash", rev)),
+            creation_timestamp=f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}Z",
+        )  # fmt: skip
+
+    for _ in range(replicas):
+        create("old")
+    registered: frozenset[str] = frozenset()
+    log: list[str] = []
+    for step in range(20 * replicas):
+        everyone = {**gone, **live}
+        sl = slice_of(*((n, p.ips[0]) for n, p in everyone.items()), terminating=set(gone))
+        [spec], _ = desired_pools([capped], [sl], pods_map(*everyone.values()),
+                                  {"shop.web.http": registered})  # fmt: skip
+        registered = frozenset(spec.backends)
+        assert len([b for b in spec.backends.values() if not b.draining]) <= cap
+        ready = {b.pod.name for b in spec.backends.values() if not b.draining}
+        gone = {}
+        old = [n for n in live if n.startswith("old")]
+        new = [n for n in live if n.startswith("new")]
+        if not old and len(new) == replicas and set(new) <= ready:
+            log.append(f"step {step}: done")
+            return log
+        for _ in range(max(0, min(replicas + max_surge - len(live), replicas - len(new)))):
+            create("new")
+        ready_total = len(ready & set(live))
+        for name in sorted(old, key=lambda n: (n in ready, n)):  # not-ready old pods first
+            if name in ready:
+                if ready_total - 1 < replicas:
+                    break
+                ready_total -= 1
+            gone[name] = replace(live.pop(name), terminating=True)
+            log.append(f"step {step}: delete {name}")
+    raise AssertionError(f"rollout stuck at the cap: {sorted(live)}; {log[-5:]}")
+
+
+@pytest.mark.parametrize(
+    ("replicas", "cap", "surge"), [(3, 3, 1), (50, 50, 1), (6, 6, 2), (4, 5, 2)]
+)
+def test_a_rolling_update_at_the_cap_completes(replicas: int, cap: int, surge: int) -> None:
+    """Defect 3: with maxUnavailable 0, a surge pod beyond podlb.io/max-backends used to stay
+    out of the LB forever (so never Ready, so no old pod was ever deleted). The newest
+    revision's pods now take the slots of older ones, and the rollout completes."""
+    log = rollout_at_the_cap(replicas, cap, surge)
+    assert log[-1].endswith("done")
+
+
+def test_max_backends_prefers_the_newest_revision_and_is_stable_within_one() -> None:
+    labels = (("app", "web"), ("pod-template-hash", "a"))
+    pods = pods_map(
+        *(pod(f"a{i}", labels=labels, creation_timestamp="2026-01-01T00:00:00Z") for i in range(4)),
+        pod("b0", labels=(("app", "web"), ("pod-template-hash", "b")),
+            creation_timestamp="2026-01-01T00:05:00Z"),
+    )  # fmt: skip
+    sl = slice_of(*((n.name, f"10.0.0.{i + 1}") for i, n in enumerate(pods)))
+    capped = svc({"podlb.io/direct": "true", "podlb.io/max-backends": "3"})
+    a3, a2 = server_name("10.0.0.4", 8080), server_name("10.0.0.3", 8080)
+    [spec], _ = desired_pools([capped], [sl], pods, {"shop.web.http": frozenset({a3, a2})})
+    names = {b.pod.name for b in spec.backends.values()}
+    # The new revision first, then whoever of the old one the LB has: a scale-up within one
+    # revision never pushes out a registered pod.
+    assert names == {"b0", "a3", "a2"}, names
+
+
+def stopped_by_kubelet(name: str, **kw: Any) -> Pod:
+    return pod(
+        name, labels=(("app", "web"),),
+        conditions=(Condition("ContainersReady", "True"),
+                    Condition("DisruptionTarget", "True", "TerminationByKubelet")),
+        **kw,
+    )  # fmt: skip
+
+
+def test_pods_their_kubelet_stops_are_drained_on_the_lb() -> None:
+    """Defect 10 (LB side): a pod evicted by its kubelet, or stopped by a graceful node
+    shutdown, has no deletionTimestamp and may still be a ready endpoint (or already out of
+    the slices, reported Failed): either way the LB drains it, and its lb-ready reaches
+    Deregistered once the LB confirms -- what the node's drain waits for."""
+    pods = pods_map(
+        pod("live", labels=(("app", "web"),)),
+        stopped_by_kubelet("evicted"),
+        stopped_by_kubelet("shutdown", phase="Failed", ips=("10.0.0.3",)),
+        pod("spoof", labels=(("app", "web"),),
+            conditions=(Condition("ContainersReady", "True"),
+                        Condition("DisruptionTarget", "True", "EvictionByEvictionAPI"))),
+    )  # fmt: skip
+    sl = slice_of(("live", "10.0.0.1"), ("evicted", "10.0.0.2"), ("spoof", "10.0.0.4"))
+    [spec], _ = desired_pools([svc()], [sl], pods)
+    draining = {b.pod.name for b in spec.backends.values() if b.draining}
+    live = {b.pod.name for b in spec.backends.values() if not b.draining}
+    assert draining == {"evicted"} and live == {"live", "spoof"}
+    shutdown = server_name("10.0.0.3", 8080)
+    assert spec.others == {PodKey(NS, "shutdown"): shutdown}
+    on_lb = state(obs(server_name("10.0.0.1", 8080)), obs(server_name("10.0.0.2", 8080)),
+                  obs(shutdown), obs(server_name("10.0.0.4", 8080)))  # fmt: skip
+    actions = plan_pool(spec, on_lb)
+    assert actions == [Action(Op.DRAIN, server_name("10.0.0.2", 8080)), Action(Op.DRAIN, shutdown)]
+    verdicts = lb_verdicts([spec], {"haproxy": {"lb1": {spec.pool: state(
+        obs(server_name("10.0.0.1", 8080)), obs(server_name("10.0.0.4", 8080)))}}})  # fmt: skip
+    assert verdicts[PodKey(NS, "evicted")].reason is LBReason.DEREGISTERED
+    assert verdicts[PodKey(NS, "shutdown")].reason is LBReason.DEREGISTERED
