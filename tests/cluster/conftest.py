@@ -19,8 +19,7 @@ from tests.cluster import hoststate
 from tests.cluster.assets import AssetsMissing, k8s_assets
 from tests.cluster.cluster import Cluster
 from tests.cluster.images import agent_image, app_image, have_builders, pause_image
-from tests.cluster.podlb import BACKENDS, Podlb, node_haproxy
-from tests.testbed.haproxy import HAProxy
+from tests.cluster.podlb import NodeLB, Podlb, node_haproxy
 
 _REASON: list[str] = []
 
@@ -80,14 +79,14 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="package")
-def lb(cluster: Cluster) -> Iterator[HAProxy]:
+def lb(cluster: Cluster) -> Iterator[NodeLB]:
     del cluster  # HAProxy reaches pod IPs on the cluster's bridge
-    with node_haproxy() as haproxy:
-        yield haproxy
+    with node_haproxy() as node_lb:
+        yield node_lb
 
 
 @pytest.fixture(scope="package")
-def podlb(cluster: Cluster, lb: HAProxy) -> Iterator[Podlb]:
+def podlb(cluster: Cluster, lb: NodeLB) -> Iterator[Podlb]:
     del lb
     deployed = Podlb(cluster)
     deployed.install()
@@ -95,6 +94,3 @@ def podlb(cluster: Cluster, lb: HAProxy) -> Iterator[Podlb]:
         yield deployed
     finally:
         deployed.uninstall()
-
-
-__all__ = ["BACKENDS"]

@@ -15,6 +15,7 @@ from kubernetes import client, watch
 from tests.cluster.cluster import Cluster
 from tests.cluster.images import APP
 from tests.testbed.haproxy import HAProxy
+from tests.testbed.slowlb import SlowRuntimeProxy
 
 OVERLAY = Path(__file__).parent / "overlay"
 AGENT_NS = "podlb-system"
@@ -22,23 +23,37 @@ AGENT_SELECTOR = "app.kubernetes.io/component=agent"
 RUNTIME_PORT = 19999  # the overlay's PODLB_HAPROXY_RUNTIME
 APP_NS = "podlb-e2e"
 # One HAProxy backend per Service the tests create: <namespace>.<service>.<port name>.
-SERVICES = ("gate", "roll", "agentroll", "split")
+SERVICES = ("gate", "roll-podlb", "roll-exec", "roll-nohook", "roll-sleep", "agentroll", "split")
 BACKENDS = tuple(f"{APP_NS}.{s}.http" for s in SERVICES)
 LB_READY = "podlb.io/lb-ready"
 DATAPATH_READY = "podlb.io/datapath-ready"
 
 
+@dataclass
+class NodeLB:
+    """HAProxy on the node, its Runtime API behind a proxy on ``127.0.0.1:19999`` whose
+    ``delay_s`` models a cloud LB's API latency (0: HAProxy as it is)."""
+
+    haproxy: HAProxy
+    api: SlowRuntimeProxy
+
+    def servers(self, backend: str) -> dict[str, dict[str, str]]:
+        return self.haproxy.servers(backend)
+
+    def url(self, backend: str) -> str:
+        return f"http://127.0.0.1:{self.haproxy.ports[backend]}/"
+
+
 @contextlib.contextmanager
-def node_haproxy() -> Iterator[HAProxy]:
-    """HAProxy on the node as a cloud L4 LB behaves: no retry on another server."""
-    with HAProxy(
-        backends=BACKENDS,
-        frontends=dict.fromkeys(BACKENDS, 0),
-        tcp_runtime=True,
-        runtime_port=RUNTIME_PORT,
-        extra_defaults=("retries 0",),
-    ) as lb:
-        yield lb
+def node_haproxy() -> Iterator[NodeLB]:
+    """HAProxy as a cloud L4 LB behaves: no retry on another server."""
+    with (
+        HAProxy(
+            backends=BACKENDS, frontends=dict.fromkeys(BACKENDS, 0), extra_defaults=("retries 0",)
+        ) as haproxy,
+        SlowRuntimeProxy(haproxy.socket_path, 0.0, tcp_port=RUNTIME_PORT) as api,
+    ):
+        yield NodeLB(haproxy, api)
 
 
 def until(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:

@@ -13,6 +13,7 @@ from tests.cluster.podlb import (
     APP_NS,
     DATAPATH_READY,
     LB_READY,
+    NodeLB,
     Podlb,
     PodWatch,
     app_container,
@@ -21,7 +22,6 @@ from tests.cluster.podlb import (
     service,
     until,
 )
-from tests.testbed.haproxy import HAProxy
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -80,7 +80,7 @@ def test_datapath_ready_then_not_listening(cluster: Cluster, podlb: Podlb) -> No
     cluster.kubectl("-n", APP_NS, "delete", "pod", "listener", "--wait=false")
 
 
-def test_gated_pod_ready_only_after_haproxy_up(cluster: Cluster, podlb: Podlb, lb: HAProxy) -> None:
+def test_gated_pod_ready_only_after_haproxy_up(cluster: Cluster, podlb: Podlb, lb: NodeLB) -> None:
     """The leader registers the pod in HAProxy; the kubelet turns it Ready after HAProxy's UP."""
     backend = f"{APP_NS}.gate.http"
     cluster.apply([service("gate"), deployment("gate", 1, app_container(hook="http"))])

@@ -16,13 +16,21 @@ import time
 
 
 class SlowRuntimeProxy:
-    def __init__(self, upstream: str, delay_s: float) -> None:
+    """Listens on a unix socket (``socket_path``), or on ``127.0.0.1:tcp_port`` when given
+    (an agent in a pod reaches that); ``delay_s`` may be changed while it runs."""
+
+    def __init__(self, upstream: str, delay_s: float, *, tcp_port: int | None = None) -> None:
         self.upstream = upstream
         self.delay_s = delay_s
         self._dir = tempfile.mkdtemp(prefix="slowlb-")
         self.socket_path = os.path.join(self._dir, "runtime.sock")
-        self._srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._srv.bind(self.socket_path)
+        if tcp_port is None:
+            self._srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._srv.bind(self.socket_path)
+        else:
+            self._srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._srv.bind(("127.0.0.1", tcp_port))
         self._srv.listen(64)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True, name="slowlb")

@@ -1,0 +1,129 @@
+"""The rolling-update scenario on the real cluster (shared by tests/cluster and the bench).
+
+A Deployment of the pod app behind a direct Service and the node's HAProxy, under a steady load
+of new connections and keep-alive requests through HAProxy, goes through a full rolling update
+(maxSurge 1, maxUnavailable 0) run by the real Deployment controller, kubelet and preStop hooks.
+Modes as in :mod:`tests.testbed.rollout`: ``podlb`` (gate + httpGet hook to the in-pod drain
+listener), ``exec`` (gate + the README's curl hook to the node API), ``nohook`` (no gate, no
+hook), ``sleep`` (the vendors' recipe: gate + ``preStop: sleep N``).
+
+HAProxy's Runtime API answers changes after ``lb_delay_s`` (1 s by default), as a cloud LB's API
+does: local HAProxy reacts in microseconds, which would hide the race between a pod's
+termination and the LB. Times come from a watch on the pods (monotonic, as the watch saw
+them): "register" is ContainersReady -> Ready of each new pod, "drain" is deletion -> gone of
+each old pod (the preStop hold plus the app's shutdown).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.cluster.podlb import (
+    APP_NS,
+    NodeLB,
+    Podlb,
+    PodWatch,
+    app_container,
+    deployment,
+    service,
+    until,
+)
+from tests.testbed.load import LoadGenerator
+from tests.testbed.rollout import ScenarioResult
+
+HOOKS = {"podlb": "http", "exec": "exec", "nohook": "none", "sleep": "sleep"}
+MODES = tuple(HOOKS)
+
+
+def backend(name: str) -> str:
+    return f"{APP_NS}.{name}.http"
+
+
+def _up(lb: NodeLB, name: str) -> int:
+    return sum(1 for r in lb.servers(backend(name)).values() if r.get("status") == "UP")
+
+
+def run_rollout(
+    podlb: Podlb,
+    lb: NodeLB,
+    mode: str,
+    *,
+    name: str,
+    replicas: int = 3,
+    sleep_s: int = 40,
+    lb_delay_s: float = 1.0,
+    concurrency: int = 2,
+    during: Callable[[PodWatch], None] | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> ScenarioResult:
+    """Deploy ``name`` in ``mode``, roll it under load, delete it; ``during`` runs mid-rollout."""
+    if mode not in HOOKS:
+        raise ValueError(f"mode {mode!r}: expected one of {MODES}")
+    grace = max(30, sleep_s + 10)
+
+    def manifest(version: str) -> dict[str, Any]:
+        container = app_container(hook=HOOKS[mode], sleep_s=sleep_s, version=version)
+        return deployment(name, replicas, container, gate=mode != "nohook", grace=grace)
+
+    cluster = podlb.cluster
+    lb.api.delay_s = lb_delay_s
+    cluster.apply([service(name), manifest("v1")])
+    try:
+        until(f"{replicas} {name} pods UP in HAProxy", lambda: _up(lb, name) >= replicas, 120)
+        until(f"{name} available", lambda: _available(podlb, name, replicas), 60)
+        say(f"{mode}: {replicas} pods Ready and UP in HAProxy; rolling update under load")
+        url = lb.url(backend(name))
+        new_conn = LoadGenerator(url, mode="new", concurrency=concurrency, duration=900)
+        keepalive = LoadGenerator(url, mode="keepalive", concurrency=concurrency, duration=900)
+        with PodWatch(podlb.api, APP_NS, f"app={name}") as pw:
+            old = set(pw_names(podlb, name))
+            new_conn.start()
+            keepalive.start()
+            try:
+                time.sleep(1.0)
+                started = time.monotonic()
+                cluster.apply(manifest("v2"))
+                if during is not None:
+                    during(pw)
+                until(f"{name} rolled", lambda: _rolled(podlb, name, replicas, old), 600, 0.05)
+                rollout_s = time.monotonic() - started
+                time.sleep(1.0)
+            finally:
+                new_conn.stop()
+                keepalive.stop()
+                new_conn.wait(10)
+                keepalive.wait(10)
+        result = ScenarioResult(mode, replicas, rollout_s)
+        result.new_conn, result.keepalive = new_conn.result(), keepalive.result()
+        for pod, t in pw.pods.items():
+            if pod in old and t.deleting is not None and t.gone is not None:
+                result.drain_s.append(t.gone - t.deleting)
+            elif pod not in old and t.containers_ready is not None and t.ready is not None:
+                result.register_s.append(t.ready - t.containers_ready)
+        return result
+    finally:
+        lb.api.delay_s = 0.0
+        cluster.kubectl("-n", APP_NS, "delete", "deployment,service", name, "--wait=false",
+                        check=False)  # fmt: skip
+
+
+def pw_names(podlb: Podlb, name: str) -> list[str]:
+    pods = podlb.core.list_namespaced_pod(APP_NS, label_selector=f"app={name}").items
+    return [p.metadata.name for p in pods]
+
+
+def _available(podlb: Podlb, name: str, replicas: int) -> bool:
+    d = podlb.apps.read_namespaced_deployment(name, APP_NS)
+    return (d.status.ready_replicas or 0) >= replicas
+
+
+def _rolled(podlb: Podlb, name: str, replicas: int, old: set[str]) -> bool:
+    d = podlb.apps.read_namespaced_deployment(name, APP_NS)
+    s = d.status
+    if (s.observed_generation or 0) < d.metadata.generation:
+        return False
+    if (s.updated_replicas or 0) < replicas or (s.ready_replicas or 0) < replicas:
+        return False
+    return not (old & set(pw_names(podlb, name)))
