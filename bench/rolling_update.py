@@ -15,6 +15,11 @@ double: the cloud's controller (a stand-in) registers the pods, podlb only reads
 
     .venv/bin/python -m bench.rolling_update [--modes podlb,nohook,sleep,observe] [--sleep 40]
         [--replicas 6] [--lb-delay 1.0] [--json]
+
+``--cluster`` runs the same comparison on the real single-node cluster of the tests
+(tests/cluster/: real kube-apiserver, controllers, kubelet, containerd, preStop hooks and
+readiness gates; podlb deployed from daemonset/), with the node's HAProxy behind a Runtime API
+that answers after ``--lb-delay``. Modes there: podlb, exec, nohook, sleep.
 """
 
 from __future__ import annotations
@@ -26,8 +31,17 @@ import sys
 
 from agent.report import format_table
 from bench._setup import prepare
+from tests.cluster.cluster import running_cluster
+from tests.cluster.images import agent_image, app_image, pause_image
+from tests.cluster.podlb import Podlb, node_haproxy
+from tests.cluster.rollout import MODES as CLUSTER_MODES
+from tests.cluster.rollout import run_rollout
 from tests.testbed.load import ERROR_KINDS, ERROR_MEANINGS
 from tests.testbed.rollout import MODES, ScenarioResult, run_scenario
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def fmt(value: float | None) -> str:
@@ -63,6 +77,36 @@ def table(results: list[ScenarioResult], sleep_s: int) -> str:
     return "\n".join([format_table(HEADER, rows, right={1, 2, 4, 5, 6}), *legend])
 
 
+def run_on_testbed(modes: list[str], args: argparse.Namespace) -> list[ScenarioResult]:
+    results = []
+    for mode in modes:
+        say(f"running {mode} ...")
+        results.append(
+            run_scenario(
+                mode, replicas=args.replicas, sleep_s=args.sleep, lb_delay_s=args.lb_delay, log=say
+            )
+        )
+    return results
+
+
+def run_on_cluster(modes: list[str], args: argparse.Namespace) -> list[ScenarioResult]:
+    say("building images (cached) and starting the cluster ...")
+    images = (pause_image(), agent_image(), app_image())
+    results = []
+    with running_cluster(images) as cluster, node_haproxy() as lb:
+        podlb = Podlb(cluster)
+        podlb.install()
+        for mode in modes:
+            say(f"running {mode} on the real node ...")
+            results.append(
+                run_rollout(
+                    podlb, lb, mode, name=f"roll-{mode}", replicas=args.replicas,
+                    sleep_s=args.sleep, lb_delay_s=args.lb_delay, say=say,
+                )
+            )  # fmt: skip
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--modes", default="podlb,nohook,sleep")
@@ -70,27 +114,24 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=6)
     parser.add_argument("--lb-delay", type=float, default=1.0, help="LB API latency, seconds")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--cluster", action="store_true", help="on the real single-node cluster (tests/cluster)"
+    )
     args = parser.parse_args()
     if not prepare("creates network namespaces"):
         return 2
     modes = [m for m in args.modes.split(",") if m]
+    allowed = CLUSTER_MODES if args.cluster else MODES
     for m in modes:
-        if m not in MODES:
-            parser.error(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
-    results = []
-    for mode in modes:
-        print(f"running {mode} ...", file=sys.stderr, flush=True)
-        results.append(
-            run_scenario(
-                mode,
-                replicas=args.replicas,
-                sleep_s=args.sleep,
-                lb_delay_s=args.lb_delay,
-                log=lambda msg: print(msg, file=sys.stderr, flush=True),
-            )
-        )
+        if m not in allowed:
+            parser.error(f"unknown mode {m!r} (choose from {', '.join(allowed)})")
+    results = run_on_cluster(modes, args) if args.cluster else run_on_testbed(modes, args)
     by_mode = {r.mode: r for r in results}
     summary: dict[str, object] = {}
+    if "podlb" in by_mode and "nohook" in by_mode:
+        summary["rollout_ratio_vs_nohook"] = round(
+            by_mode["podlb"].rollout_s / by_mode["nohook"].rollout_s, 2
+        )
     if "podlb" in by_mode and "sleep" in by_mode:
         summary["rollout_speedup_vs_sleep"] = round(
             by_mode["sleep"].rollout_s / by_mode["podlb"].rollout_s, 2
@@ -112,7 +153,8 @@ def main() -> int:
         )
     else:
         load = "2 new-connection + 2 keep-alive clients through HAProxy"
-        print(f"{args.replicas} replicas, LB API latency {args.lb_delay:g}s, load: {load}")
+        where = "real node (kubelet v1.28.7)" if args.cluster else "testbed (simulated kubelet)"
+        print(f"{where}: {args.replicas} replicas, LB API latency {args.lb_delay:g}s, load: {load}")
         print(table(results, args.sleep))
         for key, value in summary.items():
             print(f"{key}: {value}")
