@@ -263,7 +263,11 @@ def _pool(
             name = server_name(canonical_ip(pod.ips[0]), slice_port)
             if svc.selects(pod) and pod.key not in in_slices and name not in candidates:
                 others[pod.key] = name
-    if not resolved_any and slices:
+    if not resolved_any and any(
+        sl.endpoints for sl in slices if sl.address_type in ("IPv4", "IPv6")
+    ):
+        # Pods are selected, and none has the port. A Service without pods has one empty slice
+        # (the EndpointSlice controller's placeholder: endpoints and ports null): no problem.
         findings.append(
             Finding(
                 svc.namespace,

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from agent.kube.convert import endpointslice_from_dict
 from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState, server_name
 from agent.leader.desired import Problem, desired_pools, direct_mode
 from agent.leader.plan import LBReason, lb_verdicts, plan_pool
@@ -147,8 +148,44 @@ def test_ipv6_weights_pool_annotation_and_problems() -> None:
     assert spec.backends[server_name("fd00::1", 8080)].address == "fd00::1"
     _, findings = desired_pools([svc(selector=None)], [], {})
     assert [f.problem for f in findings] == [Problem.NO_SELECTOR]
-    bad_port = EndpointSlice(NS, "x", "web", "IPv4", (SlicePort("other", 1),), ())
+    bad_port = EndpointSlice(NS, "x", "web", "IPv4", (SlicePort("other", 1),), (
+        Endpoint(("10.0.0.1",), True, True, False, "n1", PodKey(NS, "a")),
+    ))  # fmt: skip
     _, findings = desired_pools([svc()], [bad_port], {})
+    assert [f.problem for f in findings] == [Problem.PORT_UNRESOLVED]
+
+
+def real_slice(
+    endpoints: list[dict[str, Any]] | None, ports: list[dict[str, Any]] | None
+) -> EndpointSlice:
+    """An EndpointSlice as kube-controller-manager v1.28 publishes it (``kubectl get -o json``):
+    its placeholder for a Service without pods has ``endpoints: null`` and ``ports: null``."""
+    return endpointslice_from_dict({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-x7k2p", "namespace": NS, "labels": {
+            "kubernetes.io/service-name": "web",
+            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4", "endpoints": endpoints, "ports": ports,
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("endpoints", [None, []])
+def test_a_service_without_pods_is_no_routing_problem(endpoints: list[Any] | None) -> None:
+    """A real node: a Warning PortUnresolved at each Service creation and scale to zero."""
+    [spec], findings = desired_pools([svc()], [real_slice(endpoints, None)], {})
+    assert findings == [] and spec.backends == {}
+
+
+def test_pods_without_the_target_port_are_a_routing_problem() -> None:
+    # The real controller lists the pods with the ports that resolved on them: none here.
+    ep = {"addresses": ["10.0.0.1"], "conditions": {"ready": True},
+          "targetRef": {"kind": "Pod", "namespace": NS, "name": "a", "uid": "u-a"}}  # fmt: skip
+    _, findings = desired_pools([svc()], [real_slice([ep], None)], {})
+    assert [f.problem for f in findings] == [Problem.PORT_UNRESOLVED]
+    assert "resolves to no port of the selected pods" in findings[0].message
+    # Another port of the pods resolved, this one did not: still one.
+    other = [{"name": "metrics", "port": 9090, "protocol": "TCP"}]
+    _, findings = desired_pools([svc()], [real_slice(None, None), real_slice([ep], other)], {})
     assert [f.problem for f in findings] == [Problem.PORT_UNRESOLVED]
 
 

@@ -218,7 +218,9 @@ class EndpointSliceController:
         desired: dict[str, Obj] = {}
         for fam in families:
             if not any(k[0] == fam for k in groups):
-                groups[(fam, "[]")] = []  # placeholder slice, like the real controller
+                # One placeholder slice per address family, like kube-controller-manager's
+                # (v1.28 reconcileByAddressType): no endpoints, no ports.
+                groups[(fam, "[]")] = []
         labels = dict(meta.get("labels") or {})
         labels.pop(LABEL_HEADLESS, None)
         labels[LABEL_SERVICE] = name
@@ -251,8 +253,10 @@ class EndpointSliceController:
                         ],
                     },
                     "addressType": fam,
-                    "endpoints": chunk,
-                    "ports": json.loads(ports_json),
+                    # Empty lists come back from the real API server's storage as null: the
+                    # placeholder of a Service without pods is endpoints null, ports null.
+                    "endpoints": chunk or None,
+                    "ports": json.loads(ports_json) or None,
                 }
         current = {s["metadata"]["name"]: s for s in existing}
         for sname, want in desired.items():
@@ -261,8 +265,8 @@ class EndpointSliceController:
                 if have is None:
                     self.store.create("endpointslices", want, ns)
                 elif (
-                    (have.get("endpoints") or []) != want["endpoints"]
-                    or (have.get("ports") or []) != want["ports"]
+                    have.get("endpoints") != want["endpoints"]
+                    or have.get("ports") != want["ports"]
                     or have["metadata"].get("labels") != labels
                     or have["metadata"].get("ownerReferences")
                     != want["metadata"]["ownerReferences"]

@@ -638,7 +638,9 @@ class Store:
                         '"FQDN", "IPv4", "IPv6"',
                     )
                 )
-            if not isinstance(obj.get("endpoints", []), list):
+            # null is an empty list (what the real API server returns for an empty slice)
+            endpoints = obj.get("endpoints")
+            if endpoints is not None and not isinstance(endpoints, list):
                 causes.append(("endpoints", "FieldValueInvalid", "Invalid value"))
         elif res.key == "leases":
             spec = spec if isinstance(spec, dict) else {}
