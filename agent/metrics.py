@@ -149,7 +149,14 @@ class Metrics:
         )
 
     def set_backends(self, by_state: dict[str, int]) -> None:
-        for state in ("Healthy", "Registering", "Unhealthy", "Draining", "Deregistered"):
+        for state in (
+            "Healthy",
+            "NotRegistered",
+            "Registering",
+            "Unhealthy",
+            "Draining",
+            "Deregistered",
+        ):
             self.lb_backends.labels(state).set(by_state.get(state, 0))
 
     def observe_request(self, verb: str, resource: str, code: str) -> None:

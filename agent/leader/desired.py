@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from agent.lb.base import Mode, canonical_ip, server_name
 from agent.model import (
     DATAPATH_READY,
+    LB_READY,
     EndpointSlice,
     Pod,
     PodKey,
@@ -84,6 +85,8 @@ class PoolSpec:
     # Pods the Service selects that are not backends (not ContainersReady, datapath False).
     others: Mapping[PodKey, str] = field(default_factory=dict)  # pod -> its server name
     capped: int = 0  # backends left out because of podlb.io/max-backends
+    # Of ``others``: pods the LB never had (see ``never_added``): lb-ready NotRegistered.
+    unregistered: frozenset[PodKey] = frozenset()
 
 
 def _int_annotation(value: str | None, lo: int, hi: int) -> int | None:
@@ -100,6 +103,15 @@ def is_backend(pod: Pod) -> bool:
     cr = pod.condition("ContainersReady")
     dp = pod.condition(DATAPATH_READY)
     return cr is not None and cr.status == "True" and (dp is None or dp.status != "False")
+
+
+def never_added(pod: Pod) -> bool:
+    """A pod the LB never had, as its ``podlb.io/lb-ready`` tells (none yet, or
+    ``NotRegistered``), that is not being stopped (a stopping pod's drain waits for
+    ``Deregistered``): told it is not registered, never that it was removed."""
+    lb = pod.condition(LB_READY)
+    stopping = pod.leaving or pod.phase in ("Succeeded", "Failed")
+    return not stopping and (lb is None or lb.reason == "NotRegistered")
 
 
 def desired_pools(
@@ -302,6 +314,7 @@ def _pool(
             backends=backends,
             others=others,
             capped=capped,
+            unregistered=frozenset(k for k in others if k in pods and never_added(pods[k])),
         ),
         findings,
     )

@@ -85,6 +85,7 @@ def plan_pool(
 
 class LBReason(enum.StrEnum):
     HEALTHY = "Healthy"
+    NOT_REGISTERED = "NotRegistered"  # not a backend (not ready), and never in the LB
     REGISTERING = "Registering"
     UNHEALTHY = "Unhealthy"
     DRAINING = "Draining"
@@ -150,9 +151,11 @@ def lb_verdicts(
         for pod, server in spec.others.items():
             present = [s.servers[server] for s in states if s is not None and server in s.servers]
             where = f"{spec.pool}/{server} (not a backend: not ready)"
-            per_pod.setdefault(pod, []).append(
-                _leaving(where, present, len(instances), None in states)
-            )
+            if not present and pod in spec.unregistered:
+                v = Verdict(False, LBReason.NOT_REGISTERED, f"{where}: not added to the LB yet")
+            else:
+                v = _leaving(where, present, len(instances), None in states)
+            per_pod.setdefault(pod, []).append(v)
     return {pod: _combine(vs) for pod, vs in per_pod.items()}
 
 
@@ -180,7 +183,9 @@ def _leaving(
     if pool_unseen:
         return Verdict(False, LBReason.DRAINING, f"{where}: the pool was not observed")
     if not present:
-        return Verdict(False, LBReason.DEREGISTERED, f"{where}: removed from the LB")
+        # Said so also of a pod deleted before it was ever added: Deregistered is what its
+        # drain waits for, "removed" would not be true.
+        return Verdict(False, LBReason.DEREGISTERED, f"{where}: not in the LB")
     if len(present) == instances and all(
         s.admin is not AdminState.READY and not s.sessions for s in present
     ):
@@ -195,6 +200,7 @@ _BADNESS = {
     LBReason.UNHEALTHY: 1,
     LBReason.REGISTERING: 2,
     LBReason.DEREGISTERED: 3,
+    LBReason.NOT_REGISTERED: 3,
     LBReason.HEALTHY: 4,
 }
 

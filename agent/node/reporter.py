@@ -3,7 +3,8 @@
 Deciders call :meth:`ConditionReporter.set_desired`; the writer thread compares the desired
 condition with what the pod carries now (from the informer cache), skips no-op writes, moves
 ``lastTransitionTime`` only when the status flips, writes under a token-bucket rate limit and
-emits an Event per transition. A 404 means the pod is gone; transient errors retry with backoff.
+emits an Event per transition (Normal or Warning as ``agent.events`` classifies it). A 404
+means the pod is gone; transient errors retry with backoff.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 
 from agent.clock import Clock
 from agent.errors import NotFound, PodlbError, TransientError
+from agent.events import event_type
 from agent.model import Condition, Pod, PodKey
 
 log = logging.getLogger(__name__)
@@ -213,7 +215,12 @@ class ConditionReporter:
             try:
                 self.sink.emit_event(
                     pod,
-                    "Normal" if desired.status == "True" else "Warning",
+                    event_type(
+                        self.condition_type,
+                        desired.reason,
+                        was_ready=current is not None and current.status == "True",
+                        stopping=pod.leaving,
+                    ),
                     _event_reason(self.condition_type, desired),
                     f"{self.condition_type}={desired.status} ({desired.reason}): {desired.message}",
                 )

@@ -9,6 +9,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from agent.cli import build_parser
+from agent.events import KINDS, Kind
+from agent.leader.routing import Problem
 from agent.metrics import Metrics, NodeCollector, PodCollector, PodView
 from agent.model import Interface, LinkKind, NetnsInfo, Pod, TcpState
 from agent.report import SKIP_REASONS
@@ -16,6 +18,7 @@ from agent.settings import EnvDefaults
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+LOSS_TEXT = "Warning if the pod was ready, else Normal"
 
 
 def subparser(name: str) -> argparse.ArgumentParser:
@@ -138,3 +141,35 @@ def test_every_exported_metric_is_in_the_readme() -> None:
         for name in expand(re.sub(r"\{[a-z_]+\}$", "", raw))
     }
     assert exported() - documented == set()
+
+
+def events_rows() -> list[tuple[str, str, str]]:
+    """(condition, reason, Event type) of each row of the README's "Conditions and Events"
+    table; an empty condition cell repeats the one above."""
+    section = README.split("### Conditions and Events", 1)[1].split("\n### ", 1)[0]
+    rows, condition = [], ""
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or not cells[1].startswith("`"):
+            continue
+        condition = cells[0].strip("`") or condition
+        rows.append((condition, cells[1].strip("`"), cells[3]))
+    return rows
+
+
+def test_readme_says_which_condition_events_are_warnings() -> None:
+    """Every reason of both conditions is in the README's table with the Event type
+    ``agent.events`` gives it."""
+    said = {Kind.EXPECTED: "Normal", Kind.PROBLEM: "Warning", Kind.LOSS: LOSS_TEXT}
+    rows = events_rows()
+    assert len(rows) == len(set((c, r) for c, r, _ in rows))
+    assert {(c, r): t for c, r, t in rows} == {
+        (c, str(r)): said[kind] for (c, r), kind in KINDS.items()
+    }
+
+
+def test_readme_lists_every_service_problem_as_a_warning() -> None:
+    section = README.split("### Conditions and Events", 1)[1].split("\n### ", 1)[0]
+    warnings = section.split("Other Events", 1)[1]
+    for problem in Problem:
+        assert f"`{problem.value}`" in warnings, problem

@@ -293,7 +293,7 @@ def test_lb_verdicts_need_every_instance() -> None:
     assert v[PodKey(NS, "a")].ready and v[PodKey(NS, "a")].reason is LBReason.HEALTHY
     assert v[PodKey(NS, "b")].reason is LBReason.UNHEALTHY
     assert v[PodKey(NS, "c")].reason is LBReason.DRAINING
-    assert v[PodKey(NS, "d")].reason is LBReason.DEREGISTERED
+    assert v[PodKey(NS, "d")].reason is LBReason.NOT_REGISTERED  # never in the LB
     assert v[PodKey(NS, "e")].reason is LBReason.DEREGISTERED
     del E
     only_one = lb_verdicts([spec], {"haproxy": {"h1": one, "h2": {spec.pool: state()}}})
