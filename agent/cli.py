@@ -77,7 +77,8 @@ def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
         help="hold until a terminating pod is drained (for exec preStop hooks)",
         description="Ask the node agent to drain a terminating pod and wait until it is done: "
         "the LB has deregistered the pod and it has gone quiet, or the drain timeout ended. "
-        "Exit 0 drained, 4 timeout, 1 refused or failed.",
+        "While the agent cannot be reached or answers 429/503 (it restarts), asks again every "
+        "second until --timeout. Exit 0 drained, 4 timeout, 1 refused or failed.",
     )
     drain.add_argument(
         "pod", metavar="NAMESPACE/NAME", help="the pod (e.g. $POD_NAMESPACE/$POD_NAME)"
@@ -113,9 +114,12 @@ def cmd_run(args: argparse.Namespace, env: EnvDefaults) -> int:
 
 
 EXIT_DRAIN_TIMEOUT = 4
+DRAIN_RETRY_S = 1.0  # podlb-agent drain asks again this long after the agent did not answer
 
 
 def cmd_drain(args: argparse.Namespace, env: EnvDefaults) -> int:
+    import http.client
+    import time
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -133,18 +137,30 @@ def cmd_drain(args: argparse.Namespace, env: EnvDefaults) -> int:
     url = (
         f"{args.agent_url.rstrip('/')}/v1/drain/{quote(namespace, safe='')}/{quote(name, safe='')}"
     )
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace").strip()
-        print(f"podlb-agent drain: {exc.code}: {detail}", file=sys.stderr)
-        return EXIT_FAILURE
-    except (OSError, ValueError) as exc:
-        print(
-            f"podlb-agent drain: cannot reach the agent at {args.agent_url}: {exc}", file=sys.stderr
-        )
-        return EXIT_FAILURE
+    # The agent may restart under a held drain (a crash; a stop that outlived its wait): ask
+    # again until the deadline. The restarted agent resumes the drain where it was (its
+    # timeout counts from the deletion), so the hook still ends with the drain.
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with urllib.request.urlopen(url, timeout=max(left, 1.0)) as resp:
+                body = json.loads(resp.read() or b"{}")
+            break
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace").strip()
+            if exc.code not in (429, 503) or left <= DRAIN_RETRY_S:
+                print(f"podlb-agent drain: {exc.code}: {detail}", file=sys.stderr)
+                return EXIT_FAILURE
+            print(f"podlb-agent drain: {exc.code}: {detail}; asking again", file=sys.stderr)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            if left <= DRAIN_RETRY_S:
+                print(f"podlb-agent drain: cannot reach the agent at {args.agent_url}: {exc}",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_FAILURE
+            print(f"podlb-agent drain: agent at {args.agent_url}: {exc}; asking again",
+                  file=sys.stderr)  # fmt: skip
+        time.sleep(DRAIN_RETRY_S)
     outcome, seconds = body.get("outcome"), body.get("seconds")
     print(f"{body.get('pod')}: {outcome} after {seconds}s: {body.get('message')}")
     return EXIT_DRAIN_TIMEOUT if body.get("outcome") == "timeout" else EXIT_OK

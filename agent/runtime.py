@@ -243,6 +243,21 @@ class NodeSide:
     def close(self) -> None:
         self.inspector.close()
 
+    def finish_drains(self, stop: threading.Event, wait_s: float) -> None:
+        """On SIGTERM, before anything stops: the drains in progress (and any that start
+        meanwhile) end by their own criteria, ``wait_s`` at most. A kubelet never repeats a
+        preStop hook, so a hook cut off here would let its app stop while the LB still
+        sends it traffic."""
+        held = self.drains.requests()
+        if not held:
+            return
+        log.info("stopping: waiting for %d drain(s) in progress (%.0fs at most)", held, wait_s)
+        left = self.drains.wait_idle(wait_s, stop)
+        if left:
+            log.warning("stopping with %d drain(s) still in progress after %.0fs", left, wait_s)
+        else:
+            log.info("drains done: stopping")
+
 
 def build_node(
     settings: RunSettings,
@@ -428,16 +443,26 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     node.start(sup)
     leader.start(sup)
 
+    stopping = threading.Event()  # asked to stop: drains in progress end first
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        sup.stop.set()
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            log.info("received %s again: stopping now", name)
+            sup.stop.set()
+        else:
+            log.info("received %s: stopping", name)
+            stopping.set()
 
     if install_signals:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    while not sup.stop.wait(1.0):
+    while not sup.stop.wait(0.2) and not stopping.is_set():
         pass
+    if not sup.stop.is_set():
+        node.finish_drains(sup.stop, settings.shutdown_drain_wait_s)
+    sup.stop.set()
     node.stop_watches()
     stuck = sup.join(settings.shutdown_timeout_s)
     kube.close()

@@ -137,6 +137,7 @@ class RunSettings:
     drain_quiet_s: float  # a connection idle this long does not hold a drain
     drain_max_concurrent: int  # drains served at once on this node
     shutdown_timeout_s: float  # workers must stop within this on SIGTERM
+    shutdown_drain_wait_s: float  # on SIGTERM, drains in progress may end first, this long at most
     # Cloud credentials, from the environment only (a Secret), never logged.
     credentials: Credentials = field(default_factory=lambda: Credentials({}))
 
@@ -267,6 +268,13 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     )
     env.add(parser, "--drain-max-concurrent", default="256", help="drains served at once")
     env.add(parser, "--shutdown-timeout", default="10", help="seconds to stop on SIGTERM")
+    env.add(
+        parser,
+        "--shutdown-drain-wait",
+        default="60",
+        help="on SIGTERM, seconds the drains in progress get to end before the agent stops "
+        "(keep terminationGracePeriodSeconds above this plus --shutdown-timeout)",
+    )
 
 
 def listen_address(raw: str | None, source: str) -> tuple[str, int]:
@@ -434,6 +442,7 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
         drain_quiet_s=_number(args, env, "drain_quiet", 0, 600),
         drain_max_concurrent=int(_number(args, env, "drain_max_concurrent", 1, 100000)),
         shutdown_timeout_s=_number(args, env, "shutdown_timeout", 0.5, 600),
+        shutdown_drain_wait_s=_number(args, env, "shutdown_drain_wait", 0, 3600),
     )
     if not (args.kubeconfig or args.kube_server or in_cluster(env)):
         raise MissingSetting(

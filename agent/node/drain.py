@@ -247,14 +247,20 @@ class DrainManager:
         with self._lock:
             return self._holding
 
+    def requests(self) -> int:
+        """Pods with a drain request being served (admitted or being checked)."""
+        with self._lock:
+            return len(self._running)
+
     def wait_idle(self, timeout_s: float, stop: threading.Event) -> int:
-        """Wait until no drain is held, ``timeout_s`` at most or until ``stop``; returns how
-        many are still held (the agent's shutdown waits here, see the README)."""
+        """Wait until no drain request is being served (those that come meanwhile included),
+        ``timeout_s`` at most or until ``stop``; returns how many still are. The agent's
+        shutdown waits here, so drains in progress end by their own criteria."""
         deadline = self.clock.monotonic() + timeout_s
-        while self.in_flight() and (left := deadline - self.clock.monotonic()) > 0:
+        while self.requests() and (left := deadline - self.clock.monotonic()) > 0:
             if self.clock.wait(stop, min(self.poll_s, left)):
                 break
-        return self.in_flight()
+        return self.requests()
 
     def drain(self, namespace: str, name: str, stop: threading.Event | None = None) -> DrainResult:
         stop = stop or threading.Event()

@@ -260,8 +260,9 @@ def test_daemonset_privileges_and_operation() -> None:
     assert pod["priorityClassName"] == "system-node-critical"
     assert {"operator": "Exists"} in pod["tolerations"]
     assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%"
-    # More than the agent's own shutdown deadline (--shutdown-timeout, default 10 s).
-    assert pod["terminationGracePeriodSeconds"] > 10
+    # More than the drains' wait (--shutdown-drain-wait, 60 s) and the agent's own shutdown
+    # deadline (--shutdown-timeout, 10 s) together.
+    assert pod["terminationGracePeriodSeconds"] > 60 + 10
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-api"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-api"}
     res = container["resources"]

@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import itertools
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.testbed.agents import AgentProcess, agents
+from tests.testbed.agents import AgentProcess, agents, free_port
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.node import Kubelet, make_pod
 from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
@@ -265,7 +266,8 @@ print(json.dumps(counts))
 def direct_service(core: client.CoreV1Api, app: str) -> None:
     """A direct-mode Service: its pods are opted in without a gate (the drain waits for quiet
     only, as no leader manages an LB here)."""
-    spec = {"type": "ClusterIP", "selector": {"app": app}, "ports": [{"port": 80}]}
+    ports = [{"port": 80, "targetPort": 8080}]
+    spec = {"type": "ClusterIP", "selector": {"app": app}, "ports": ports}
     meta = {"name": app, "annotations": {"podlb.io/direct": "true"}}
     core.create_namespaced_service("shop", {"metadata": meta, "spec": spec})
 
@@ -373,4 +375,96 @@ def test_a_flood_from_one_pod_neither_stops_the_lease_nor_blocks_another_drain(
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(times) >= 4 and max(gaps) < 5.0, (gaps, answers)  # renew every 2 s
         assert agent.get("/healthz")[0] == 200  # the node API serves again
-        print(f"flood answers: {answers}; lease renewals gaps {[round(g, 1) for g in gaps]}")
+        print(f"flood answers: {answers}; lease renewal gaps {[round(g, 1) for g in gaps]}; "
+              f"victim preStop {victim.prestop_s:.2f}s")  # fmt: skip
+
+
+class Chatter:
+    """Keep-alive requests on a pod's port every 0.1 s (its drain waits for quiet) until
+    ``stop()``."""
+
+    def __init__(self, ip: str) -> None:
+        self.sock = socket.create_connection((ip, 8080), timeout=2)
+        self.done = threading.Event()
+        threading.Thread(target=self._talk, daemon=True).start()
+
+    def _talk(self) -> None:
+        while not self.done.wait(0.1):
+            try:
+                self.sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.sock.recv(4096)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self.done.set()
+        self.sock.close()
+
+
+def drains_in_flight(agent: AgentProcess) -> float:
+    try:
+        text = agent.get("/metrics", timeout=1)[1].decode()
+    except OSError:
+        return -1.0
+    line = next((ln for ln in text.splitlines() if ln.startswith("podlb_drains_in_flight ")), "")
+    return float(line.split()[1]) if line else -1.0
+
+
+def test_drains_in_progress_complete_across_an_agent_restart(
+    cluster: tuple[KubeAPIServer, Kubelet, client.CoreV1Api],
+) -> None:
+    """Defect 7. A stopping agent (SIGTERM: a DaemonSet rollout, a node drain) lets the drains
+    it holds end by their own criteria before it exits, whatever the hook (the in-pod httpGet
+    listener or the exec hook's ``podlb-agent drain``). An agent that dies (SIGKILL) cannot
+    hold a hook's connection, but ``podlb-agent drain`` asks again and the restarted agent
+    picks the drain up. Drains completed across the restarts: all (3 of 3)."""
+    api, kubelet, core = cluster
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    exec_hook = {"exec": {"command": [
+        "sh", "-c", f"exec {sys.executable} -m agent drain $POD_NAMESPACE/$POD_NAME "
+        f"--agent-url {url} --timeout 40"]}}  # fmt: skip
+    hooks = {"get": HOOK, "cli": exec_hook, "cli2": exec_hook}
+    for name, hook in hooks.items():
+        core.create_namespaced_pod("shop", make_pod(
+            name, "node-a", namespace="shop", labels={"app": "held"}, pre_stop=hook,
+            grace=40))  # fmt: skip
+    agent = AgentProcess(api.url, AGENT_TOKEN, "node-a", port=port).start()
+    try:
+        agent.wait_ready()
+        direct_service(core, "held")
+        wait_for(lambda: drain_listener_up(kubelet, "get"), what="drain listener")
+        chatter = {n: Chatter(kubelet.record(n, "shop").ip) for n in hooks}
+        # 1. A graceful stop while two drains are held.
+        for name in ("get", "cli"):
+            core.delete_namespaced_pod(name, "shop")
+        wait_for(lambda: drains_in_flight(agent) == 2, 10, "two drains held")
+        agent.signal(signal.SIGTERM)
+        time.sleep(2.0)
+        assert agent.proc is not None and agent.proc.poll() is None, "the agent left its drains"
+        for name in ("get", "cli"):
+            chatter[name].stop()
+            kubelet.wait_gone(name, "shop", timeout=20)
+        assert agent.proc.wait(15) == 0, agent.log_text()
+        # 2. A crash while one drain is held: the exec hook asks the restarted agent.
+        agent = AgentProcess(api.url, AGENT_TOKEN, "node-a", port=port).start()
+        agent.wait_ready()
+        core.delete_namespaced_pod("cli2", "shop")
+        wait_for(lambda: drains_in_flight(agent) == 1, 10, "one drain held")
+        agent.kill()
+        time.sleep(1.0)
+        agent = AgentProcess(api.url, AGENT_TOKEN, "node-a", port=port).start()
+        agent.wait_ready()
+        time.sleep(1.0)
+        chatter["cli2"].stop()
+        kubelet.wait_gone("cli2", "shop", timeout=30)
+        records = {n: kubelet.record(n, "shop") for n in hooks}
+        failed = {n: r.prestop_errors for n, r in records.items() if r.prestop_errors}
+        assert failed == {}, failed
+        holds = {n: r.prestop_s for n, r in records.items()}
+        assert all(h is not None and h >= 2.0 for h in holds.values()), holds
+        assert not any(r.prestop_timed_out for r in records.values())
+        print(f"drains completed across agent restarts: {len(hooks) - len(failed)} of "
+              f"{len(hooks)}; preStop holds {holds}")  # fmt: skip
+    finally:
+        agent.stop()

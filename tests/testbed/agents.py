@@ -38,10 +38,11 @@ class AgentProcess:
         namespace: str = "podlb-system",
         extra: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.node = node
         self.identity = identity or f"agent-{node}"
-        self.port = free_port()
+        self.port = port or free_port()  # a restarted agent may take its predecessor's
         self.dir = tempfile.mkdtemp(prefix="podlb-agent-")
         token_file = Path(self.dir, "token")
         token_file.write_text(token)
