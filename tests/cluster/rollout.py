@@ -102,6 +102,8 @@ def run_rollout(
                 result.drain_s.append(t.gone - t.deleting)
             elif pod not in old and t.containers_ready is not None and t.ready is not None:
                 result.register_s.append(t.ready - t.containers_ready)
+                if t.lb_ready is not None:
+                    result.gate_lag_s.append(t.ready - t.lb_ready)
         return result
     finally:
         lb.api.delay_s = 0.0

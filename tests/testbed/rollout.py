@@ -59,6 +59,8 @@ class ScenarioResult:
     drain_s: list[float] = field(default_factory=list)  # preStop hold per old pod
     # ContainersReady -> Ready per new pod: how long the LB took to accept it (the gate)
     register_s: list[float] = field(default_factory=list)
+    # lb-ready=True -> Ready per new pod: what the kubelet adds after podlb's write
+    gate_lag_s: list[float] = field(default_factory=list)
     new_conn: LoadResult | None = None
     keepalive: LoadResult | None = None
 
@@ -95,6 +97,7 @@ class ScenarioResult:
             "drain_median_s": statistics.median(self.drain_s) if self.drain_s else None,
             "rollout_s": round(self.rollout_s, 2),
             "register_median_s": statistics.median(self.register_s) if self.register_s else None,
+            "gate_lag_median_s": statistics.median(self.gate_lag_s) if self.gate_lag_s else None,
         }
 
 
