@@ -5,8 +5,8 @@
 # The Python dependencies are pinned in requirements.lock (tests/integration/test_deploy.py
 # checks it against pyproject.toml and lints this file).
 # The base needs python, pip and /bin/sh. The standard one is the public Python image; the
-# real-cluster tests (tests/cluster/image.py) build one from Debian's python3 packages, so
-# nothing below may assume where site-packages is.
+# real-cluster tests (tests/cluster/images.py) build one from Debian's python3 packages, so
+# nothing below may assume where the installed packages live.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -46,7 +46,7 @@ ENV PYTHONOPTIMIZE=2 \
     PYTHONDONTWRITEBYTECODE=1
 # The node API: /healthz /readyz /metrics /v1/pods (--listen).
 EXPOSE 9808
-# Runs as root (uid 0) on purpose: the DaemonSet drops every capability but SYS_ADMIN and
-# SYS_PTRACE, which a non-root user could only hold as ambient capabilities (docs/security.md).
+# Runs as root (uid 0) on purpose: the DaemonSet drops every capability but SYS_ADMIN, which a
+# non-root user could only hold as an ambient capability (docs/security.md).
 ENTRYPOINT ["podlb-agent"]
 CMD ["run"]

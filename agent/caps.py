@@ -7,10 +7,18 @@ CAP_SYS_ADMIN = 21
 
 CAP_NAMES = {CAP_SYS_PTRACE: "CAP_SYS_PTRACE", CAP_SYS_ADMIN: "CAP_SYS_ADMIN"}
 
-# Why each is needed (also in README, "Security model").
+# Why each is needed (also in docs/security.md).
 INSPECT_CAPS = {
     CAP_SYS_ADMIN: "setns() into pod network namespaces",
-    CAP_SYS_PTRACE: "read /proc/<pid>/ns/net of processes owned by other users",
+}
+# Used when held, not required: container runtimes bind-mount every pod sandbox's namespace
+# (containerd, CRI-O: /var/run/netns), which CAP_SYS_ADMIN alone opens.
+OPTIONAL_CAPS = {
+    CAP_SYS_PTRACE: (
+        "read /proc/<pid>/ns/net of processes owned by other users; without it namespaces are "
+        "found through the bind mounts in the netns directories only, and other users' "
+        "processes are skipped (proc_permission)"
+    ),
 }
 
 

@@ -57,7 +57,8 @@ def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
         "inspect",
         help="show every pod network namespace on this host",
         description="Show every pod network namespace on this host: interfaces, addresses, "
-        "counters and TCP sockets. Needs root (CAP_SYS_ADMIN and CAP_SYS_PTRACE).",
+        "counters and TCP sockets. Needs root (CAP_SYS_ADMIN; CAP_SYS_PTRACE to see processes "
+        "of other users).",
     )
     inspect.add_argument("--json", action="store_true", help="print the JSON document (README)")
     add_path_flags(inspect, env)
@@ -106,6 +107,9 @@ def cmd_run(args: argparse.Namespace, env: EnvDefaults) -> int:
     from agent.errors import PermanentError
 
     logs.setup(settings.log_format, settings.log_level)
+    optional = caps.missing(caps.OPTIONAL_CAPS)
+    if optional:
+        logging.getLogger("agent").info("running without %s", caps.describe(optional))
     try:
         return runtime.run(settings)
     except PermanentError as exc:

@@ -35,7 +35,7 @@ def test_agent_runs_as_shipped_and_leads(cluster: Cluster, podlb: Podlb) -> None
     # The shipped security context reached the container unchanged.
     sc = agent.spec.containers[0].security_context
     assert sc.capabilities.drop == ["ALL"]
-    assert sorted(sc.capabilities.add) == ["SYS_ADMIN", "SYS_PTRACE"]
+    assert sc.capabilities.add == ["SYS_ADMIN"]
     assert sc.seccomp_profile.type == "RuntimeDefault"
     assert sc.read_only_root_filesystem is True
     assert agent.spec.service_account_name == "podlb-agent"
@@ -46,8 +46,12 @@ def test_agent_runs_as_shipped_and_leads(cluster: Cluster, podlb: Podlb) -> None
 
 
 def test_datapath_ready_then_not_listening(cluster: Cluster, podlb: Podlb) -> None:
-    """A gated pod on the CNI bridge gets datapath-ready=True; its listener stops: False."""
+    """A gated pod on the CNI bridge gets datapath-ready=True; its listener stops: False.
+
+    The app runs as uid 1000: the agent, without CAP_SYS_PTRACE, cannot open its
+    /proc/<pid>/ns/net and finds the namespace through containerd's bind mount."""
     container = app_container(hook="none")
+    container["securityContext"] = {"runAsUser": 1000, "runAsGroup": 1000}
     # The listener is not PID 1, so it can stop while the container runs on.
     container["command"] = ["sh", "-c",
                             'python /app/app.py "$@" & echo $! > /tmp/app.pid; '
@@ -102,6 +106,23 @@ def test_gated_pod_ready_only_after_haproxy_up(cluster: Cluster, podlb: Podlb, l
     server_ips = {r.get("addr", "").split(":")[0] for r in lb.servers(backend).values()}
     assert pod.status.pod_ip in server_ips
     cluster.kubectl("-n", APP_NS, "delete", "deployment", "gate", "--wait=false")
+
+
+def test_agent_cannot_reach_the_host_through_proc(cluster: Cluster, podlb: Podlb) -> None:
+    """docs/security.md: without CAP_SYS_PTRACE, /host/proc/1/root and /host/proc/1/ns/net stay
+    closed to the agent, though it is uid 0 with the host's /proc mounted."""
+    agent = podlb.wait_ready().metadata.name
+    probe = (
+        "import os\n"
+        "for p in ('/host/proc/1/root/etc', '/host/proc/1/ns/net'):\n"
+        "    try:\n"
+        "        os.stat(p) if p.endswith('net') else os.listdir(p)\n"
+        "        print(p, 'OPEN')\n"
+        "    except PermissionError:\n"
+        "        print(p, 'denied')\n"
+    )
+    out = cluster.kubectl("-n", "podlb-system", "exec", agent, "--", "python", "-c", probe)
+    assert out.split() == ["/host/proc/1/root/etc", "denied", "/host/proc/1/ns/net", "denied"]
 
 
 def test_agent_rbac_is_exactly_what_security_md_says(cluster: Cluster, podlb: Podlb) -> None:
