@@ -438,10 +438,18 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         clock,
     )
     sup = Supervisor()
-    node = build_node(settings, kube, metrics, registry, clock, sup.stop)
-    leader = build_leader(settings, kube, metrics, clock)
-    node.start(sup)
-    leader.start(sup)
+    node = leader = None
+    if settings.role in ("all", "node"):
+        node = build_node(settings, kube, metrics, registry, clock, sup.stop)
+        node.start(sup)
+    if settings.role in ("all", "leader"):
+        leader = build_leader(settings, kube, metrics, clock)
+        leader.start(sup)
+    if node is None:
+        # The leader role's HTTP API: /healthz, /readyz and /metrics (no pods of its own).
+        api = NodeAPI((settings.listen_host, settings.listen_port), registry, list, lambda: True)
+        log.info("API listening on %s:%d", *api.address)
+        sup.start("api", api.serve)
 
     stopping = threading.Event()  # asked to stop: drains in progress end first
 
@@ -460,13 +468,15 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         signal.signal(signal.SIGINT, on_signal)
     while not sup.stop.wait(0.2) and not stopping.is_set():
         pass
-    if not sup.stop.is_set():
+    if node is not None and not sup.stop.is_set():
         node.finish_drains(sup.stop, settings.shutdown_drain_wait_s)
     sup.stop.set()
-    node.stop_watches()
+    if node is not None:
+        node.stop_watches()
     stuck = sup.join(settings.shutdown_timeout_s)
     kube.close()
-    node.close()
+    if node is not None:
+        node.close()
     if stuck:
         log.error("workers still running after %.0fs: %s", settings.shutdown_timeout_s, stuck)
     if sup.failed:

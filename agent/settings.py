@@ -103,7 +103,8 @@ PROVIDER_CHOICES = ("none", "haproxy", "tencent-clb", "baidu-blb")
 class RunSettings:
     """Everything ``podlb-agent run`` needs, validated. Units are in the field names."""
 
-    node_name: str  # the node this agent serves (downward API spec.nodeName)
+    role: str  # "all" (node work + leader candidate), "node" or "leader" (ROLES)
+    node_name: str  # the node this agent serves (downward API spec.nodeName); "" for "leader"
     namespace: str  # the agent's own namespace, where the Lease lives
     identity: str  # this agent's name in the Lease (pod name, else hostname)
     kubeconfig: str | None  # a kubeconfig file; None: in-cluster service account
@@ -185,8 +186,20 @@ def add_drain_port_flag(parser: argparse.ArgumentParser, env: EnvDefaults) -> No
     )
 
 
+ROLES = ("all", "node", "leader")
+
+
 def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
-    env.add(parser, "--node-name", help="node this agent serves (required)")
+    env.add(
+        parser,
+        "--role",
+        default="all",
+        choices=ROLES,
+        help="all: this node's work and a candidate for leader (the DaemonSet default); node: "
+        "this node's work only (no Lease, no LB, no lb-ready); leader: a candidate for leader "
+        "only (no node, no host access)",
+    )
+    env.add(parser, "--node-name", help="node this agent serves (required unless --role leader)")
     env.add(parser, "--namespace", default="podlb-system", help="the agent's namespace (Lease)")
     env.add(parser, "--identity", help="name in the Lease (default: pod name, else hostname)")
     env.add(parser, "--pod-name", help="this agent's pod name (downward API)")
@@ -321,14 +334,19 @@ def _number(args: argparse.Namespace, env: EnvDefaults, dest: str, lo: float, hi
 
 def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
     """Validate ``run``'s flags; raise :class:`SettingError` naming the first bad one."""
+    role = args.role
+    if role not in ROLES:
+        raise SettingError(
+            "--role", role, env.source("role"), f"expected one of {', '.join(ROLES)}"
+        )
     node = (args.node_name or "").strip()
-    if not node:
+    if not node and role != "leader":
         raise MissingSetting(
             "--node-name",
             f"pass --node-name NODE or set {env_name('node_name')} (the DaemonSet sets it from "
             "the pod's spec.nodeName)",
         )
-    if not _DNS1123.match(node):
+    if node and not _DNS1123.match(node):
         raise SettingError("--node-name", node, env.source("node_name"), "not a DNS-1123 name")
     namespace = args.namespace
     if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", namespace or ""):
@@ -365,6 +383,11 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
                 "expected unix:/path or tcp:HOST:PORT",
             )  # fmt: skip
     lbs = tuple(dict.fromkeys(p.strip() for p in args.lb if p.strip() != "none"))
+    if lbs and role == "node":
+        raise SettingError(
+            "--lb", ",".join(lbs), env.source("lb"),
+            "--role node never calls an LB: leave --lb unset (the leader's settings hold it)",
+        )  # fmt: skip
     for name in lbs:
         if name not in PROVIDER_CHOICES:
             raise SettingError(
@@ -407,6 +430,7 @@ def run_settings(args: argparse.Namespace, env: EnvDefaults) -> RunSettings:
                 )
             secrets[var] = value
     settings = RunSettings(
+        role=role,
         node_name=node,
         namespace=namespace,
         identity=args.identity or args.pod_name or socket.gethostname(),

@@ -182,6 +182,21 @@ def test_sigterm_stops_cleanly(api: KubeAPIServer) -> None:
         (["--node-name", "n1", "--scan-interval", "abc"], {}, "--scan-interval='abc' (from flag"),
         (["--node-name", "n1"], {"PODLB_LISTEN": "nope"}, "(from environment PODLB_LISTEN)"),
         (["--node-name", "n1", "--renew-deadline", "20"], {}, "renew-deadline < lease-duration"),
+        (["--node-name", "n1"], {"PODLB_ROLE": "boss"}, "expected one of all, node, leader"),
+        (
+            [
+                "--role",
+                "node",
+                "--node-name",
+                "n1",
+                "--lb",
+                "haproxy",
+                "--haproxy-runtime",
+                "unix:/x",
+            ],
+            {},
+            "--role node never calls an LB",
+        ),
     ],
 )
 def test_invalid_settings_exit_2(args: list[str], env: dict[str, str], needle: str) -> None:
@@ -198,6 +213,33 @@ def test_invalid_settings_exit_2(args: list[str], env: dict[str, str], needle: s
     )
     assert out.returncode == 2, out
     assert needle in out.stderr
+
+
+def test_roles_split_the_node_work_from_the_leader(api: KubeAPIServer) -> None:
+    """--role node writes datapath-ready and never leads; --role leader leads, writes lb-ready
+    and serves /healthz, /readyz and /metrics without any pod of its own."""
+    core = client.CoreV1Api(api.api_client())
+    with (
+        Kubelet.for_api(api, ["node-a"]),
+        agents(api.url, AGENT_TOKEN, ["node-a"], extra=["--role", "node"]) as [node],
+        agents(api.url, AGENT_TOKEN, ["node-x"], identity="leader-1",
+               extra=["--role", "leader"]) as [lead],
+    ):  # fmt: skip
+        core.create_namespaced_pod(
+            "shop", make_pod("web-0", "node-a", namespace="shop", readiness_gates=[GATE])
+        )
+        node.wait_ready()
+        lead.wait_ready()
+        wait_for(lambda: (condition(core, "web-0") or {}).get("status") == "True",
+                 what="datapath-ready True from the node role")  # fmt: skip
+        wait_for(lambda: leaders([node, lead]) == [lead], what="the leader role leads")
+        # --lb none: the leader computes the backends and writes no lb-ready; it holds the Lease
+        # and lists no pods, the node agent lists its own.
+        assert lead.get_json("/v1/pods")["pods"] == []
+        assert [p["name"] for p in node.get_json("/v1/pods")["pods"]] == ["web-0"]
+        time.sleep(1.0)
+        assert leaders([node, lead]) == [lead]
+    assert not forbidden(api)
 
 
 def leader_of(procs: list[AgentProcess]) -> list[str]:
