@@ -99,7 +99,8 @@ def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, env: EnvDefaults) -> int:
     settings = run_settings(args, env)
-    lacking = caps.missing(caps.INSPECT_CAPS)
+    # The leader role enters no namespace: it runs without any capability.
+    lacking = caps.missing(caps.INSPECT_CAPS) if settings.role != "leader" else {}
     if lacking:
         print(f"podlb-agent run: missing capabilities: {caps.describe(lacking)}", file=sys.stderr)
         return EXIT_USAGE
@@ -107,7 +108,7 @@ def cmd_run(args: argparse.Namespace, env: EnvDefaults) -> int:
     from agent.errors import PermanentError
 
     logs.setup(settings.log_format, settings.log_level)
-    optional = caps.missing(caps.OPTIONAL_CAPS)
+    optional = caps.missing(caps.OPTIONAL_CAPS) if settings.role != "leader" else {}
     if optional:
         logging.getLogger("agent").info("running without %s", caps.describe(optional))
     try:

@@ -232,6 +232,10 @@ class Cluster:
             f"--kubelet-client-key={kubelet_client.key}",
             "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
+            # ValidatingAdmissionPolicy is beta (off) in 1.28: on, to test the node-restriction
+            # component (GA from 1.30, which it is written for).
+            "--feature-gates=ValidatingAdmissionPolicy=true",
+            "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
             "--profiling=false",
             "--v=0",
             *(["--endpoint-reconciler-type=none"] if self.api_host.startswith("127.") else []),

@@ -12,15 +12,16 @@ from typing import Any
 
 from kubernetes import client, watch
 
-from tests.cluster.cluster import Cluster
+from tests.cluster.cluster import NODE_IP, Cluster
 from tests.cluster.images import APP
 from tests.testbed.haproxy import HAProxy
 from tests.testbed.slowlb import SlowRuntimeProxy
 
 OVERLAY = Path(__file__).parent / "overlay"
+SPLIT_OVERLAY = Path(__file__).parent / "overlay-split"
 AGENT_NS = "podlb-system"
 AGENT_SELECTOR = "app.kubernetes.io/component=agent"
-RUNTIME_PORT = 19999  # the overlay's PODLB_HAPROXY_RUNTIME
+RUNTIME_PORT = 19999  # the overlays' PODLB_HAPROXY_RUNTIME, on the node's address
 APP_NS = "podlb-e2e"
 # One HAProxy backend per Service the tests create: <namespace>.<service>.<port name>.
 SERVICES = ("gate", "roll-podlb", "roll-exec", "roll-nohook", "roll-sleep", "agentroll", "split")
@@ -31,8 +32,9 @@ DATAPATH_READY = "podlb.io/datapath-ready"
 
 @dataclass
 class NodeLB:
-    """HAProxy on the node, its Runtime API behind a proxy on ``127.0.0.1:19999`` whose
-    ``delay_s`` models a cloud LB's API latency (0: HAProxy as it is)."""
+    """HAProxy on the node, its Runtime API behind a proxy on the node's address (port 19999,
+    reached from host-network and pod-network agents alike) whose ``delay_s`` models a cloud
+    LB's API latency (0: HAProxy as it is)."""
 
     haproxy: HAProxy
     api: SlowRuntimeProxy
@@ -51,7 +53,7 @@ def node_haproxy() -> Iterator[NodeLB]:
         HAProxy(
             backends=BACKENDS, frontends=dict.fromkeys(BACKENDS, 0), extra_defaults=("retries 0",)
         ) as haproxy,
-        SlowRuntimeProxy(haproxy.socket_path, 0.0, tcp_port=RUNTIME_PORT) as api,
+        SlowRuntimeProxy(haproxy.socket_path, 0.0, tcp_port=RUNTIME_PORT, tcp_host=NODE_IP) as api,
     ):
         yield NodeLB(haproxy, api)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.cluster import NODE, Cluster
+from tests.cluster.cluster import NODE, NODE_IP, Cluster
 from tests.cluster.hoststate import CGROUP_NAME
 from tests.cluster.podlb import AGENT_NS, RUNTIME_PORT, NodeLB, Podlb, until
 from tests.testbed.app import wait_listening
@@ -46,7 +46,7 @@ def host_agent(
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "run", f"--kubeconfig={kubeconfig}",
          f"--node-name={NODE}", f"--identity={HOST_IDENTITY}", f"--namespace={AGENT_NS}",
-         "--lb=haproxy", f"--haproxy-runtime=tcp:127.0.0.1:{RUNTIME_PORT}",
+         "--lb=haproxy", f"--haproxy-runtime=tcp:{NODE_IP}:{RUNTIME_PORT}",
          "--listen=127.0.0.1:19808", "--drain-port=19809", "--log-format=text"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

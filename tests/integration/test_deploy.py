@@ -45,6 +45,7 @@ EXAMPLES = {"haproxy": "haproxy", "tke": "tencent-clb", "cce": "baidu-blb"}  # d
 KUSTOMIZATIONS = {
     "base": DEPLOY,
     "prometheus": DEPLOY / "overlays" / "prometheus",
+    "split": DEPLOY / "overlays" / "split",
     **{f"examples/{name}": DEPLOY / "examples" / name for name in EXAMPLES},
 }
 MIN_KUBERNETES = Version("1.29")  # the oldest version we claim (docs/install.md)
@@ -102,6 +103,18 @@ def test_kustomize_renders(name: str) -> None:
     expected = {
         "base": base,
         "prometheus": sorted([*base, "PrometheusRule", "ServiceMonitor"]),
+        # the leader's Deployment, PDB, ServiceAccount, ClusterRole(Binding) and Lease Role
+        # (Binding); the node agents' Lease Role(Binding) is gone
+        "split": sorted(
+            [
+                *base,
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "ServiceAccount",
+                "Deployment",
+                "PodDisruptionBudget",
+            ]
+        ),
     }.get(name, ["Deployment", "Namespace", "Service"])
     assert kinds == expected
     for o in render(name):
@@ -192,6 +205,19 @@ def test_objects_validate_against_openapi(version: str) -> None:
             except kv.ValidationError as exc:
                 problems.append(f"{name}: {o['kind']} {o['metadata']['name']}: {exc.message}")
     assert problems == []
+
+
+def test_node_restriction_policy_validates_from_1_30() -> None:
+    """The optional component needs admissionregistration.k8s.io/v1 (Kubernetes 1.30+)."""
+    kv = pytest.importorskip("kubernetes_validate")
+    policy = DEPLOY / "components" / "node-restriction" / "policy.yaml"
+    objs = [d for d in yaml.safe_load_all(policy.read_text()) if d]
+    assert {o["kind"] for o in objs} == {
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"
+    }  # fmt: skip
+    for version in (v for v in claimed_versions() if Version(v) >= Version("1.30")):
+        for o in objs:
+            kv.validate(o, version, strict=True)
 
 
 # -- the DaemonSet ----------------------------------------------------------------------------

@@ -17,9 +17,16 @@ import time
 
 class SlowRuntimeProxy:
     """Listens on a unix socket (``socket_path``), or on ``127.0.0.1:tcp_port`` when given
-    (an agent in a pod reaches that); ``delay_s`` may be changed while it runs."""
+    (or ``tcp_host:tcp_port``); ``delay_s`` may be changed while it runs."""
 
-    def __init__(self, upstream: str, delay_s: float, *, tcp_port: int | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        delay_s: float,
+        *,
+        tcp_port: int | None = None,
+        tcp_host: str = "127.0.0.1",
+    ) -> None:
         self.upstream = upstream
         self.delay_s = delay_s
         self._dir = tempfile.mkdtemp(prefix="slowlb-")
@@ -30,7 +37,7 @@ class SlowRuntimeProxy:
         else:
             self._srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._srv.bind(("127.0.0.1", tcp_port))
+            self._srv.bind((tcp_host, tcp_port))
         self._srv.listen(64)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True, name="slowlb")
