@@ -143,8 +143,8 @@ def cmd_drain(args: argparse.Namespace, env: EnvDefaults) -> int:
         f"{args.agent_url.rstrip('/')}/v1/drain/{quote(namespace, safe='')}/{quote(name, safe='')}"
     )
     # The agent may restart under a held drain (a crash; a stop that outlived its wait): ask
-    # again until the deadline. The restarted agent resumes the drain where it was (its
-    # timeout counts from the deletion), so the hook still ends with the drain.
+    # again until the deadline. The restarted agent resumes the drain (its timeout counts from
+    # when it first saw the pod terminating), so the hook still ends with the drain.
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()

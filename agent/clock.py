@@ -28,6 +28,17 @@ class Clock:
         time.sleep(max(0.0, seconds))
 
 
+def relay(source: threading.Event, target: threading.Event, name: str) -> None:
+    """Set ``target`` once ``source`` is set (a daemon thread): a worker that sleeps on its own
+    wake-up event then also wakes for ``source`` (its stop), not a period later."""
+
+    def body() -> None:
+        source.wait()
+        target.set()
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+
+
 class FakeClock(Clock):
     """Time that moves only with :meth:`advance`. ``wait`` returns when the event is set or the
     fake time reaches the deadline."""

@@ -33,7 +33,7 @@ from agent.metrics import Metrics, NodeCollector, PodCollector, PodView
 from agent.model import DATAPATH_READY, LB_READY, Pod, PodKey, Service
 from agent.node.agent import NodeAgent
 from agent.node.api import NodeAPI
-from agent.node.drain import Activity, DrainManager, DrainMetrics
+from agent.node.drain import Activity, DeletionsSeen, DrainManager, DrainMetrics
 from agent.node.drainport import DrainListeners, result_body
 from agent.node.reporter import ConditionReporter
 from agent.settings import RunSettings
@@ -275,7 +275,10 @@ def build_node(
         if agent_ref:
             agent_ref[0].poke(key)
 
+    deletions = DeletionsSeen(clock)
+
     def on_pod_change(key: tuple[str, str]) -> None:
+        deletions.observe(PodKey(*key), pods.get(key))
         if reporter_ref:
             reporter_ref[0].mark_dirty(PodKey(*key))
         poke(key)
@@ -350,6 +353,7 @@ def build_node(
         clock,
         quiet_s=settings.drain_quiet_s,
         max_concurrent=settings.drain_max_concurrent,
+        first_seen=deletions.first_seen,
         metrics=DrainMetrics(
             finished=lambda outcome, s: metrics.drain_duration.labels(outcome).observe(s),
             started=metrics.drain_connections.observe,
@@ -466,7 +470,7 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     if install_signals:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    while not sup.stop.wait(0.2) and not stopping.is_set():
+    while not stopping.wait(0.2) and not sup.stop.is_set():  # a signal wakes it at once
         pass
     if node is not None and not sup.stop.is_set():
         node.finish_drains(sup.stop, settings.shutdown_drain_wait_s)

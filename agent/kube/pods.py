@@ -9,7 +9,7 @@ from typing import Any
 from kubernetes import client
 
 from agent.clock import Clock
-from agent.errors import TransientError
+from agent.errors import Conflict, NotFound, PermanentError, TransientError
 from agent.model import Condition, Pod, PodKey
 
 from .calls import Calls
@@ -49,17 +49,27 @@ class PodStatusSink:
         except (ValueError, TypeError) as exc:
             raise TransientError(f"get pod {namespace}/{name}: unreadable answer") from exc
 
-    def patch_condition(self, key: PodKey, condition: Condition) -> None:
-        body = {"status": {"conditions": [condition_dict(condition)]}}
-        self.calls(
-            "patch",
-            "pods/status",
-            self.core.patch_namespaced_pod_status,
-            key.name,
-            key.namespace,
-            body,
-            _preload_content=False,
-        )
+    def patch_condition(self, key: PodKey, condition: Condition, uid: str) -> None:
+        """Patch the condition onto the pod ``key`` only if it is still the pod ``uid``: the
+        uid in the patch is a precondition (the API server refuses to change it, 422), so a
+        namesake recreated meanwhile is left alone; that case raises ``NotFound``."""
+        body: dict[str, Any] = {"status": {"conditions": [condition_dict(condition)]}}
+        if uid:
+            body["metadata"] = {"uid": uid}
+        try:
+            self.calls(
+                "patch",
+                "pods/status",
+                self.core.patch_namespaced_pod_status,
+                key.name,
+                key.namespace,
+                body,
+                _preload_content=False,
+            )
+        except (PermanentError, Conflict) as exc:
+            if uid and _uid_refused(exc):
+                raise NotFound(f"patch pods/status {key}: no longer the pod {uid}") from exc
+            raise
 
     def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None:
         self.emit_object_event("Pod", pod.namespace, pod.name, pod.uid, event_type, reason, message)
@@ -105,6 +115,15 @@ class PodStatusSink:
             body,
             _preload_content=False,
         )
+
+
+def _uid_refused(exc: Exception) -> bool:
+    """The API server refused a patch for carrying another uid: 422 ``metadata.uid`` (a PATCH
+    sets the field, validation refuses the change) or 409 "Precondition failed: UID"."""
+    cause = exc.__cause__
+    status = getattr(cause, "status", None)
+    body = str(getattr(cause, "body", "") or "")
+    return (status == 422 and "metadata.uid" in body) or (status == 409 and "UID" in body)
 
 
 def condition_dict(condition: Condition) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from agent.clock import Clock
+from agent.clock import Clock, relay
 from agent.errors import PodlbError
 from agent.metrics import Metrics, PodView
 from agent.model import Pod, PodKey, Service, Snapshot
@@ -81,9 +81,12 @@ class NodeAgent:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        relay(stop, self._wake, "scanner-stop")  # between scans it waits on _wake
         while not stop.is_set():
             self._wake.clear()
             self.scan_once()
+            if stop.is_set():  # set (and relayed) before the clear above
+                break
             # Coalesce bursts of watch events: at most one extra scan per 100 ms.
             if self.clock.wait(self._wake, self.scan_interval_s) and not stop.is_set():
                 self.clock.wait(stop, 0.1)

@@ -22,7 +22,6 @@ and the watch may trail its hook call) and then once from the API before it is r
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import logging
 import re
@@ -118,15 +117,29 @@ def drain_timeout_s(pod: Pod, services: Iterable[Service]) -> tuple[float, str |
     return default, None
 
 
-def drain_started(pod: Pod, fallback: dt.datetime) -> dt.datetime:
-    """When the deletion began: deletionTimestamp less the deletion grace period."""
-    if pod.deletion_timestamp and pod.deletion_grace_s is not None:
-        try:
-            end = dt.datetime.fromisoformat(pod.deletion_timestamp.replace("Z", "+00:00"))
-        except ValueError:
-            return fallback
-        return end - dt.timedelta(seconds=pod.deletion_grace_s)
-    return fallback
+class DeletionsSeen:
+    """When this node first saw each pod terminating, on its monotonic clock (fed by the node's
+    pod informer). Drains count from there, never from ``deletionTimestamp`` against the
+    node's wall clock: that mixes the API server's clock with ours, and a node clock running
+    ahead cut drains short. A restarted agent counts from when it first saw the pod."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[PodKey, tuple[str, float]] = {}  # key -> (uid, monotonic)
+
+    def observe(self, key: PodKey, pod: Pod | None) -> None:
+        """A change of the pod at ``key`` (None: gone)."""
+        with self._lock:
+            if pod is None or not pod.terminating:
+                self._seen.pop(key, None)
+            elif self._seen.get(key, ("", 0.0))[0] != pod.uid:
+                self._seen[key] = (pod.uid, self.clock.monotonic())
+
+    def first_seen(self, pod: Pod) -> float | None:
+        with self._lock:
+            uid, at = self._seen.get(pod.key, ("", 0.0))
+        return at if uid == pod.uid else None
 
 
 def lb_managed(pod: Pod) -> bool:
@@ -220,8 +233,10 @@ class DrainManager:
         announce_wait_s: float = 5.0,
         api_reads: int = 4,
         metrics: DrainMetrics | None = None,
+        first_seen: Callable[[Pod], float | None] | None = None,  # DeletionsSeen.first_seen
     ) -> None:
         self.node_name = node_name
+        self.first_seen = first_seen or (lambda pod: None)
         self.live_pod = live_pod
         self.cached_pod = cached_pod
         self.services = services
@@ -348,10 +363,11 @@ class DrainManager:
         timeout, problem = drain_timeout_s(pod, services)
         if problem:
             self.event(pod, "Warning", "BadDrainTimeout", problem)
-        now_wall = self.clock.now()
-        started = drain_started(pod, now_wall)
-        already = max(0.0, (now_wall - started).total_seconds())  # resumed after a restart
-        t0 = self.clock.monotonic() - already
+        # Counted on our monotonic clock from when this node first saw the deletion; the
+        # timeout is at most the grace period (and the kubelet ends the hook then anyway).
+        now = self.clock.monotonic()
+        seen = self.first_seen(pod)
+        t0 = now if seen is None else min(now, seen)
         first = True
         last: list[Activity] | None = None  # the last connections read
         while True:

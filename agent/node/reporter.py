@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.clock import Clock
+from agent.clock import Clock, relay
 from agent.errors import NotFound, PodlbError, TransientError
-from agent.events import event_type
+from agent.events import KINDS, Kind, event_type
 from agent.model import Condition, Pod, PodKey
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,9 @@ class Desired:
 class StatusSink(Protocol):
     """Where conditions and events go (the Kubernetes API in production)."""
 
-    def patch_condition(self, key: PodKey, condition: Condition) -> None: ...
+    def patch_condition(self, key: PodKey, condition: Condition, uid: str) -> None:
+        """Only onto the pod ``uid``; ``NotFound`` when ``key`` is gone or another pod now."""
+        ...
 
     def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None: ...
 
@@ -136,6 +138,7 @@ class ConditionReporter:
 
     # -- the writer -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        relay(stop, self._wake, "reporter-stop")  # idle, it waits on _wake: wake it to stop
         while not stop.is_set():
             key = self._next_key()
             if key is None:
@@ -186,7 +189,7 @@ class ConditionReporter:
             last_transition_time=transition_time(desired, current, _rfc3339(self.clock)),
         )
         try:
-            self.sink.patch_condition(key, cond)
+            self.sink.patch_condition(key, cond, desired.uid)
         except NotFound:
             self.on_write("gone", desired.reason)
             self.forget(key)
@@ -229,8 +232,11 @@ class ConditionReporter:
 
 
 def _event_reason(condition_type: str, desired: Desired) -> str:
+    """``DatapathReadyNotListening``, ``LbReadyTrue``; a True that is a problem keeps its
+    reason (``LbReadyGateTimeoutAdmitted``: in rotation without the LB's confirmation)."""
     short = condition_type.split("/")[-1].title().replace("-", "")  # DatapathReady
-    return f"{short}{'True' if desired.status == 'True' else desired.reason}"
+    problem = KINDS.get((condition_type, desired.reason)) is Kind.PROBLEM
+    return f"{short}{'True' if desired.status == 'True' and not problem else desired.reason}"
 
 
 def _rfc3339(clock: Clock) -> str:

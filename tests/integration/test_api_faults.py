@@ -84,7 +84,7 @@ def test_every_api_call_gives_up_on_a_wedged_api(api: KubeAPIServer) -> None:
         "lease create": lambda: lease.create(LeaseRecord("a", 15, now, now, 0)),
         "lease update": lambda: lease.update(LeaseRecord("a", 15, now, now, 0, "1")),
         "pod get (drain)": lambda: sink.get_pod(NS, "web"),
-        "status patch": lambda: sink.patch_condition(PodKey(NS, "web"), cond),
+        "status patch": lambda: sink.patch_condition(PodKey(NS, "web"), cond, web.uid),
         "event": lambda: sink.emit_event(web, "Normal", "Test", "x"),
         "informer list": pods._list,
     }

@@ -69,7 +69,7 @@ class Cache:
 
 
 class Sink:
-    def patch_condition(self, key: PodKey, condition: Condition, uid: str = "") -> None:
+    def patch_condition(self, key: PodKey, condition: Condition, uid: str) -> None:
         pass
 
     def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None:

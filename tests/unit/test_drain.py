@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 from typing import Any
@@ -17,7 +16,6 @@ from agent.node.drain import (
     Outcome,
     admit,
     decide,
-    drain_started,
     drain_timeout_s,
     parse_duration,
 )
@@ -80,13 +78,6 @@ def test_drain_timeout_sources() -> None:
     assert drain_timeout_s(pod(annotations=(("podlb.io/drain-timeout", "5m"),)), []) == (30.0, None)
     value, problem = drain_timeout_s(pod(annotations=(("podlb.io/drain-timeout", "soon"),)), [])
     assert value == 27.0 and problem and "soon" in problem
-
-
-def test_drain_started_from_deletion_timestamp() -> None:
-    now = dt.datetime(2026, 1, 1, 12, 0, 30, tzinfo=dt.UTC)
-    p = pod(deletion_timestamp="2026-01-01T12:00:40Z", deletion_grace_s=30)
-    assert drain_started(p, now) == dt.datetime(2026, 1, 1, 12, 0, 10, tzinfo=dt.UTC)
-    assert drain_started(pod(deletion_timestamp=None), now) == now
 
 
 def manager(

@@ -106,7 +106,7 @@ class Sink:
         self.pod = Pod(NS, "web-0", "u1", "n1", (), "Pending")
         self.events: list[tuple[str, str]] = []
 
-    def patch_condition(self, key: PodKey, condition: Condition) -> None:
+    def patch_condition(self, key: PodKey, condition: Condition, uid: str) -> None:
         conds = [c for c in self.pod.conditions if c.type != condition.type]
         self.pod = replace(self.pod, conditions=(*conds, condition))
 

@@ -115,7 +115,7 @@ class FakeSink:
         self.conditions: dict[PodKey, Condition] = {}
         self.events: list[tuple[str, str, str]] = []
 
-    def patch_condition(self, key: PodKey, condition: Condition) -> None:
+    def patch_condition(self, key: PodKey, condition: Condition, uid: str) -> None:
         self.conditions[key] = condition
 
     def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None:
@@ -495,7 +495,7 @@ def test_an_lb_restart_is_repaired_without_taking_pods_out_of_rotation() -> None
     assert {c.status for c in sink.conditions.values()} == {"True"}
     writes: list[Condition] = []
     patch = sink.patch_condition
-    sink.patch_condition = lambda key, cond: (writes.append(cond), patch(key, cond))[1]  # type: ignore[method-assign]
+    sink.patch_condition = lambda key, cond, uid: (writes.append(cond), patch(key, cond, uid))[1]  # type: ignore[method-assign]
 
     lb.pools["h1"][POOL].clear()  # h1 restarted
     lb.applied.clear()

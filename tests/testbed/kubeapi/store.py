@@ -323,6 +323,14 @@ class Store:
                 new = fn(copy.deepcopy(cur))
                 if not isinstance(new, dict):
                     raise ApiError(422, "the patched object is not a JSON object")
+                uid = _meta(new).get("uid")
+                if uid != cur["metadata"]["uid"]:
+                    # kube-apiserver: the patch sets it, update validation refuses the change
+                    # (a PUT with another uid is a 409 precondition failure instead).
+                    why = f'Invalid value: "{uid}": field is immutable'
+                    raise invalid(
+                        res.kind, res.group, name, [("metadata.uid", "FieldValueInvalid", why)]
+                    )
                 return copy.deepcopy(self._update(res, cur, new, subresource))
         finally:
             self._drain()
