@@ -44,6 +44,9 @@ KINDS: Mapping[tuple[str, str], Kind] = {
     (LB_READY, LBReason.UNHEALTHY): Kind.PROBLEM,
     (LB_READY, LBReason.DRAINING): Kind.EXPECTED,
     (LB_READY, LBReason.DEREGISTERED): Kind.EXPECTED,
+    # The gate's bound passed (podlb.io/gate-timeout): held out, or admitted unconfirmed.
+    (LB_READY, LBReason.GATE_TIMEOUT): Kind.PROBLEM,
+    (LB_READY, LBReason.GATE_TIMEOUT_ADMITTED): Kind.PROBLEM,
 }
 
 

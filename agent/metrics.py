@@ -130,6 +130,13 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.gate_timeouts = Counter(
+            "podlb_leader_gate_timeouts_total",
+            "Pods the LB did not confirm within their gate timeout (podlb.io/gate-timeout), by "
+            "the Service whose bound applied and what followed (hold, admit)",
+            ["namespace", "service", "policy"],
+            registry=r,
+        )
 
         self.drain_duration = Histogram(
             "podlb_drain_duration_seconds",
@@ -156,6 +163,8 @@ class Metrics:
             "Unhealthy",
             "Draining",
             "Deregistered",
+            "GateTimeout",
+            "GateTimeoutAdmitted",
         ):
             self.lb_backends.labels(state).set(by_state.get(state, 0))
 

@@ -185,6 +185,9 @@ def leader_work(
                 finding=lambda reason: metrics.service_problems.labels(reason).inc(),
                 fail_static=lambda why: metrics.fail_static.labels(why).inc(),
                 servers_lost=lambda provider, n: metrics.lb_servers_lost.labels(provider).inc(n),
+                gate_timeout=lambda namespace, service, policy: metrics.gate_timeouts.labels(
+                    namespace, service, policy
+                ).inc(),
             ),
             resync_s=settings.leader_resync_s,
             drain_timeout_s=settings.lb_drain_timeout_s,

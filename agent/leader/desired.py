@@ -36,6 +36,7 @@ from agent.model import (
     direct_mode,
 )
 
+from .gate import GatePolicy, gate_policy
 from .routing import HAPROXY, Problem, port_label, route
 
 DIRECT = "podlb.io/direct"
@@ -87,6 +88,8 @@ class PoolSpec:
     capped: int = 0  # backends left out because of podlb.io/max-backends
     # Of ``others``: pods the LB never had (see ``never_added``): lb-ready NotRegistered.
     unregistered: frozenset[PodKey] = frozenset()
+    # the Service's podlb.io/gate-timeout and gate-on-timeout
+    gate: GatePolicy = field(default_factory=GatePolicy)
 
 
 def _int_annotation(value: str | None, lo: int, hi: int) -> int | None:
@@ -169,6 +172,8 @@ def desired_pools(
                     f"{MAX_BACKENDS}: {svc.annotation(MAX_BACKENDS)!r} is not an integer >= 1",
                 )
             )
+        gate, bad = gate_policy(svc)
+        findings += [Finding(svc.namespace, svc.name, Problem.BAD_ANNOTATION, m) for m in bad]
         svc_slices = by_service.get((svc.namespace, svc.name), [])
         for sp in svc.ports:
             pool = where.pools.get(port_label(sp))
@@ -178,7 +183,7 @@ def desired_pools(
                 svc, sp, pool, svc_slices, pods, cap, registered.get(pool), limit.max_weight,
                 stopped,
             )  # fmt: skip
-            pools.append(replace(spec, provider=where.provider, mode=where.mode))
+            pools.append(replace(spec, provider=where.provider, mode=where.mode, gate=gate))
             findings += extra
     return _without_conflicts(pools, findings)
 

@@ -14,6 +14,7 @@ from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolSt
 from agent.model import PodKey, Verdict
 
 from .desired import PoolSpec
+from .gate import GATE_ON_TIMEOUT, GatePolicy, OnTimeout
 
 _ORDER = {Op.ADD: 0, Op.ENABLE: 1, Op.SET_WEIGHT: 2, Op.DRAIN: 3, Op.REMOVE: 4}
 
@@ -90,6 +91,9 @@ class LBReason(enum.StrEnum):
     UNHEALTHY = "Unhealthy"
     DRAINING = "Draining"
     DEREGISTERED = "Deregistered"
+    # The gate's bound passed (agent/leader/gate.py): held out, or admitted unconfirmed.
+    GATE_TIMEOUT = "GateTimeout"
+    GATE_TIMEOUT_ADMITTED = "GateTimeoutAdmitted"
 
 
 LBVerdict = Verdict[LBReason]  # for annotations; instances are plain Verdicts
@@ -210,3 +214,33 @@ def _combine(verdicts: list[LBVerdict]) -> LBVerdict:
     if all(v.ready for v in verdicts):
         return verdicts[0]
     return min((v for v in verdicts if not v.ready), key=lambda v: _BADNESS[v.reason])
+
+
+WAITING = (LBReason.REGISTERING, LBReason.UNHEALTHY)  # verdicts of a pod waiting at the gate
+
+
+def gate_verdict(
+    verdict: LBVerdict, policy: GatePolicy, waited_s: float, *, timed_out_before: bool = False
+) -> LBVerdict:
+    """The verdict once the gate's bound applies (pure). A pod waiting at the gate (a backend
+    the LB has not confirmed: Registering or Unhealthy) for ``policy.timeout_s`` or more, or
+    one already timed out (``timed_out_before``: its condition says so, e.g. written by an
+    earlier leader), is held out with reason GateTimeout or admitted with GateTimeoutAdmitted;
+    what the LB says stays in the message."""
+    if verdict.reason not in WAITING or (waited_s < policy.timeout_s and not timed_out_before):
+        return verdict
+    said = f"{verdict.reason}: {verdict.message}"
+    bound = f"not confirmed by the LB within the gate timeout ({policy.timeout_s:g}s)"
+    if policy.on_timeout is OnTimeout.ADMIT:
+        return Verdict(
+            True,
+            LBReason.GATE_TIMEOUT_ADMITTED,
+            f"{said}; {bound}: admitted without the LB's confirmation "
+            f"({GATE_ON_TIMEOUT}: {policy.on_timeout})",
+        )
+    return Verdict(
+        False,
+        LBReason.GATE_TIMEOUT,
+        f"{said}; {bound}: held out of rotation until it is ({GATE_ON_TIMEOUT}: "
+        f"{policy.on_timeout})",
+    )

@@ -35,7 +35,8 @@ from agent.node.reporter import ConditionReporter, Desired
 
 from .desired import Finding, Limits, PoolSpec, desired_pools
 from .election import LeaderScope
-from .plan import LBReason, lb_verdicts, lost_servers, plan_pool
+from .gate import GatePolicy, combine
+from .plan import WAITING, LBReason, LBVerdict, gate_verdict, lb_verdicts, lost_servers, plan_pool
 from .routing import HAPROXY, Problem
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class LeaderMetrics:
     fail_static: Callable[[str], None] = lambda why: None
     # servers of pods in rotation an LB instance lost (restart, reload), by provider
     servers_lost: Callable[[str, int], None] = lambda provider, count: None
+    # a pod passed its gate timeout: (namespace, Service, hold | admit)
+    gate_timeout: Callable[[str, str, str], None] = lambda namespace, service, policy: None
 
 
 @dataclass
@@ -127,6 +130,9 @@ class Leader:
     _registered: dict[str, frozenset[str]] = field(default_factory=dict)
     # (provider, instance, pool) -> servers of pods in rotation it lacked last round
     _lost: dict[tuple[str, str, str], frozenset[str]] = field(default_factory=dict)
+    # pods waiting at the gate: pod -> (uid, since when, monotonic); timeouts counted already
+    _gate_since: dict[PodKey, tuple[str, float]] = field(default_factory=dict)
+    _gate_counted: set[tuple[PodKey, str]] = field(default_factory=set)
 
     def poke(self, key: object = None) -> None:
         del key
@@ -461,18 +467,62 @@ class Leader:
         return False
 
     def _admitted(self, pools: list[PoolSpec]) -> set[PodKey]:
-        """Pods in rotation: lb-ready True as the API shows it, or as written since."""
+        """Pods the LB admitted into rotation: lb-ready True as the API shows it, or as written
+        since; not those the gate's timeout let in (the LB has not confirmed them)."""
         out = set()
+        unconfirmed = LBReason.GATE_TIMEOUT_ADMITTED.value
         for key in {b.pod for spec in pools for b in spec.backends.values()}:
             pod = self.pods.get((key.namespace, key.name))
             if pod is None:
                 continue
             cond = pod.condition(LB_READY)
             mine = self.reporter.desired(key)
-            if (cond is not None and cond.status == "True") or (
-                mine is not None and mine.uid == pod.uid and mine.status == "True"
+            if (cond is not None and cond.status == "True" and cond.reason != unconfirmed) or (
+                mine is not None
+                and mine.uid == pod.uid
+                and mine.status == "True"
+                and mine.reason != unconfirmed
             ):
                 out.add(key)
+        return out
+
+    def _gate(
+        self, pools: list[PoolSpec], verdicts: dict[PodKey, LBVerdict]
+    ) -> dict[PodKey, LBVerdict]:
+        """The gate's bound over this round's verdicts (agent/leader/gate.py): waits are timed
+        on the monotonic clock from the first round that saw the pod waiting; each timeout is
+        counted and logged once (the condition's change is the pod's Event)."""
+        now = self.clock.monotonic()
+        policies: dict[PodKey, list[tuple[GatePolicy, str]]] = {}
+        for spec in pools:
+            for b in spec.backends.values():
+                if not b.draining:
+                    policies.setdefault(b.pod, []).append((spec.gate, spec.service.name))
+        out = dict(verdicts)
+        waiting: set[PodKey] = set()
+        timed_out = (LBReason.GATE_TIMEOUT.value, LBReason.GATE_TIMEOUT_ADMITTED.value)
+        for key, v in verdicts.items():
+            pod = self.pods.get((key.namespace, key.name))
+            if pod is None or v.reason not in WAITING or key not in policies:
+                continue
+            waiting.add(key)
+            uid, since = self._gate_since.get(key, ("", now))
+            if uid != pod.uid:
+                since = now
+                self._gate_since[key] = (pod.uid, now)
+            cond = pod.condition(LB_READY)
+            before = cond is not None and cond.reason in timed_out
+            policy = combine(p for p, _ in policies[key])
+            out[key] = gated = gate_verdict(v, policy, now - since, timed_out_before=before)
+            if gated is v or before or (key, pod.uid) in self._gate_counted:
+                continue
+            self._gate_counted.add((key, pod.uid))
+            service = min(policies[key], key=lambda ps: (ps[0].timeout_s, ps[1]))[1]
+            self.metrics.gate_timeout(key.namespace, service, policy.on_timeout.value)
+            log.warning("leader: pod %s: %s", key, gated.message)
+        for key in set(self._gate_since) - waiting:
+            del self._gate_since[key]
+        self._gate_counted = {(k, u) for k, u in self._gate_counted if k in waiting}
         return out
 
     def _report_lost(
@@ -523,16 +573,16 @@ class Leader:
         }
         for gone in self.reporter.keys() - set(verdicts) - held:
             self.reporter.forget(gone)  # no longer behind a direct Service, or deleted
+        gated = self._gate(pools, {k: v for k, v in verdicts.items() if k not in held})
         counts: dict[str, int] = {}
         busy = False
-        for key, v in verdicts.items():
-            if key in held:  # judged on part of its pools only: keep what it has
-                continue
+        for key, v in gated.items():
             counts[v.reason.value] = counts.get(v.reason.value, 0) + 1
             pod = self.pods.get((key.namespace, key.name))
             if pod is None:
                 continue
-            busy |= v.reason in (LBReason.REGISTERING, LBReason.DRAINING)
+            # what the LB said (a pod held at the gate may yet register)
+            busy |= verdicts[key].reason in (LBReason.REGISTERING, LBReason.DRAINING)
             self.reporter.set_desired(key, Desired(pod.uid, v.status, v.reason.value, v.message))
         self.metrics.backends(counts)
         return busy
