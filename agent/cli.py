@@ -28,7 +28,7 @@ from agent.settings import (
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-COMMANDS = ("run", "inspect", "drain", "version")
+COMMANDS = ("run", "inspect", "drain", "drains", "version")
 
 DESCRIPTION = """\
 podlb node agent: direct-to-pod load balancing on Kubernetes.
@@ -86,6 +86,16 @@ def build_parser(env: EnvDefaults) -> argparse.ArgumentParser:
     )
     env.add(drain, "--agent-url", default="http://127.0.0.1:9808", help="the node agent's API")
     env.add(drain, "--timeout", default="600", help="give up waiting after this many seconds")
+    drains = sub.add_parser(
+        "drains",
+        help="show the node agent's last drains (GET /v1/drains)",
+        description="Show the last drains the node agent held, oldest first: how each ended "
+        "(deregistered+quiet, timeout, agent-shutdown, refused), the time from the deletion to "
+        "the hook's answer and to the LB's Deregistered, the connections on serving ports then "
+        "and at the end, and the connections and bytes received after the LB's Deregistered.",
+    )
+    drains.add_argument("--json", action="store_true", help="print the JSON records (README)")
+    env.add(drains, "--agent-url", default="http://127.0.0.1:9808", help="the node agent's API")
 
     run = sub.add_parser(
         "run",
@@ -171,6 +181,27 @@ def cmd_drain(args: argparse.Namespace, env: EnvDefaults) -> int:
     return EXIT_DRAIN_TIMEOUT if body.get("outcome") == "timeout" else EXIT_OK
 
 
+def cmd_drains(args: argparse.Namespace) -> int:
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from agent.report import drains_table
+
+    url = f"{args.agent_url.rstrip('/')}/v1/drains"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            records = json.loads(resp.read())["drains"]
+    except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:
+        print(f"podlb-agent drains: cannot read {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        print(drains_table(records))
+    return EXIT_OK
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     info = _build_info()
     if args.json:
@@ -226,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args, env)
         if args.command == "drain":
             return cmd_drain(args, env)
+        if args.command == "drains":
+            return cmd_drains(args)
     except SettingError as exc:
         print(f"podlb-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE

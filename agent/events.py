@@ -49,6 +49,16 @@ KINDS: Mapping[tuple[str, str], Kind] = {
     (LB_READY, LBReason.GATE_TIMEOUT_ADMITTED): Kind.PROBLEM,
 }
 
+# Events that are no condition's transition, by reason (README, "Other Events"). The leader's
+# findings on Services and pods (agent.leader.routing.Problem) are all Warnings besides.
+OTHER_EVENTS: Mapping[str, EventType] = {
+    "Drained": EventType.NORMAL,  # a drain ended on the signals: its record's summary
+    "DrainTimeout": EventType.WARNING,
+    "DrainAgentShutdown": EventType.WARNING,
+    "BadDrainTimeout": EventType.WARNING,
+    "DrainPortInUse": EventType.WARNING,
+}
+
 
 def event_type(condition_type: str, reason: str, *, was_ready: bool, stopping: bool) -> EventType:
     """The type of the Event for a transition of ``condition_type`` to ``reason``.

@@ -8,6 +8,7 @@ with the pod.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.model import LinkKind, NetnsInfo, Pod
+from agent.node.drainlog import DrainRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +140,48 @@ class Metrics:
             registry=r,
         )
 
+        # Drains by namespace and Service (never by pod: agent/node/drainlog.py).
+        drain_labels = ["namespace", "service"]
         self.drain_duration = Histogram(
             "podlb_drain_duration_seconds",
-            "How long preStop drains held, by outcome (drained, timeout, refused)",
-            ["outcome"],
+            "preStop drains from the deletion (as the node first saw it) to the hook's answer, "
+            "by outcome (deregistered+quiet, timeout, agent-shutdown, refused)",
+            [*drain_labels, "outcome"],
             buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0),
             registry=r,
         )
+        self.drain_deregister = Histogram(
+            "podlb_drain_deregister_seconds",
+            "Time from a pod's deletion (as the node first saw it) to the LB's Deregistered, "
+            "as its drain saw it",
+            drain_labels,
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0),
+            registry=r,
+        )
+        self.drain_open_connections = Histogram(
+            "podlb_drain_open_connections",
+            "Established connections on serving ports during drains, at the LB's Deregistered "
+            "(moment=deregistered) and when the hook was answered (moment=end)",
+            [*drain_labels, "moment"],
+            buckets=(0, 1, 2, 5, 10, 25, 50, 100, 250, 1000),
+            registry=r,
+        )
+        self.drain_new_connections = Counter(
+            "podlb_drain_connections_after_deregistered",
+            "Connections on serving ports a draining pod accepted after the LB's Deregistered "
+            "(should be 0)",
+            drain_labels,
+            registry=r,
+        )
+        self.drain_quiet_bytes = Counter(
+            "podlb_drain_bytes_after_deregistered",
+            "Bytes draining pods received on serving ports after the LB's Deregistered",
+            drain_labels,
+            registry=r,
+        )
+        self._drains: dict[str, int] = {}  # held drains since start, by outcome
+        self._drains_lock = threading.Lock()
+        registry.register(_Ratio(self.signal_ended_ratio))
         self.drain_connections = Histogram(
             "podlb_drain_connections_at_start",
             "Established connections on serving ports when a drain started",
@@ -170,6 +207,52 @@ class Metrics:
 
     def observe_request(self, verb: str, resource: str, code: str) -> None:
         self.api_requests.labels(verb, resource, code).inc()
+
+    def observe_drain(self, record: DrainRecord) -> None:
+        """One drain record. A refusal of a pod nobody knows (no uid) is not labelled with the
+        namespace it names: anyone may ask for any name."""
+        namespace = record.namespace if record.uid else ""
+        where = (namespace, record.service)
+        self.drain_duration.labels(*where, record.outcome).observe(record.seconds)
+        if record.outcome == "refused":
+            return
+        with self._drains_lock:
+            self._drains[record.outcome] = self._drains.get(record.outcome, 0) + 1
+        if record.deregistered_s is not None:
+            self.drain_deregister.labels(*where).observe(record.deregistered_s)
+        for moment, n in (
+            ("deregistered", record.connections_at_deregistered),
+            ("end", record.connections_at_end),
+        ):
+            if n is not None:
+                self.drain_open_connections.labels(*where, moment).observe(n)
+        self.drain_new_connections.labels(*where).inc(record.new_connections or 0)
+        self.drain_quiet_bytes.labels(*where).inc(record.quiet_bytes or 0)
+
+    def signal_ended_ratio(self) -> float | None:
+        """Of the drains held since the agent started, the fraction that ended on the signals
+        (deregistered+quiet) rather than by a timer or the agent's stop; None before any."""
+        with self._drains_lock:
+            held = sum(self._drains.values())
+            return self._drains.get("deregistered+quiet", 0) / held if held else None
+
+
+class _Ratio(Collector):
+    """``podlb_drain_signal_ended_ratio``: no sample until a drain was held."""
+
+    def __init__(self, ratio: Callable[[], float | None]) -> None:
+        self.ratio = ratio
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "podlb_drain_signal_ended_ratio",
+            "Fraction of the drains held since the agent started that ended by "
+            "deregistered+quiet (not by the drain timeout or the agent's stop)",
+        )
+        value = self.ratio()
+        if value is not None:
+            family.add_metric([], value)
+        yield family
 
 
 _IFACE_COUNTERS = (

@@ -166,3 +166,46 @@ def snapshot_table(snap: Snapshot, drain_port: int = 0) -> str:
     table = format_table(_COLUMNS, rows)
     summary = f"{len(snap.namespaces)} namespaces in {snap.duration_s * 1000:.1f} ms"
     return f"{table}\n{summary}; {skipped_line(snap.skipped)}"
+
+
+_DRAIN_COLUMNS = (
+    "ENDED",
+    "POD",
+    "SERVICE",
+    "OUTCOME",
+    "HELD s",
+    "DEREGISTERED s",
+    "CONNS DEREG/END",
+    "NEW",
+    "BYTES",
+)
+
+
+def drains_table(records: Iterable[Mapping[str, Any]]) -> str:
+    """``/v1/drains`` records (README, "Drain records") as a table, oldest first. ``HELD``:
+    from the deletion (as the node first saw it) to the hook's answer; ``DEREGISTERED``: to the
+    LB's confirmation; ``CONNS``: on serving ports then and at the end; ``NEW`` and ``BYTES``:
+    connections and bytes received after the LB's confirmation."""
+
+    def cell(value: object, fmt: str = "{}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    rows = [
+        (
+            str(r["ended_at"]),
+            f"{r['namespace']}/{r['pod']}",
+            str(r["service"]),
+            str(r["outcome"]),
+            cell(r["seconds"], "{:.2f}"),
+            cell(r["deregistered_s"], "{:.2f}"),
+            "-"
+            if r["connections_at_deregistered"] is None and r["connections_at_end"] is None
+            else f"{cell(r['connections_at_deregistered'])}/{cell(r['connections_at_end'])}",
+            cell(r["new_connections"]),
+            cell(r["quiet_bytes"]),
+        )
+        for r in records
+    ]
+    if not rows:
+        return "no drains yet"
+    return format_table(_DRAIN_COLUMNS, rows, right={4, 5, 6, 7, 8})

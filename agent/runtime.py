@@ -34,7 +34,9 @@ from agent.model import DATAPATH_READY, LB_READY, Pod, PodKey, Service
 from agent.node.agent import NodeAgent
 from agent.node.api import NodeAPI
 from agent.node.drain import Activity, DeletionsSeen, DrainManager, DrainMetrics
+from agent.node.drainlog import DrainLog, DrainRecord, record_json
 from agent.node.drainport import DrainListeners, result_body
+from agent.node.eventqueue import EventQueue
 from agent.node.reporter import ConditionReporter
 from agent.settings import RunSettings
 
@@ -215,6 +217,12 @@ def drain_route(drains: DrainManager, stop: threading.Event, rest: str) -> tuple
     return result.code, "application/json", body
 
 
+def drains_route(records: DrainLog) -> tuple[int, str, bytes]:
+    """GET /v1/drains: the last drain records, oldest first (README, "Drain records")."""
+    body = json.dumps({"drains": [record_json(r) for r in records.records()]}, indent=1)
+    return 200, "application/json", body.encode() + b"\n"
+
+
 @dataclass
 class NodeSide:
     """The node role: this node's pods and Services, the datapath scanner, the
@@ -228,6 +236,7 @@ class NodeSide:
     drains: DrainManager
     api: NodeAPI
     listeners: DrainListeners | None
+    events: EventQueue | None = None  # drain summaries, written apart from the hooks
 
     def start(self, sup: Supervisor) -> None:
         sup.start("informer-pods", self.pods.run)
@@ -237,6 +246,8 @@ class NodeSide:
         sup.start("node-api", self.api.serve)
         if self.listeners is not None:
             sup.start("drain-listeners", self.listeners.run)
+        if self.events is not None:
+            sup.start("drain-events", self.events.run)
 
     def stop_watches(self) -> None:
         """End the watches now: a quiet watch would otherwise hold its worker."""
@@ -343,6 +354,13 @@ def build_node(
         on_decided=on_decided,
     )
     agent_ref.append(agent)
+    drain_log = DrainLog()
+    events = EventQueue(sink.emit_event, clock, busy=lambda: bool(drains_ref[0].requests()))
+
+    def on_record(record: DrainRecord) -> None:
+        drain_log.add(record)
+        metrics.observe_drain(record)
+
     drains = DrainManager(
         settings.node_name,
         sink.get_pod,
@@ -350,23 +368,26 @@ def build_node(
         services.items,
         agent.netns_of,
         lambda paths, inode: [
-            Activity(a.sport, a.idle_ms) for a in inspector.activity(paths, inode)
+            Activity(a.sport, a.idle_ms, f"{a.dst}:{a.dport}", a.bytes_received)
+            for a in inspector.activity(paths, inode)
         ],
-        sink.emit_event,
+        events.emit,
         clock,
         quiet_s=settings.drain_quiet_s,
         max_concurrent=settings.drain_max_concurrent,
         first_seen=deletions.first_seen,
         metrics=DrainMetrics(
-            finished=lambda outcome, s: metrics.drain_duration.labels(outcome).observe(s),
             started=metrics.drain_connections.observe,
             in_flight=metrics.drains_in_flight.set,
         ),
+        on_record=on_record,
     )
+    drains_ref = [drains]
     registry.register(PodCollector(agent.views))
     registry.register(NodeCollector(settings.proc_root))
     api = NodeAPI((settings.listen_host, settings.listen_port), registry, agent.views, agent.ready)
     api.prefix_routes["/v1/drain/"] = lambda h, rest: drain_route(drains, stop, rest)
+    api.routes["/v1/drains"] = lambda h: drains_route(drain_log)
     log.info("node API listening on %s:%d", *api.address)
     if settings.drain_port:
         listeners_ref.append(
@@ -379,7 +400,7 @@ def build_node(
         )
     return NodeSide(
         pods, services, inspector, reporter, agent, drains, api,
-        listeners_ref[0] if listeners_ref else None,
+        listeners_ref[0] if listeners_ref else None, events,
     )  # fmt: skip
 
 

@@ -33,6 +33,8 @@ from agent.clock import Clock
 from agent.errors import NamespaceGone, NotFound, PodlbError
 from agent.model import LB_READY, Pod, PodKey, Service, Verdict
 
+from .drainlog import NO_SERVICE, DrainRecord, Tally, service_label, summary, tally
+
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = "podlb.io/drain-timeout"
@@ -41,8 +43,11 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 
 
 class Outcome(enum.StrEnum):
-    DRAINED = "drained"
+    """How a drain ended (the record's ``outcome``, a metric label)."""
+
+    DRAINED = "deregistered+quiet"  # ended on the signals: the LB confirmed, the pod is quiet
     TIMEOUT = "timeout"
+    AGENT_SHUTDOWN = "agent-shutdown"  # the agent stopped while it held the hook
     REFUSED = "refused"
 
 
@@ -77,6 +82,12 @@ class Activity:
 
     port: int
     idle_ms: int
+    peer: str = ""  # "address:port" of the other end
+    bytes_received: int | None = None  # tcpi_bytes_received (None: the kernel does not say)
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.port, self.peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +158,12 @@ def lb_managed(pod: Pod) -> bool:
     return LB_READY in pod.readiness_gates or pod.condition(LB_READY) is not None
 
 
+def deregistered(pod: Pod) -> bool:
+    """The LB confirms it sends the pod nothing more (or no LB manages the pod)."""
+    cond = pod.condition(LB_READY)
+    return not lb_managed(pod) or (cond is not None and cond.reason == "Deregistered")
+
+
 def decide(
     pod: Pod,
     connections: list[Activity] | None,
@@ -180,6 +197,14 @@ def decide(
     return Step(False, None, "; ".join(waits))
 
 
+# How each way a held drain ends is told on the pod (agent/events.py lists them with README).
+_EVENTS = {
+    Outcome.DRAINED: ("Normal", "Drained"),
+    Outcome.TIMEOUT: ("Warning", "DrainTimeout"),
+    Outcome.AGENT_SHUTDOWN: ("Warning", "DrainAgentShutdown"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class DrainResult:
     code: int  # HTTP status for the caller
@@ -189,14 +214,14 @@ class DrainResult:
 
 
 class DrainMetrics:
+    """Hooks into agent/metrics.py; each finished drain is a :class:`DrainRecord` (on_record)."""
+
     def __init__(
         self,
-        finished: Callable[[str, float], None] = lambda outcome, s: None,
         started: Callable[[int], None] = lambda connections: None,
         in_flight: Callable[[int], None] = lambda n: None,
         read_error: Callable[[], None] = lambda: None,
     ) -> None:
-        self.finished = finished
         self.started = started
         self.in_flight = in_flight
         self.read_error = read_error
@@ -213,7 +238,10 @@ class _Shared:
 
 class DrainManager:
     """Serves drain requests; any number of callers for one pod share one drain (and one
-    admission), at most ``max_waiters_per_pod`` of them at a time."""
+    admission), at most ``max_waiters_per_pod`` of them at a time. Each drain and each refusal
+    ends in a :class:`DrainRecord` handed to ``on_record``; each drain also in an Event on the
+    pod with its summary (Normal ``Drained``, Warning ``DrainTimeout`` or
+    ``DrainAgentShutdown``)."""
 
     def __init__(
         self,
@@ -233,6 +261,7 @@ class DrainManager:
         announce_wait_s: float = 5.0,
         api_reads: int = 4,
         metrics: DrainMetrics | None = None,
+        on_record: Callable[[DrainRecord], None] = lambda record: None,
         first_seen: Callable[[Pod], float | None] | None = None,  # DeletionsSeen.first_seen
     ) -> None:
         self.node_name = node_name
@@ -253,6 +282,7 @@ class DrainManager:
         # requests for made-up pods costs the API server at most this many GETs at a time.
         self.api_reads = threading.BoundedSemaphore(api_reads)
         self.metrics = metrics or DrainMetrics()
+        self.on_record = on_record
         self._lock = threading.Lock()
         self._running: dict[PodKey, _Shared] = {}
         self._holding = 0  # drains admitted and being held
@@ -311,8 +341,6 @@ class DrainManager:
     def _admit_and_hold(self, key: PodKey, stop: threading.Event) -> DrainResult:
         found = self._admitted(key, stop)
         if isinstance(found, DrainResult):
-            if found.outcome is Outcome.REFUSED:
-                self.metrics.finished(Outcome.REFUSED.value, 0.0)
             return found
         if not self.slots.acquire(blocking=False):
             return DrainResult(429, None, 0.0, "too many drains in flight on this node")
@@ -344,7 +372,7 @@ class DrainManager:
         try:
             pod = self.live_pod(key.namespace, key.name)
         except NotFound:
-            return DrainResult(404, Outcome.REFUSED, 0.0, f"pod {key} not found")
+            return self._refuse(key, None, 404, f"pod {key} not found")
         except PodlbError as exc:
             return DrainResult(503, None, 0.0, f"cannot read pod {key} from the API: {exc}")
         finally:
@@ -353,9 +381,39 @@ class DrainManager:
         if verdict.ready:
             return pod
         if verdict.reason is Admission.OTHER_NODE:
-            return DrainResult(404, Outcome.REFUSED, 0.0, verdict.message)
+            return self._refuse(key, pod, 404, verdict.message)
         log.warning("pod=%s: drain refused: %s", key, verdict.reason)
-        return DrainResult(409, Outcome.REFUSED, 0.0, verdict.message)
+        return self._refuse(key, pod, 409, verdict.message)
+
+    def _refuse(self, key: PodKey, pod: Pod | None, code: int, message: str) -> DrainResult:
+        """A refusal, recorded (no Event: anyone may ask, an Event each time would be spam)."""
+        self.on_record(
+            DrainRecord(
+                key.namespace, key.name, pod.uid if pod else "",
+                service_label(pod, self.services()) if pod else NO_SERVICE,
+                Outcome.REFUSED.value, self._stamp(), 0.0, None, None, None, None, None, message,
+            )
+        )  # fmt: skip
+        return DrainResult(code, Outcome.REFUSED, 0.0, message)
+
+    def _stamp(self) -> str:
+        return self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _finish(
+        self, pod: Pod, service: str, outcome: Outcome, elapsed: float, looked: Tally, message: str
+    ) -> None:
+        """Record a drain that was held, and tell the pod how it went."""
+        record = DrainRecord(
+            pod.namespace, pod.name, pod.uid, service, outcome.value, self._stamp(), elapsed,
+            looked.since_s if lb_managed(pod) else None, looked.at_reference, looked.last,
+            looked.new, looked.bytes, message,
+        )  # fmt: skip
+        self.on_record(record)
+        kind, reason = _EVENTS[outcome]
+        try:
+            self.event(pod, kind, reason, summary(record))
+        except PodlbError as exc:
+            log.warning("pod=%s: drain event not recorded: %s", pod.key, exc)
 
     def _hold(self, pod: Pod, stop: threading.Event) -> DrainResult:
         key = pod.key
@@ -370,12 +428,15 @@ class DrainManager:
         t0 = now if seen is None else min(now, seen)
         first = True
         last: list[Activity] | None = None  # the last connections read
+        service = service_label(pod, services)
+        looked = Tally()  # what the looks so far saw (for the record)
         while True:
             current = self.cached_pod(key) or pod
             found = self.netns_of(current)
             connections: list[Activity] | None = None
             ports: frozenset[int] = frozenset()
             unread = False
+            fresh = True  # the connections were read this time (or the namespace is gone)
             if found is not None:
                 paths, inode, ports = found
                 try:
@@ -385,7 +446,7 @@ class DrainManager:
                 except PodlbError as exc:  # a netlink error says nothing of the connections
                     self.metrics.read_error()
                     log.debug("pod=%s: connections not read: %s", key, exc)
-                    connections, unread = last, last is None
+                    connections, unread, fresh = last, last is None, False
             if first:
                 self.metrics.started(len([c for c in connections or [] if c.port in ports]))
                 log.info(
@@ -394,16 +455,22 @@ class DrainManager:
                 )  # fmt: skip
                 first = False
             elapsed = self.clock.monotonic() - t0
+            serving = [c for c in connections or [] if c.port in ports]
+            looked = tally(
+                looked, elapsed_s=elapsed, reference=deregistered(current),
+                connections=serving if fresh else None,
+            )  # fmt: skip
             step = decide(current, connections, ports, quiet_s=self.quiet_s,
                           elapsed_s=elapsed, timeout_s=timeout, unread=unread)  # fmt: skip
             if step.done:
                 assert step.outcome is not None
-                self.metrics.finished(step.outcome.value, elapsed)
                 log.info(
                     "pod=%s: drain %s after %.2fs: %s", key, step.outcome, elapsed, step.waiting_for
                 )
-                if step.outcome is Outcome.TIMEOUT:
-                    self.event(current, "Warning", "DrainTimeout", step.waiting_for)
+                self._finish(current, service, step.outcome, elapsed, looked, step.waiting_for)
                 return DrainResult(200, step.outcome, elapsed, step.waiting_for)
             if self.clock.wait(stop, self.poll_s):
-                return DrainResult(503, None, elapsed, "the agent is stopping")
+                message = f"the agent is stopping; was waiting for {step.waiting_for}"
+                log.warning("pod=%s: drain cut short after %.2fs: %s", key, elapsed, message)
+                self._finish(current, service, Outcome.AGENT_SHUTDOWN, elapsed, looked, message)
+                return DrainResult(503, Outcome.AGENT_SHUTDOWN, elapsed, message)

@@ -84,7 +84,11 @@ def test_live_pod_cannot_be_drained(
             assert s.recv(100).startswith(b"HTTP/1.1 400")
         assert drain_listener_up(kubelet, "web")  # the listener survived all that
         text = agent.get("/metrics")[1].decode()
-        assert 'podlb_drain_duration_seconds_count{outcome="refused"}' in text
+        refused = 'podlb_drain_duration_seconds_count{namespace="shop",outcome="refused",'
+        assert refused + 'service="none"}' in text
+        assert get(f"{agent.url}/v1/drain/ghost-ns/nope")[0] == 404
+        text = agent.get("/metrics")[1].decode()
+        assert "ghost-ns" not in text  # a made-up name is no label value
 
 
 def test_drain_port_used_by_the_app_is_reported(
@@ -204,7 +208,8 @@ def test_node_drain_of_110_pods_completes(
         assert max(h for h in holds if h is not None) < 15, sorted(holds)[-5:]
         assert elapsed < 90
         text = agent.get("/metrics")[1].decode()
-        assert f'podlb_drain_duration_seconds_count{{outcome="drained"}} {float(n)}' in text
+        labels = 'namespace="shop",outcome="deregistered+quiet",service="bulk"'
+        assert f"podlb_drain_duration_seconds_count{{{labels}}} {float(n)}" in text
 
 
 # A pod's flood of its own drain port (argv: ip port connections request-threads seconds):
@@ -468,3 +473,58 @@ def test_drains_in_progress_complete_across_an_agent_restart(
               f"{len(hooks)}; preStop holds {holds}")  # fmt: skip
     finally:
         agent.stop()
+
+
+def test_each_drain_leaves_a_record_metrics_and_an_event(
+    cluster: tuple[KubeAPIServer, Kubelet, client.CoreV1Api],
+) -> None:
+    """A drain that ends on its signals (here: quiet; no LB manages the pod) and one the drain
+    timeout ends (the LB never confirms: no LB provider here) each leave a record in
+    /v1/drains, labelled metrics and an Event on the pod; ``podlb-agent drains`` shows them."""
+    api, kubelet, core = cluster
+    quiet = make_pod("quiet", "node-a", namespace="shop", labels={"app": "web"}, pre_stop=HOOK,
+                     grace=20)  # fmt: skip
+    stuck = make_pod("stuck", "node-a", namespace="shop", labels={"app": "web"}, pre_stop=HOOK,
+                     grace=20, readiness_gates=["podlb.io/lb-ready"])  # fmt: skip
+    stuck["metadata"]["annotations"] = {"podlb.io/drain-timeout": "2s"}
+    for p in (quiet, stuck):
+        core.create_namespaced_pod("shop", p)
+    with agents(api.url, AGENT_TOKEN, ["node-a"]) as (agent,):
+        agent.wait_ready()
+        direct_service(core, "web")
+        for name in ("quiet", "stuck"):
+            wait_for(lambda n=name: drain_listener_up(kubelet, n), what=f"{name}'s listener")
+        for name in ("quiet", "stuck"):
+            core.delete_namespaced_pod(name, "shop")
+            kubelet.wait_gone(name, "shop", timeout=20)
+        records = {r["pod"]: r for r in agent.get_json("/v1/drains")["drains"]}
+        assert records["quiet"]["outcome"] == "deregistered+quiet", records
+        assert records["quiet"]["service"] == "web"
+        assert records["quiet"]["deregistered_s"] is None  # no LB manages it: quiet only
+        assert records["quiet"]["new_connections"] == 0
+        assert records["stuck"]["outcome"] == "timeout", records
+        assert 2.0 <= records["stuck"]["seconds"] < 4.0
+        assert records["stuck"]["deregistered_s"] is None
+        assert "the LB to deregister the pod" in records["stuck"]["message"]
+        text = agent.get("/metrics")[1].decode()
+        for outcome in ("deregistered+quiet", "timeout"):
+            line = (f'podlb_drain_duration_seconds_count{{namespace="shop",outcome="{outcome}",'
+                    'service="web"} 1.0')  # fmt: skip
+            assert line in text, outcome
+        assert "\npodlb_drain_signal_ended_ratio 0.5" in text
+        wait_for(
+            lambda: {(e.involved_object.name, e.type, e.reason)
+                     for e in core.list_namespaced_event("shop").items}
+            >= {("quiet", "Normal", "Drained"), ("stuck", "Warning", "DrainTimeout")},
+            what="the drains' Events",
+        )  # fmt: skip
+        shown = subprocess.run(
+            [sys.executable, "-m", "agent", "drains", "--agent-url", agent.url],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        print(shown)
+        lines = shown.splitlines()
+        assert lines[0].split()[:4] == ["ENDED", "POD", "SERVICE", "OUTCOME"]
+        assert [line.split()[1:4] for line in lines[1:]] == [
+            ["shop/quiet", "web", "deregistered+quiet"], ["shop/stuck", "web", "timeout"],
+        ]  # fmt: skip

@@ -43,7 +43,8 @@ def run_cli(
          "expected HOST:PORT"),
         (["--bogus"], "podlb-agent: error: unrecognized arguments: --bogus"),
         (["run", "--bogus"], "unrecognized arguments: --bogus"),
-        ([], "podlb-agent: error: a COMMAND is required: one of run, inspect, drain, version"),
+        ([], "podlb-agent: error: a COMMAND is required: one of run, inspect, drain, drains, "
+             "version"),
     ],
 )  # fmt: skip
 def test_usage_errors_say_what_to_do(
@@ -66,7 +67,7 @@ def test_in_a_pod_the_in_cluster_config_needs_no_flag() -> None:
     assert run_settings(ns, env).kubeconfig is None
 
 
-@pytest.mark.parametrize("command", ["run", "inspect", "drain"])
+@pytest.mark.parametrize("command", ["run", "inspect", "drain", "drains"])
 def test_help_shows_every_default_and_env_name(command: str) -> None:
     env = EnvDefaults({})
     parser = build_parser(env)

@@ -9,10 +9,12 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from agent.cli import build_parser
-from agent.events import KINDS, Kind
+from agent.events import KINDS, OTHER_EVENTS, Kind
 from agent.leader.routing import Problem
 from agent.metrics import Metrics, NodeCollector, PodCollector, PodView
 from agent.model import Interface, LinkKind, NetnsInfo, Pod, TcpState
+from agent.node.drain import Outcome
+from agent.node.drainlog import DrainRecord
 from agent.report import SKIP_REASONS
 from agent.settings import EnvDefaults
 
@@ -76,7 +78,7 @@ def test_settings_table_defaults_are_the_ones_help_shows() -> None:
 
 
 def test_inspect_and_drain_flags_are_documented() -> None:
-    for command in ("inspect", "drain"):
+    for command in ("inspect", "drain", "drains"):
         for flag in flags(subparser(command)) - {"--json"}:
             assert f"`{flag}`" in README or f"{flag} " in README, (command, flag)
 
@@ -173,3 +175,21 @@ def test_readme_lists_every_service_problem_as_a_warning() -> None:
     warnings = section.split("Other Events", 1)[1]
     for problem in Problem:
         assert f"`{problem.value}`" in warnings, problem
+
+
+def test_readme_lists_the_node_agents_other_events_with_their_type() -> None:
+    section = README.split("### Conditions and Events", 1)[1].split("\n### ", 1)[0]
+    rows = {}
+    for line in section.split("Other Events", 1)[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    assert rows == {reason: str(kind) for reason, kind in OTHER_EVENTS.items()}
+
+
+def test_readme_documents_every_drain_outcome_and_record_field() -> None:
+    section = README.split("### Drain records", 1)[1].split("\n### ", 1)[0]
+    for outcome in Outcome:
+        assert f"| `{outcome.value}` |" in section, outcome
+    for name in DrainRecord.__dataclass_fields__:
+        assert f"`{name}`" in section, name
