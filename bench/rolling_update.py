@@ -8,10 +8,15 @@ by kind, the preStop hold per old pod (p50 / p99) and the total rollout time (un
 pod is gone), and "register": the median time from a new pod's ContainersReady to its Ready,
 i.e. how long the LB took to accept it through the readiness gate.
 
+Under the table, for each mode with drain hooks: how many drains ended by
+``deregistered+quiet`` (the LB confirmed and the pod went quiet) rather than by a timer, read
+from the agents' drain records (``/v1/drains``), and how each other one ended and why.
+
 Targets: zero failures with podlb; median drain under 3 s; rollout at least 5x faster
-than ``sleep 40``. ``--lb-delay 0`` is HAProxy as it is (its Runtime API applies a change at
-once); 1 s models a cloud LB's API. Mode ``observe`` is TKE's direct mode against the CLB API
-double: the cloud's controller (a stand-in) registers the pods, podlb only reads the CLB.
+than ``sleep 40``; at least 95 % of the drains ended by ``deregistered+quiet``.
+``--lb-delay 0`` is HAProxy as it is (its Runtime API applies a change at once); 1 s models
+a cloud LB's API. Mode ``observe`` is TKE's direct mode against the CLB API double: the
+cloud's controller (a stand-in) registers the pods, podlb only reads the CLB.
 
     .venv/bin/python -m bench.rolling_update [--modes podlb,nohook,sleep,observe] [--sleep 40]
         [--replicas 6] [--lb-delay 1.0] [--json]
@@ -77,6 +82,32 @@ def table(results: list[ScenarioResult], sleep_s: int) -> str:
     return "\n".join([format_table(HEADER, rows, right={1, 2, 4, 5, 6}), *legend])
 
 
+def drain_endings(results: list[ScenarioResult]) -> list[str]:
+    """Per mode with drain records: the fraction that ended by deregistered+quiet, and each
+    other drain's outcome and reason."""
+    lines = []
+    for r in results:
+        ended, total = r.signal_ended()
+        if not total:
+            continue
+        dereg = median([d["deregistered_s"] for d in r.drains if d["deregistered_s"] is not None])
+        at_dereg = [d["connections_at_deregistered"] or 0 for d in r.drains]
+        lines.append(
+            f"{r.mode}: drains ended by deregistered+quiet: {ended} of {total} "
+            f"({100 * ended / total:.0f} %); deletion to the LB's Deregistered p50 {fmt(dereg)} s, "
+            f"connections then {sum(at_dereg)} in all; after it: "
+            f"{sum(d['new_connections'] or 0 for d in r.drains)} new connections, "
+            f"{sum(d['quiet_bytes'] or 0 for d in r.drains)} bytes received"
+        )
+        for d in r.drains:
+            if d["outcome"] != "deregistered+quiet":
+                lines.append(
+                    f"  {d['namespace']}/{d['pod']}: {d['outcome']} after {d['seconds']:.2f}s: "
+                    f"{d['message']}"
+                )
+    return lines
+
+
 def run_on_testbed(modes: list[str], args: argparse.Namespace) -> list[ScenarioResult]:
     results = []
     for mode in modes:
@@ -140,6 +171,10 @@ def main() -> int:
         p = by_mode["podlb"]
         summary["podlb_zero_failures"] = p.failed == 0
         summary["podlb_median_drain_under_3s"] = (p.drain_p(0.5) or 0.0) < 3.0
+        fraction = p.signal_ended_fraction()
+        if fraction is not None:
+            summary["podlb_drains_signal_ended_fraction"] = round(fraction, 3)
+            summary["podlb_drains_signal_ended_at_least_95pct"] = fraction >= 0.95
     if args.json:
         print(
             json.dumps(
@@ -156,6 +191,8 @@ def main() -> int:
         where = "real node (kubelet v1.28.7)" if args.cluster else "testbed (simulated kubelet)"
         print(f"{where}: {args.replicas} replicas, LB API latency {args.lb_delay:g}s, load: {load}")
         print(table(results, args.sleep))
+        for line in drain_endings(results):
+            print(line)
         for key, value in summary.items():
             print(f"{key}: {value}")
     return 0

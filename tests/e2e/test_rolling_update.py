@@ -17,6 +17,11 @@ def test_rolling_update_with_podlb_loses_nothing_and_drains_fast() -> None:
     assert len(result.drain_s) == 6  # every old pod's hook was held, then released
     assert result.drain_p(0.5) is not None and result.drain_p(0.5) < 3.0, result.drain_s
     assert max(result.drain_s) < 10.0  # never the fixed 40 s
+    # Every drain ended on its signals (the LB's Deregistered, then quiet), none by a timer,
+    # and the LB sent no new connection after it confirmed (the agents' /v1/drains).
+    assert result.signal_ended() == (6, 6), result.drains
+    assert all(d["deregistered_s"] is not None for d in result.drains), result.drains
+    assert sum(d["new_connections"] for d in result.drains) == 0, result.drains
 
 
 def test_rolling_update_without_hook_and_gate_fails() -> None:
@@ -35,6 +40,7 @@ def test_exec_hook_variant_loses_nothing() -> None:
     result = run_scenario("exec", replicas=3)
     assert result.failed == 0, result.as_dict()
     assert len(result.drain_s) == 3 and max(result.drain_s) < 10.0, result.drain_s
+    assert result.signal_ended() == (3, 3), result.drains
 
 
 def test_observe_mode_against_the_clb_double_loses_nothing() -> None:
@@ -47,3 +53,4 @@ def test_observe_mode_against_the_clb_double_loses_nothing() -> None:
     assert len(result.drain_s) == 3, result.drain_s
     # the CLB's deregistration delay (1 s) + the quiet period, not 40 s
     assert max(result.drain_s) < 6.0, result.drain_s
+    assert result.signal_ended() == (3, 3), result.drains

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from agent.report import format_table, tcp_column
+from agent.report import drains_table, format_table, tcp_column
 from tests.testbed.netns import NetnsPool, socket_in_netns
 
 
@@ -114,6 +114,12 @@ def rollout_demo(sleep_s: int = 10) -> None:
     held = podlb.drain_p(0.5) or 0.0
     print(f"\npodlb: {podlb.failed} failed requests; each old pod held {held:.1f} s (median)")
     print(f"instead of {sleep_s} s; without hook and gate {results[1].failed} requests failed.")
+    ended, total = podlb.signal_ended()
+    print(f"\npodlb's drain records (GET /v1/drains; podlb-agent drains): {ended} of {total} "
+          "ended by deregistered+quiet")  # fmt: skip
+    print("\n".join("  " + line for line in drains_table(podlb.drains).splitlines()))
+    print("  (HELD: deletion to the hook's answer; DEREGISTERED: to the LB's confirmation;")
+    print("   CONNS: on serving ports then and at the end; NEW, BYTES: after the confirmation)")
 
 
 DRAIN_PORT = 9809  # the agent's default --drain-port

@@ -63,6 +63,8 @@ class ScenarioResult:
     gate_lag_s: list[float] = field(default_factory=list)
     new_conn: LoadResult | None = None
     keepalive: LoadResult | None = None
+    # The agents' drain records (GET /v1/drains) of the old pods: how each drain ended
+    drains: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -78,6 +80,16 @@ class ScenarioResult:
             for kind, n in (r.errors if r else {}).items():
                 out[kind] = out.get(kind, 0) + n
         return {k: v for k, v in out.items() if v}
+
+    def signal_ended(self) -> tuple[int, int]:
+        """(drains ended by deregistered+quiet, drains recorded): ended on the LB's
+        confirmation and the pod's quiet rather than by a timer."""
+        ended = sum(1 for r in self.drains if r["outcome"] == "deregistered+quiet")
+        return ended, len(self.drains)
+
+    def signal_ended_fraction(self) -> float | None:
+        ended, total = self.signal_ended()
+        return ended / total if total else None
 
     def drain_p(self, q: float) -> float | None:
         if not self.drain_s:
@@ -98,6 +110,10 @@ class ScenarioResult:
             "rollout_s": round(self.rollout_s, 2),
             "register_median_s": statistics.median(self.register_s) if self.register_s else None,
             "gate_lag_median_s": statistics.median(self.gate_lag_s) if self.gate_lag_s else None,
+            "drains_signal_ended": self.signal_ended()[0],
+            "drains_recorded": self.signal_ended()[1],
+            "drains_signal_ended_fraction": self.signal_ended_fraction(),
+            "drains": self.drains,
         }
 
 
@@ -219,6 +235,11 @@ def run_scenario(
                 rec = kubelet.records.get(f"shop/{name}")
                 if rec is not None and rec.prestop_s is not None:
                     result.drain_s.append(rec.prestop_s)
+            result.drains = sorted(
+                (r for p in procs for r in p.get_json("/v1/drains")["drains"]
+                 if r["pod"] in old and r["outcome"] != "refused"),
+                key=lambda r: str(r["ended_at"]),
+            )  # fmt: skip
             app.delete_all(wait=False)
             return result
 
