@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 
 class Gone(TransientError):
-    """The watch resourceVersion is too old (HTTP 410): relist."""
+    """The watch resourceVersion, or a list's continue token, is too old (HTTP 410): relist."""
 
 
 class RequestObserver(Protocol):
@@ -83,6 +83,8 @@ def classify(exc: ApiException, what: str) -> Exception:
         return NotFound(msg)
     if status == 409:
         return Conflict(msg)
+    if status == 410:
+        return Gone(msg)
     if status in (401, 403):
         return Unauthorized(msg)
     if status == 429 or status >= 500 or status == 0:

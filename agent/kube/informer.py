@@ -3,6 +3,14 @@
 Objects are read as raw JSON (no client-side model deserialization: it is the costliest part
 of the official client) and converted to podlb's frozen model types. Handlers only mark work
 (level-triggered, STYLE.md principle 4): they get the key that changed, never a delta to apply.
+
+Memory: a list is read in pages of ``page_size`` objects (``limit`` / ``continue``, as
+client-go's pager), and each page is decoded into the model and dropped before the next is
+asked for; a watch event likewise. No list is ever sent without a ``limit``: 30,000 pods of a
+real cluster are about 400 MB of JSON and several GB once parsed. A relist updates the cache
+in place (objects changed or gone), so it never holds two copies of it. A ``continue`` token
+that expired (HTTP 410: the list took longer than the API server's compaction window) starts
+the list over after a backoff.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ WATCH_TIMEOUT_S = 300  # the server ends each watch after about this long; we th
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 WATCH_MIN_S = 1.0  # a watch that ends sooner, for any reason, is reopened after a backoff
+PAGE_SIZE = 500  # objects per list page (client-go's pager default); one page in memory at once
 
 
 class Informer(Generic[T]):
@@ -55,7 +64,10 @@ class Informer(Generic[T]):
         watch_timeout_s: int = WATCH_TIMEOUT_S,
         request_timeout_s: float = 10.0,
         watch_idle_s: float = 90.0,
+        page_size: int = PAGE_SIZE,
     ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1: a list is never sent without a limit")
         self.resource = resource
         self.list_fn = list_fn
         self.convert = convert
@@ -70,6 +82,7 @@ class Informer(Generic[T]):
         # A watch that sends nothing for this long (the API server sends a bookmark about once a
         # minute) is taken as dead and reopened from its resourceVersion.
         self.watch_idle_s = watch_idle_s
+        self.page_size = page_size
         self._lock = threading.Lock()
         self._items: dict[Key, T] = {}
         self._resp: Any = None
@@ -100,11 +113,12 @@ class Informer(Generic[T]):
         need_list = True
         next_resync = self.clock.monotonic() + self._jitter(self.resync_s)
         while not stop.is_set():
-            delay, brief = 0.0, False
+            delay, brief, listing = 0.0, False, need_list
             try:
                 if need_list:
                     self._list()
                     need_list = False
+                    listing = False
                     self.on_resync()
                 started = self.clock.monotonic()
                 try:
@@ -114,9 +128,13 @@ class Informer(Generic[T]):
                 if brief and not stop.is_set():
                     delay = self._jitter(backoff)
                     log.debug("%s watch ended at once; reopening in %.1fs", self.resource, delay)
-            except Gone:
-                log.info("%s watch expired (410 Gone): relisting", self.resource)
+            except Gone as exc:
                 need_list = True
+                if listing:  # a continue token expired mid-list: start over, not in a loop
+                    log.info("%s list expired (410 Gone): listing again: %s", self.resource, exc)
+                    delay = self._jitter(backoff)
+                else:
+                    log.info("%s watch expired (410 Gone): relisting", self.resource)
                 if brief:  # a relist that is at once too old again: do not spin
                     delay = self._jitter(backoff)
             except PodlbError as exc:
@@ -152,12 +170,55 @@ class Informer(Generic[T]):
         return seconds * random.uniform(0.9, 1.1)
 
     def _list(self) -> None:
+        """List page by page into the cache; the first page's resourceVersion is the list's
+        (the API server serves every page from that snapshot)."""
+        seen: set[Key] = set()
+        cont = ""
+        resource_version = ""
+        while True:
+            page = self._list_page(cont)
+            meta = page.get("metadata") or {}
+            resource_version = resource_version or meta.get("resourceVersion", "")
+            cont = meta.get("continue") or ""
+            changed: list[Key] = []
+            fresh: dict[Key, T] = {}
+            for obj in page.get("items") or []:
+                obj_meta = obj.get("metadata") or {}
+                key = (obj_meta.get("namespace", ""), obj_meta.get("name", ""))
+                fresh[key] = self.convert(obj)
+            del page  # the raw page goes before the next is read
+            with self._lock:
+                for key, item in fresh.items():
+                    if self._items.get(key) != item:
+                        self._items[key] = item
+                        changed.append(key)
+            seen.update(fresh)
+            for key in changed:
+                self.on_change(key)
+            if not cont:
+                break
+        with self._lock:
+            gone = [key for key in self._items if key not in seen]
+            for key in gone:
+                del self._items[key]
+        self.resource_version = resource_version
+        self.relists += 1
+        self.synced.set()
+        for key in gone:
+            self.on_change(key)
+
+    def _list_page(self, cont: str) -> dict[str, Any]:
+        """One page of a list: at most ``page_size`` objects, from ``cont`` on."""
+        paging: dict[str, Any] = {"limit": self.page_size}
+        if cont:
+            paging["_continue"] = cont
         resp = self.calls(
             "list",
             self.resource,
             self.list_fn,
             _preload_content=False,
             _request_timeout=(self.request_timeout_s, self.request_timeout_s),
+            **paging,
             **self.kwargs,
         )
         data = self.calls.read("list", self.resource, resp)
@@ -165,19 +226,9 @@ class Informer(Generic[T]):
             body = json.loads(data)
         except ValueError as exc:
             raise TransientError(f"list {self.resource}: unparsable response") from exc
-        fresh: dict[Key, T] = {}
-        for obj in body.get("items") or []:
-            meta = obj.get("metadata") or {}
-            fresh[(meta.get("namespace", ""), meta.get("name", ""))] = self.convert(obj)
-        with self._lock:
-            old = self._items
-            self._items = fresh
-        self.resource_version = (body.get("metadata") or {}).get("resourceVersion", "")
-        self.relists += 1
-        self.synced.set()
-        for key in set(old) | set(fresh):
-            if old.get(key) != fresh.get(key):
-                self.on_change(key)
+        if not isinstance(body, dict):
+            raise TransientError(f"list {self.resource}: not a list object")
+        return body
 
     def _watch_once(self, stop: threading.Event) -> None:
         """One watch request, read line by line as raw JSON events.

@@ -113,3 +113,45 @@ def test_a_watch_that_ends_at_once_is_reopened_with_backoff() -> None:
             informer.stop_watch()
             thread.join(5)
         assert not thread.is_alive()
+
+
+def test_lists_in_pages_and_starts_over_when_the_continue_token_expires() -> None:
+    """Against the API double: the informer's list is paged (limit / continue, never without
+    a limit); a continue token that expires mid-list (410 Expired: the first page's
+    resourceVersion was compacted) makes it list again from the first page, and the cache
+    ends up exactly the API's."""
+    with KubeAPIServer(port=0, watch_window=20) as api:
+        core = client.CoreV1Api(api.api_client())
+        for i in range(25):
+            core.create_namespaced_pod("default", pod(f"p{i:02d}"))
+        calls: list[dict[str, object]] = []
+
+        def list_pods(**kw: object) -> object:
+            calls.append(kw)
+            resp = core.list_pod_for_all_namespaces(**kw)
+            if len(calls) == 1:  # after the first page: enough writes to compact its version
+                core.delete_namespaced_pod("p24", "default", grace_period_seconds=0)
+                for i in range(25):
+                    api.store.create("configmaps", {"metadata": {"name": f"c{i}"}}, "default")
+            return resp
+
+        informer = Informer(
+            "pods", list_pods, pod_from_dict, Calls(), Clock(), watch_timeout_s=30, page_size=10,
+        )  # fmt: skip
+        stop, thread = run_informer(informer)
+        try:
+            wait_for(lambda: informer.synced.is_set(), 10, "listed")
+            lists = [c for c in calls if not c.get("watch")]
+            assert all(c.get("limit") == 10 for c in lists), lists
+            assert [c.get("_continue") is not None for c in lists] == [
+                False, True, False, True, True,
+            ]  # fmt: skip
+            expired = [r for r in api.requests if r.verb == "list" and r.code == 410]
+            assert len(expired) == 1
+            assert sorted(p.name for p in informer.items()) == [f"p{i:02d}" for i in range(24)]
+            core.create_namespaced_pod("default", pod("late"))
+            wait_for(lambda: informer.get(("default", "late")) is not None, 10, "watched")
+        finally:
+            stop.set()
+            informer.stop_watch()
+            thread.join(5)

@@ -230,6 +230,40 @@ def test_list_resource_version_and_paging(core: client.CoreV1Api) -> None:
     assert len(core.list_pod_for_all_namespaces().items) == 5
 
 
+def test_paged_list_is_one_snapshot_and_an_expired_continue_is_410() -> None:
+    """kube-apiserver serves every page of a list from the first page's resourceVersion (a
+    pod created, changed or deleted meanwhile does not show in the later pages), and answers
+    410 Expired once that resourceVersion was compacted."""
+    with KubeAPIServer(port=0, watch_window=20) as api:
+        core = client.CoreV1Api(api.api_client())
+        for i in range(6):
+            core.create_namespaced_pod("default", pod(f"p{i}"))
+        first = core.list_namespaced_pod("default", limit=2)
+        rv, cont = first.metadata.resource_version, first.metadata._continue
+        assert [p.metadata.name for p in first.items] == ["p0", "p1"]
+        assert first.metadata.remaining_item_count == 4
+        core.create_namespaced_pod("default", pod("p2a"))
+        core.delete_namespaced_pod("p3", "default", grace_period_seconds=0)
+        core.patch_namespaced_pod("p4", "default", {"metadata": {"labels": {"late": "yes"}}})
+        rest = core.list_namespaced_pod("default", limit=10, _continue=cont)
+        assert rest.metadata.resource_version == rv
+        assert [p.metadata.name for p in rest.items] == ["p2", "p3", "p4", "p5"]
+        assert not (rest.items[2].metadata.labels or {}).get("late")
+        with pytest.raises(ApiException) as bad:
+            core.list_namespaced_pod("default", limit=2, _continue=cont, resource_version=rv)
+        assert bad.value.status == 400
+        with pytest.raises(ApiException) as garbled:
+            core.list_namespaced_pod("default", limit=2, _continue="bm90LWEtdG9rZW4=")
+        assert garbled.value.status == 400
+        for i in range(25):  # the snapshot leaves the retained window
+            api.store.create("configmaps", {"metadata": {"name": f"c{i}"}}, "default")
+        with pytest.raises(ApiException) as expired:
+            core.list_namespaced_pod("default", limit=2, _continue=cont)
+        assert expired.value.status == 410
+        body = json.loads(expired.value.body)
+        assert body["reason"] == "Expired" and "continue parameter is too old" in body["message"]
+
+
 # -- watch -----------------------------------------------------------------------------------
 def test_watch_from_resource_version_replays_then_streams(core: client.CoreV1Api) -> None:
     rv = core.list_namespaced_pod("default").metadata.resource_version

@@ -199,6 +199,30 @@ class Store:
             ]
             return copy.deepcopy(items), self._rv
 
+    def list_at(
+        self, resource: str, ns: str | None, match: Callable[[Obj], bool], rv: int
+    ) -> builtins.list[Obj]:
+        """The objects as they were at ``rv`` (a paged list's later pages: the API server
+        serves them from the first page's snapshot), rebuilt from the event log; ``Expired``
+        once ``rv`` has left it (etcd compacted it)."""
+        res = lookup(resource)
+        with self.lock:
+            if rv < self._compacted:
+                raise Expired(rv, self._log[0].rv if self._log else self._rv)
+            state = dict(self._objs[res.key])
+            for ev in reversed(self._log):
+                if ev.rv <= rv:
+                    break
+                if ev.resource != res.key:
+                    continue
+                key = _ns_name(ev.obj)
+                if ev.type == "ADDED":
+                    state.pop(key, None)
+                else:  # MODIFIED: the state before; DELETED: the last state
+                    state[key] = ev.old if ev.old is not None else ev.obj
+            items = [o for k, o in sorted(state.items()) if (not ns or k[0] == ns) and match(o)]
+            return copy.deepcopy(items)
+
     def watch(self, resource: str, ns: str | None, resource_version: str | None) -> Watcher:
         """Register a watcher; its queue first holds the replay, then live events."""
         res = lookup(resource)
