@@ -16,10 +16,13 @@ each old pod (the preStop hold plus the app's shutdown).
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from tests.cluster.cluster import NODE_IP
 from tests.cluster.podlb import (
     APP_NS,
     NodeLB,
@@ -97,6 +100,13 @@ def run_rollout(
                 keepalive.wait(10)
         result = ScenarioResult(mode, replicas, rollout_s)
         result.new_conn, result.keepalive = new_conn.result(), keepalive.result()
+        # How each old pod's drain ended, from the node agent's records (hook modes only).
+        if mode in ("podlb", "exec"):
+            records = _drain_records()
+            result.drains = sorted(
+                (r for r in records if r["pod"] in old and r["outcome"] != "refused"),
+                key=lambda r: str(r["ended_at"]),
+            )
         for pod, t in pw.pods.items():
             if pod in old and t.deleting is not None and t.gone is not None:
                 result.drain_s.append(t.gone - t.deleting)
@@ -109,6 +119,12 @@ def run_rollout(
         lb.api.delay_s = 0.0
         cluster.kubectl("-n", APP_NS, "delete", "deployment,service", name, "--wait=false",
                         check=False)  # fmt: skip
+
+
+def _drain_records() -> list[dict[str, Any]]:
+    """GET /v1/drains of the node's agent (host network: the node's port 9808)."""
+    with urllib.request.urlopen(f"http://{NODE_IP}:9808/v1/drains", timeout=5) as r:
+        return list(json.load(r)["drains"])
 
 
 def pw_names(podlb: Podlb, name: str) -> list[str]:

@@ -38,6 +38,8 @@ def test_rollout_loses_no_request(rollout: Rollout, mode: str) -> None:
     assert result.requests > 200, result.as_dict()
     assert result.failed == 0, result.as_dict()
     assert len(result.drain_s) == 3 and len(result.register_s) == 3, result.as_dict()
+    # Each drain ended on the LB's word and the pod's quiet, none by a timer.
+    assert result.signal_ended() == (3, 3), result.drains
 
 
 def test_rollout_without_hook_fails_requests(rollout: Rollout) -> None:
@@ -49,7 +51,9 @@ def test_sleep_recipe_is_slower(rollout: Rollout) -> None:
     podlb, sleep = rollout("podlb"), rollout("sleep")
     assert sleep.failed == 0, sleep.as_dict()
     # Every old pod holds its hook SLEEP_S with the recipe; podlb's drain ends on the LB's word.
-    assert sleep.rollout_s > 1.5 * podlb.rollout_s, (sleep.as_dict(), podlb.as_dict())
+    # The rollouts share the registrations (the gate), so their ratio is smaller than the holds'.
+    assert (sleep.drain_p(0.5) or 0) > 3 * (podlb.drain_p(0.5) or 0), (sleep.drain_s, podlb.drain_s)
+    assert sleep.rollout_s > 1.2 * podlb.rollout_s, (sleep.as_dict(), podlb.as_dict())
 
 
 def test_agent_pod_deleted_while_pods_drain(podlb: Podlb, lb: NodeLB) -> None:

@@ -13,6 +13,7 @@ import yaml
 from kubernetes import client
 
 from tests.cluster.cluster import NODE, Cluster
+from tests.cluster.images import APP
 from tests.cluster.podlb import (
     AGENT_NS,
     APP_NS,
@@ -50,7 +51,7 @@ def _ready(pod: Any) -> bool:
 def split(cluster: Cluster, podlb: Podlb, lb: NodeLB) -> Iterator[Podlb]:
     """The default install replaced by the split one; the default comes back afterwards."""
     del lb
-    cluster.kubectl("delete", "-k", str(OVERLAY), "--ignore-not-found", "--wait=true", timeout=120)
+    _uninstall(cluster, OVERLAY)
     cluster.kubectl("apply", "-k", str(SPLIT_OVERLAY), timeout=120)
     try:
         podlb.wait_ready()
@@ -58,9 +59,26 @@ def split(cluster: Cluster, podlb: Podlb, lb: NodeLB) -> Iterator[Podlb]:
         cluster.kubectl("create", "namespace", APP_NS, check=False)
         yield podlb
     finally:
-        cluster.kubectl("delete", "-k", str(SPLIT_OVERLAY), "--ignore-not-found", "--wait=true",
-                        timeout=120, check=False)  # fmt: skip
+        _uninstall(cluster, SPLIT_OVERLAY)
         podlb.install()
+
+
+def _uninstall(cluster: Cluster, overlay: Path) -> None:
+    """Remove an install at once: its pods are force-deleted (nothing drains between tests)."""
+    cluster.kubectl("delete", "-k", str(overlay), "--ignore-not-found", "--wait=false",
+                    timeout=120, check=False)  # fmt: skip
+    cluster.kubectl("-n", AGENT_NS, "delete", "pods", "--all", "--grace-period=0", "--force",
+                    "--ignore-not-found", timeout=60, check=False)  # fmt: skip
+    until(
+        f"{overlay.name} removed",
+        lambda: (
+            not cluster.kubectl(
+                "get", "namespace", AGENT_NS, "--ignore-not-found", "-o", "name", check=False
+            )
+        ),
+        120,
+        0.5,
+    )
 
 
 def _can(api: client.ApiClient, user: str, verb: str, resource: str, group: str = "",
@@ -128,10 +146,18 @@ def test_node_restriction_policy(cluster: Cluster, split: Podlb) -> None:
     docs = list(yaml.safe_load_all(POLICY.read_text()))
     for d in docs:
         d["apiVersion"] = "admissionregistration.k8s.io/v1beta1"
+    name = "policy-target"
+    cluster.apply({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": APP_NS},
+        "spec": {"containers": [{"name": "app", "image": APP, "imagePullPolicy": "Never",
+                                 "args": ["--port", "8080", "--name", name]}],
+                 "terminationGracePeriodSeconds": 1},
+    })  # fmt: skip
+    until("the target pod scheduled", lambda: split.core.read_namespaced_pod(
+        name, APP_NS).spec.node_name == NODE, 30)  # fmt: skip
     cluster.apply(docs)
     try:
-        pod = next(p for p in split.core.list_namespaced_pod(APP_NS).items if p.spec.node_name)
-        name = pod.metadata.name
 
         def patch(ctype: str, node: str) -> int:
             api = cluster.api_client()
@@ -157,3 +183,4 @@ def test_node_restriction_policy(cluster: Cluster, split: Podlb) -> None:
     finally:
         cluster.kubectl("delete", "validatingadmissionpolicy,validatingadmissionpolicybinding",
                         "podlb-node-agent-own-node", "--ignore-not-found", check=False)  # fmt: skip
+        cluster.kubectl("-n", APP_NS, "delete", "pod", name, "--wait=false", check=False)
