@@ -4,6 +4,7 @@ with its own ServiceAccount, and the node-restriction policy, on the real cluste
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.cluster.cluster import NODE, Cluster
+from tests.cluster.cluster import NODE, NODE_IP, Cluster
 from tests.cluster.images import APP
 from tests.cluster.podlb import (
     AGENT_NS,
@@ -79,6 +80,16 @@ def _uninstall(cluster: Cluster, overlay: Path) -> None:
         120,
         0.5,
     )
+    # A force-deleted pod's process lives on a moment: the next agent needs its port 9808.
+    until("the old agent's port free", lambda: not _listening(NODE_IP, 9808), 60, 0.2)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _can(api: client.ApiClient, user: str, verb: str, resource: str, group: str = "",
