@@ -1,10 +1,22 @@
-"""Raw API objects (dicts, as read from the wire) to podlb's frozen model types."""
+"""Raw API objects (dicts, as read from the wire) to podlb's frozen model types.
+
+A node agent keeps its node's pods whole (``pod_from_dict``: its API shows them); the leader
+keeps every pod of the cluster, so ``leader_pod_from_dict`` keeps only what the leader decides
+on, and one copy of what pods share (label sets, ports, conditions, repeated strings).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+import threading
+from collections.abc import Hashable
+from dataclasses import replace
+from typing import Any, TypeVar, cast
 
 from agent.model import (
+    DATAPATH_READY,
+    DISRUPTION_TARGET,
+    LB_READY,
     Condition,
     ContainerPort,
     Endpoint,
@@ -15,6 +27,39 @@ from agent.model import (
     ServicePort,
     SlicePort,
 )
+
+H = TypeVar("H", bound=Hashable)
+
+# The conditions the leader reads (desired.py, reconcile.py): ContainersReady and
+# datapath-ready make a backend, DisruptionTarget a pod its kubelet stops, lb-ready its own.
+LEADER_CONDITIONS = frozenset({"ContainersReady", DATAPATH_READY, DISRUPTION_TARGET, LB_READY})
+PODLB_ANNOTATIONS = "podlb.io/"  # the only pod annotations podlb reads
+# Never read, often the largest annotation of an object (kubectl apply's copy of it).
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+class Shared:
+    """One copy of each equal value among many objects (a ReplicaSet's pods have the same
+    labels, ports, conditions). Bounded: past ``size`` distinct values it starts afresh
+    (what is shared stays shared)."""
+
+    def __init__(self, size: int = 16384) -> None:
+        self.size = size
+        self._values: dict[Hashable, Hashable] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, value: H) -> H:
+        with self._lock:
+            got = self._values.get(value)
+            if got is None:
+                if len(self._values) >= self.size:
+                    self._values.clear()
+                self._values[value] = got = value
+            return cast(H, got)
+
+
+_shared = Shared()
+_intern = sys.intern
 
 
 def _pairs(mapping: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
@@ -28,15 +73,6 @@ def pod_from_dict(obj: dict[str, Any]) -> Pod:
     ips = tuple(p["ip"] for p in status.get("podIPs") or [] if p.get("ip"))
     if not ips and status.get("podIP"):
         ips = (status["podIP"],)
-    ports: list[ContainerPort] = []
-    for container in spec.get("containers") or []:
-        for port in container.get("ports") or []:
-            if "containerPort" in port:
-                ports.append(
-                    ContainerPort(
-                        int(port["containerPort"]), port.get("name"), port.get("protocol", "TCP")
-                    )
-                )
     grace = spec.get("terminationGracePeriodSeconds")
     return Pod(
         namespace=meta.get("namespace", ""),
@@ -63,12 +99,65 @@ def pod_from_dict(obj: dict[str, Any]) -> Pod:
             )
             for c in status.get("conditions") or []
         ),
-        ports=tuple(ports),
+        ports=_container_ports(spec),
         labels=_pairs(meta.get("labels")),
         annotations=_pairs(meta.get("annotations")),
         resource_version=meta.get("resourceVersion", ""),
         creation_timestamp=meta.get("creationTimestamp"),
     )
+
+
+def leader_pod_from_dict(obj: dict[str, Any]) -> Pod:
+    """A pod of the cluster as the leader keeps it (:func:`for_leader`)."""
+    return for_leader(pod_from_dict(obj))
+
+
+def for_leader(pod: Pod) -> Pod:
+    """``pod`` reduced to what the leader decides on: only the conditions it reads (with no
+    message, and a ``lastTransitionTime`` only on its own lb-ready), only ``podlb.io/``
+    annotations, no resourceVersion (so a write that changes nothing the leader reads is no
+    change to its cache), and shared copies of what pods have in common."""
+    conditions = []
+    for c in pod.conditions:
+        if c.type in LEADER_CONDITIONS:
+            mine = c.type == LB_READY
+            small = Condition(
+                _intern(c.type),
+                _intern(c.status),
+                _intern(c.reason),
+                last_transition_time=c.last_transition_time if mine else None,
+            )
+            conditions.append(small if mine else _shared(small))
+    return replace(
+        pod,
+        namespace=_intern(pod.namespace),
+        node_name=_intern(pod.node_name) if pod.node_name else None,
+        phase=_intern(pod.phase),
+        readiness_gates=_shared(tuple(_intern(g) for g in pod.readiness_gates)),
+        conditions=_shared(tuple(conditions)),
+        ports=_shared(pod.ports),
+        labels=_shared(tuple((_intern(k), _intern(v)) for k, v in pod.labels)),
+        annotations=_shared(
+            tuple((_intern(k), v) for k, v in pod.annotations if k.startswith(PODLB_ANNOTATIONS))
+        ),
+        resource_version="",
+    )
+
+
+def _container_ports(spec: dict[str, Any]) -> tuple[ContainerPort, ...]:
+    ports: list[ContainerPort] = []
+    for container in spec.get("containers") or []:
+        for port in container.get("ports") or []:
+            if "containerPort" in port:
+                name = port.get("name")
+                ports.append(
+                    ContainerPort(
+                        int(port["containerPort"]),
+                        _intern(name) if name else None,
+                        _intern(port.get("protocol", "TCP")),
+                    )
+                )
+    return tuple(ports)
 
 
 def service_from_dict(obj: dict[str, Any]) -> Service:
@@ -95,28 +184,31 @@ def service_from_dict(obj: dict[str, Any]) -> Service:
         type=spec.get("type", "ClusterIP"),
         selector=_pairs(selector) if selector else None,
         ports=tuple(ports),
-        annotations=_pairs(meta.get("annotations")),
+        annotations=_pairs(
+            {k: v for k, v in (meta.get("annotations") or {}).items() if k != LAST_APPLIED}
+        ),
         resource_version=meta.get("resourceVersion", ""),
     )
 
 
 def endpointslice_from_dict(obj: dict[str, Any]) -> EndpointSlice:
     meta = obj.get("metadata") or {}
-    ns = meta.get("namespace", "")
+    ns = _intern(meta.get("namespace", ""))
     endpoints = []
     for ep in obj.get("endpoints") or []:
         cond = ep.get("conditions") or {}
         ref = ep.get("targetRef") or {}
         pod = None
         if ref.get("kind") == "Pod" and ref.get("name"):
-            pod = PodKey(ref.get("namespace") or ns, ref["name"])
+            pod = PodKey(_intern(ref.get("namespace") or ns), ref["name"])
+        node = ep.get("nodeName")
         endpoints.append(
             Endpoint(
                 addresses=tuple(ep.get("addresses") or ()),
                 ready=cond.get("ready"),
                 serving=cond.get("serving"),
                 terminating=cond.get("terminating"),
-                node_name=ep.get("nodeName"),
+                node_name=_intern(node) if node else None,
                 pod=pod,
             )
         )

@@ -12,7 +12,12 @@ from agent.model import EndpointSlice, Pod, Service
 
 from .calls import Calls
 from .client import KubeAccess, api_client
-from .convert import endpointslice_from_dict, pod_from_dict, service_from_dict
+from .convert import (
+    endpointslice_from_dict,
+    leader_pod_from_dict,
+    pod_from_dict,
+    service_from_dict,
+)
 from .informer import Informer, Key
 from .lease import LeaseStore
 from .pods import PodStatusSink
@@ -73,11 +78,12 @@ class KubeAdapters:
     def all_pods(
         self, on_change: Callable[[Key], None], on_resync: Callable[[], None], resync_s: float
     ) -> Informer[Pod]:
-        """Every pod of the cluster (the leader: backends live on every node)."""
+        """Every pod of the cluster (the leader: backends live on every node), each reduced
+        to what the leader decides on."""
         return self._informer(
             "pods",
             self.core.list_pod_for_all_namespaces,
-            pod_from_dict,
+            leader_pod_from_dict,
             (on_change, on_resync, resync_s),
         )
 
