@@ -18,7 +18,8 @@ from tests.cluster.hoststate import CGROUP_NAME
 from tests.cluster.podlb import AGENT_NS, RUNTIME_PORT, NodeLB, Podlb, until
 from tests.testbed.app import wait_listening
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+# The first test of a run also builds the images (minutes when cold) and starts the cluster.
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(900)]
 
 LEASE_DURATION_S = 15.0  # client-go's default, the agent's too
 RETRY_PERIOD_S = 2.0

@@ -23,7 +23,8 @@ from tests.cluster.podlb import (
     until,
 )
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+# The first test of a run also builds the images (minutes when cold) and starts the cluster.
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _pods(podlb: Podlb, app: str) -> list[Any]:

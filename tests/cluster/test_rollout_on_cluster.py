@@ -11,7 +11,8 @@ from tests.cluster.podlb import AGENT_NS, NodeLB, Podlb, PodWatch, until
 from tests.cluster.rollout import run_rollout
 from tests.testbed.rollout import ScenarioResult
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+# The first test of a run also builds the images (minutes when cold) and starts the cluster.
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(900)]
 
 SLEEP_S = 10  # the sleep baseline's preStop (the vendors say 40; the bench runs 40)
 

@@ -29,7 +29,8 @@ from tests.cluster.podlb import (
 )
 from tests.cluster.rollout import run_rollout
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+# The first test of a run also builds the images (minutes when cold) and starts the cluster.
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(900)]
 
 NODE_SA = "system:serviceaccount:podlb-system:podlb-agent"
 LEADER_SA = "system:serviceaccount:podlb-system:podlb-leader"
