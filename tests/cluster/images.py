@@ -239,10 +239,15 @@ def app_image() -> Path:
 
 
 def _push(b: Buildah, image: str, path: Path) -> None:
+    """Write the docker-archive, then drop the image (and the build stage's leftovers) from
+    buildah's storage: the archive is the cache; vfs storage would grow by hundreds of MiB a
+    build. The base stays."""
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     b("push", "-q", image, f"docker-archive:{tmp}:{image}")
     tmp.rename(path)
+    b("rmi", "-f", image)
+    b("rmi", "--prune")
     for old in path.parent.glob(path.name.split("-")[0] + "-*.tar"):
         if old != path and old.name.rsplit("-", 1)[0] == path.name.rsplit("-", 1)[0]:
             old.unlink()
