@@ -17,7 +17,7 @@ import functools
 import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.errors import PermanentError
 
@@ -148,3 +148,15 @@ class LBProvider(Protocol):
         ...
 
     def apply(self, instance: str, pool: str, actions: Sequence[Action]) -> ApplyResult: ...
+
+
+@runtime_checkable
+class RestartAware(Protocol):
+    """A provider whose instances can lose the servers podlb added (an HAProxy restart or
+    reload drops its runtime servers) and that can tell, cheaply, that this happened."""
+
+    def process_id(self, instance: str) -> str:
+        """An id of the instance's running process that changes when it restarts or reloads:
+        one cheap request, no retry, meant to be polled every second or so.
+        ``TransientError`` when the instance cannot be reached."""
+        ...

@@ -7,7 +7,9 @@ answers captured from HAProxy 2.6.12:
   :func:`parse_backends` (``show backend``) and :func:`build_pools` -> :class:`PoolState`;
 * :func:`classify_answer` says whether a command's answer is a success or a rejection, and
   gives a short reason (``exists``, ``no_server``, ``not_in_maint`` ...);
-* :func:`action_steps` turns an :class:`Action` into Runtime API commands.
+* :func:`action_steps` turns an :class:`Action` into Runtime API commands;
+* :func:`process_id` (``show info``) tells a restarted or reloaded process, which has lost the
+  servers added at run time, from the one podlb last saw.
 
 I/O: observations use one connection per command (non-interactive mode, the answer ends at
 EOF, so no answer text can be mistaken for a delimiter). :meth:`HAProxyProvider.apply` sends a
@@ -230,6 +232,22 @@ def parse_stat_csv(text: str) -> list[StatRow]:
             continue
         rows.append(StatRow(f[px], f[sv], f[st], int(f[sc]) if f[sc] else 0))
     return rows
+
+
+def process_id(info: str) -> str:
+    """The id of the process that answered ``show info``: ``<Pid>@<Start_time_sec>``.
+
+    A restart or a master-worker reload starts a new process (a new worker): its runtime
+    servers are gone. The start time tells apart processes that reuse a pid (pid 1 of a
+    restarted container); ``ValueError`` when the answer has no ``Pid``."""
+    fields = dict(
+        (k.strip(), v.strip())
+        for k, sep, v in (ln.partition(":") for ln in info.splitlines())
+        if sep
+    )
+    if not fields.get("Pid"):
+        raise ValueError(f"not a 'show info' answer: {info[:80]!r}")
+    return f"{fields['Pid']}@{fields.get('Start_time_sec', '?')}"
 
 
 def parse_backends(text: str) -> list[str]:
@@ -717,6 +735,23 @@ class HAProxyProvider:
         except ValueError as e:
             raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
 
+    def process_id(self, instance: str) -> str:
+        """:func:`process_id` from one ``show info``, one attempt (a prober calls again soon),
+        at most ``timeout_s``; ``TransientError`` when the instance cannot be reached."""
+        cmd = "show info"
+        try:
+            text = _exchange_one(self._endpoint(instance), cmd, self.timeout_s)
+        except _Incomplete as e:
+            self._note(instance, cmd, "error")
+            raise TransientError(f"HAProxy {instance}: {cmd!r} failed: {e.cause!r}") from e.cause
+        try:
+            ident = process_id(text)
+        except ValueError as e:
+            self._note(instance, cmd, "rejected")
+            raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
+        self._note(instance, cmd, "ok")
+        return ident
+
     # -- apply ----------------------------------------------------------------------------
     def apply(self, instance: str, pool: str, actions: Sequence[Action]) -> ApplyResult:
         """Run every action; rejected ones land in ``failed`` with ``"<reason>: <answer>"``.
@@ -826,6 +861,7 @@ __all__ = [
     "parse_endpoint",
     "parse_servers_state",
     "parse_stat_csv",
+    "process_id",
     "removal_blockers",
     "retried_answer",
     "split_answers",

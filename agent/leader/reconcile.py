@@ -5,7 +5,9 @@ informer caches and what every LB instance of every provider reports), computes 
 pools, sets ``podlb.io/lb-ready`` on every pod behind a direct Service and hands the plan of
 each managed pool to the apply workers (observed pools are only read). Rounds run soon after a
 change, every ``fast_period_s`` while something is registering or draining, and every
-``resync_s`` otherwise.
+``resync_s`` otherwise, and at once when an LB instance restarted: a restarted HAProxy has lost
+the servers podlb added and answers 503 until they are back, so its process id is polled every
+``lb_probe_s`` (every ``lb_probe_down_s`` while it cannot be reached) and a new one wakes a round.
 
 LB changes are applied asynchronously: a slow LB API (a cloud's takes seconds) must not hold the
 next round, so one pod's drain never delays another's registration. A server with a change in
@@ -28,7 +30,15 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from agent.clock import Clock
 from agent.errors import PodlbError
-from agent.lb.base import Action, AdminState, LBProvider, Mode, PoolState, canonical_ip
+from agent.lb.base import (
+    Action,
+    AdminState,
+    LBProvider,
+    Mode,
+    PoolState,
+    RestartAware,
+    canonical_ip,
+)
 from agent.lb.fence import Term, TermEnded, bound
 from agent.model import LB_READY, EndpointSlice, Pod, PodKey, Service, direct_mode
 from agent.node.reporter import ConditionReporter, Desired
@@ -111,6 +121,10 @@ class Leader:
     # Where LB changes run; the composition root gives a thread pool, shut down with the term.
     apply_executor: Executor = field(default_factory=InlineExecutor)
     stop_apply_timeout_s: float = 5.0  # how long a term's end waits for changes in flight
+    # How often each restart-aware LB instance's process id is read (one cheap request), and
+    # how often while it cannot be reached (a restart in progress: wake as soon as it is back).
+    lb_probe_s: float = 1.0
+    lb_probe_down_s: float = 0.1
     _term: Term | None = None  # fences every LB call of the term this leader runs in
     _futures: set[Future[None]] = field(default_factory=set)
     _wake: threading.Event = field(default_factory=threading.Event)
@@ -133,6 +147,8 @@ class Leader:
     # pods waiting at the gate: pod -> (uid, since when, monotonic); timeouts counted already
     _gate_since: dict[PodKey, tuple[str, float]] = field(default_factory=dict)
     _gate_counted: set[tuple[PodKey, str]] = field(default_factory=set)
+    # (provider, instance) -> its process id at the last probe; None: not reachable then
+    _lb_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
     def poke(self, key: object = None) -> None:
         del key
@@ -169,6 +185,14 @@ class Leader:
             self._wake.set()
 
         threads.append(threading.Thread(target=wake_on_stop, name="leader-stop"))
+        if any(isinstance(p, RestartAware) for p in self.providers.values()):
+
+            def probe_lbs(stopped: threading.Event) -> None:
+                while (down := self.probe_lbs()) is not None:
+                    if self.clock.wait(stopped, self.lb_probe_down_s if down else self.lb_probe_s):
+                        return
+
+            threads.append(threading.Thread(target=guarded(probe_lbs), name="lb-probe"))
         for t in threads:
             t.daemon = True
             t.start()
@@ -200,6 +224,36 @@ class Leader:
             futures.wait(pending, timeout=self.stop_apply_timeout_s)
             for t in threads:
                 t.join(timeout=5)
+
+    def probe_lbs(self) -> bool | None:
+        """Read the process id of every restart-aware LB instance (fenced by the term); wake a
+        round when one changed, or when an instance is back after it could not be reached. The
+        first id seen is only noted (the round at the term's start covers it). True when an
+        instance could not be reached (probe again soon); None once the term has ended."""
+        down = False
+        for name, provider in self.providers.items():
+            if not isinstance(provider, RestartAware):
+                continue
+            for instance in provider.instances():
+                key = (name, instance)
+                try:
+                    with bound(self._term):
+                        now: str | None = provider.process_id(instance)
+                except TermEnded:
+                    return None
+                except PodlbError as exc:
+                    if self._lb_ids.get(key, "") is not None:
+                        log.warning("leader: %s %s not reachable: %s", name, instance, exc)
+                    now = None
+                if key in self._lb_ids and now is not None and now != self._lb_ids[key]:
+                    log.warning(
+                        "leader: %s %s restarted or reloaded (process %s, was %s): reconciling it",
+                        name, instance, now, self._lb_ids[key] or "unreachable",
+                    )  # fmt: skip
+                    self._wake.set()
+                self._lb_ids[key] = now
+                down |= now is None
+        return down
 
     # -- one round --------------------------------------------------------------------------
     def round(self) -> bool:

@@ -252,6 +252,23 @@ def test_stopped_haproxy_is_transient_after_bounded_retries() -> None:
             assert time.monotonic() - t0 < 2.0
 
 
+def test_process_id_changes_with_a_restart_and_a_dead_instance_is_one_quick_error() -> None:
+    seen: list[tuple[str, str]] = []
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        p = provider(lb, timeout_s=0.5, on_command=lambda i, verb, out: seen.append((verb, out)))
+        (inst,) = p.instances()
+        first = p.process_id(inst)
+        assert p.process_id(inst) == first
+        lb.stop()
+        t0 = time.monotonic()
+        with pytest.raises(TransientError, match="show info"):
+            p.process_id(inst)  # one attempt: no retry, no backoff
+        assert time.monotonic() - t0 < 0.2
+        lb.start()
+        assert p.process_id(inst) != first
+    assert seen == [("show info", "ok")] * 2 + [("show info", "error"), ("show info", "ok")]
+
+
 @pytest.mark.netns
 def test_restart_loses_servers_and_they_can_be_readded(netns_pool: NetnsPool) -> None:
     pod = netns_pool.add_veth()

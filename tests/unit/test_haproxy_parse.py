@@ -27,6 +27,7 @@ from agent.lb.haproxy import (
     parse_endpoint,
     parse_servers_state,
     parse_stat_csv,
+    process_id,
     removal_blockers,
     retried_answer,
     split_answers,
@@ -586,3 +587,16 @@ def test_no_io_for_invalid_input(tmp_path: object) -> None:
     assert result.done == 0
     assert result.failed == ((bad, "invalid: add needs an address and a port"),)
     assert p.apply(inst, "be", []).done == 0
+
+
+def test_process_id_from_show_info() -> None:
+    """HAProxy 2.6.12's ``show info`` (abridged): a restart changes the pid or, for pid 1 of a
+    restarted container, the start time."""
+    info = "Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 12698\nUptime_sec: 0\n"
+    info += "node: vm\nBuild info: 2.6.12-1+deb12u4\nStart_time_sec: 1796166739\nTainted: 0\n"
+    assert process_id(info) == "12698@1796166739"
+    assert process_id(info.replace("1796166739", "1796166800")) != process_id(info)
+    assert process_id("Pid: 1\n") == "1@?"
+    for bad in ("", "Unknown command.\n", "Pid: \n"):
+        with pytest.raises(ValueError, match="show info"):
+            process_id(bad)

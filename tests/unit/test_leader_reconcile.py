@@ -21,6 +21,7 @@ from agent.lb.base import (
     PoolState,
     server_name,
 )
+from agent.lb.fence import Term, fenced
 from agent.leader.reconcile import Leader, LeaderMetrics
 from agent.model import (
     LB_READY,
@@ -532,3 +533,41 @@ def test_an_lb_restart_is_repaired_without_taking_pods_out_of_rotation() -> None
         "c": "Registering",
     }
     assert lost == [("haproxy", 2)]  # a new pod's server is not a loss
+
+
+@dataclass
+class RestartingLB(FakeLB):
+    """A FakeLB whose instances report a process id (None: not reachable)."""
+
+    ids: dict[str, str | None] = field(default_factory=dict)
+    probes: int = 0
+
+    def process_id(self, instance: str) -> str:
+        with fenced("show info"):  # as a real provider fences each request
+            self.probes += 1
+            ident = self.ids[instance]
+            if ident is None:
+                raise TransientError(f"{instance} refused")
+            return ident
+
+
+def test_an_lb_restart_wakes_a_round_at_once_and_probes_are_fenced() -> None:
+    """Issue 17: a restarted instance answers 503 until its servers are back, so its new process
+    (or its return after it could not be reached) wakes the leader, not the next resync."""
+    lb = RestartingLB({"h1": {POOL: {}}, "h2": {POOL: {}}}, ids={"h1": "10@1", "h2": "20@1"})
+    ld, _sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
+    assert ld.probe_lbs() is False and not ld._wake.is_set()  # first ids: only noted
+    assert ld.probe_lbs() is False and not ld._wake.is_set()
+    lb.ids["h1"] = "11@2"  # restarted between two probes
+    assert ld.probe_lbs() is False and ld._wake.is_set()
+    ld._wake.clear()
+    lb.ids["h2"] = None  # stopping: nothing to reconcile yet, probe again soon
+    assert ld.probe_lbs() is True and not ld._wake.is_set()
+    lb.ids["h2"] = "20@1"  # back (even with the same id: a connection lost and found)
+    assert ld.probe_lbs() is False and ld._wake.is_set()
+    ld._wake.clear()
+    ld._term = Term(lambda: False, "ended")  # no request outside the term
+    probes = lb.probes
+    assert ld.probe_lbs() is None and lb.probes == probes and not ld._wake.is_set()
+    plain, _ = leader([], [], FakeLB({"h1": {POOL: {}}}))
+    assert plain.probe_lbs() is False  # a provider that cannot tell is not probed
