@@ -175,8 +175,10 @@ class Informer(Generic[T]):
         seen: set[Key] = set()
         cont = ""
         resource_version = ""
+        started, pages = self.clock.monotonic(), 0
         while True:
             page = self._list_page(cont)
+            pages += 1
             meta = page.get("metadata") or {}
             resource_version = resource_version or meta.get("resourceVersion", "")
             cont = meta.get("continue") or ""
@@ -203,6 +205,10 @@ class Informer(Generic[T]):
                 del self._items[key]
         self.resource_version = resource_version
         self.relists += 1
+        log.info(
+            "%s listed: %d in %d page(s) in %.1fs",
+            self.resource, len(seen), pages, self.clock.monotonic() - started,
+        )  # fmt: skip
         self.synced.set()
         for key in gone:
             self.on_change(key)
