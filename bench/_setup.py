@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
+import threading
 
 
 def prepare(needs: str) -> bool:
@@ -16,3 +18,24 @@ def prepare(needs: str) -> bool:
         print(f"needs root ({needs})", file=sys.stderr)
         return False
     return True
+
+
+def check_sink(port: int, stop: threading.Event) -> socket.socket:
+    """Accept and close every connection to *:port (HAProxy's TCP health checks of many
+    servers, all answered by this one listener)."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(4096)
+    srv.settimeout(0.2)
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    threading.Thread(target=loop, daemon=True, name="check-sink").start()
+    return srv

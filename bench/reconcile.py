@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import sys
 import threading
@@ -32,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from bench._setup import prepare
+from bench._setup import check_sink, prepare
 from tests.testbed.agents import AgentProcess
 from tests.testbed.haproxy import HAProxy
 from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
@@ -42,26 +41,6 @@ PORT = 18080
 # is changing state, so a new server's first verdict comes fast.
 SERVER_OPTIONS = "check inter 2s fastinter 100ms downinter 200ms fall 2 rise 1"
 NS = "bench"
-
-
-def check_sink(stop: threading.Event) -> socket.socket:
-    """Accept and close every connection to *:PORT (HAProxy's TCP health checks)."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", PORT))
-    srv.listen(4096)
-    srv.settimeout(0.2)
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            conn.close()
-
-    threading.Thread(target=loop, daemon=True, name="check-sink").start()
-    return srv
 
 
 def pod(svc: int, n: int, ready: bool) -> dict[str, Any]:
@@ -126,7 +105,7 @@ def main() -> int:
     if not prepare("HAProxy, loopback addresses"):
         return 2
     stop = threading.Event()
-    sink = check_sink(stop)
+    sink = check_sink(PORT, stop)
     pools = [f"{NS}.s{i}.http" for i in range(args.services + 1)]  # the last: probe pods
     try:
         with (
