@@ -915,7 +915,7 @@ def converge(s: Setup, leader: Agent, lb: Any, out: dict[str, Any]) -> None:
     stable = sum(1 for p in s.plans if p.backend and not p.probe)
     t0 = time.monotonic()
     done_lb = done_cond = None
-    while time.monotonic() < t0 + 3600 and done_cond is None:
+    while time.monotonic() < t0 + s.args.converge_timeout and done_cond is None:
         leader.poll()
         if s.args.fresh:
             if done_lb is None:
@@ -1104,6 +1104,9 @@ def main() -> int:
     parser.add_argument("--churn-s", type=float, default=60.0)
     parser.add_argument("--window", type=float, default=30.0, help="seconds at rest measured")
     parser.add_argument("--status-rate", type=float, default=100.0, help="agents' --status-rate")
+    parser.add_argument(
+        "--converge-timeout", type=float, default=900.0, help="seconds to wait for convergence"
+    )
     parser.add_argument("--baseline", type=Path, help="first measure the agent of this checkout")
     parser.add_argument(
         "--fresh",
