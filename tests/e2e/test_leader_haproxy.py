@@ -251,7 +251,13 @@ def test_pods_their_kubelet_stops_are_drained_and_spoofs_refused(
             lb_ready = next(c for c in pod["status"]["conditions"] if c["type"] == GATE)
             assert (lb_ready["status"], lb_ready["reason"]) == ("False", "Deregistered")
         text = agent.get("/metrics")[1].decode()
-        assert 'podlb_drain_duration_seconds_count{outcome="drained"} 2.0' in text, text
+        drained = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("podlb_drain_duration_seconds_count{")
+            and 'outcome="deregistered+quiet"' in line
+        )
+        assert drained == 2.0, text
         # A DisruptionTarget the kubelet did not write for its own stop admits nothing.
         core.patch_namespaced_pod_status(
             "spoofed",
