@@ -50,6 +50,7 @@ import math
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -521,6 +522,21 @@ def proc_kib(pid: int, field_name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+class OutOfMemory(RuntimeError):
+    """The machine is running out of memory: the run stops before the kernel's OOM killer
+    picks a victim (an agent whose list never fits makes the API server balloon too)."""
+
+
+def guard_memory(floor: float = 0.1) -> None:
+    text = Path("/proc/meminfo").read_text()
+    total, available = (
+        int(re.search(rf"^{k}:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+        for k in ("MemTotal", "MemAvailable")
+    )
+    if available < floor * total:
+        raise OutOfMemory(f"only {available // 1024} MiB of {total // 1024} MiB available")
+
+
 def mib(kib: int) -> float:
     return round(kib / 1024, 1)
 
@@ -551,6 +567,7 @@ class Agent:
             tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
             raise RuntimeError(f"agent {self.name} exited with {self.proc.returncode}:\n{tail}")
         self.peak_kib = max(self.peak_kib, proc_kib(self.proc.pid, "VmHWM"))
+        guard_memory()
 
     def rss_kib(self) -> int:
         assert self.proc is not None
@@ -997,12 +1014,12 @@ def churn(s: Setup, agents: list[Agent]) -> None:
     pool.shutdown(wait=True)
 
 
-def measure(s: Setup, agent_dir: Path) -> dict[str, Any]:
-    """One leader and one node agent from ``agent_dir`` on the filled cluster."""
+def measure(s: Setup, agent_dir: Path, out: dict[str, Any]) -> None:
+    """One leader and one node agent from ``agent_dir`` on the filled cluster; the figures go
+    into ``out`` as they come (a run cut short keeps those it has)."""
     from tests.testbed.haproxy import HAProxy
 
     args = s.args
-    out: dict[str, Any] = {"agent_dir": str(agent_dir)}
     pools = [f"bench-{i % NAMESPACES}.svc-{i:04d}.http" for i in range(args.services)]
     s.backends.latencies.clear()
     agents: list[Agent] = []
@@ -1056,9 +1073,10 @@ def measure(s: Setup, agent_dir: Path) -> dict[str, Any]:
                 out[f"{a.name}_rss_peak_mib"] = mib(a.peak_kib)
                 out[f"{a.name}_rss_steady_mib"] = mib(a.rss_kib())
         finally:
+            for a in agents:
+                out.setdefault(f"{a.name}_rss_peak_mib", mib(a.peak_kib))
             for a in reversed(agents):
                 a.stop()
-    return out
 
 
 def reset(s: Setup) -> None:
@@ -1137,9 +1155,15 @@ def main() -> int:
             if i:
                 reset(s)
             print(f"agents from {d}", file=sys.stderr)
-            runs.append(measure(s, d))
+            runs.append({"agent_dir": str(d)})
+            try:
+                measure(s, d, runs[-1])
+            except (RuntimeError, TimeoutError) as exc:  # OutOfMemory, an agent that died
+                runs[-1]["error"] = str(exc).splitlines()[0][:200]
+                print(f"  run cut short: {runs[-1]['error']}", file=sys.stderr)
         sink.close()
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
         stop.set()
         route(False)
         cp.stop()
@@ -1193,6 +1217,8 @@ def report(args: argparse.Namespace, facts: dict[str, Any], runs: list[dict[str,
     row("node agent API requests/s at rest", lambda r: str(r.get("node_requests_per_s")))
     row("node agent CPU at rest, % of a core", lambda r: str(r.get("node_cpu_pct")))
     for r in runs:
+        if "error" in r:
+            print(f"\n{r['agent_dir']}: cut short: {r['error']}")
         print(
             f"\nrequests/s at rest ({r['agent_dir']}): leader {r.get('leader_requests')}, "
             f"node agent {r.get('node_requests')}"
