@@ -37,7 +37,7 @@ demo: deps
 
 ## test: lint + the whole test suite (pytest exit 5 = no tests = failure)
 test: deps lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 unit: deps
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
