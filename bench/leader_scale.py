@@ -1195,7 +1195,7 @@ def report(args: argparse.Namespace, facts: dict[str, Any], runs: list[dict[str,
         f"< {TARGETS['leader_rss_peak_mib']:.0f} peak",
     )
     row(
-        "first convergence (leader start to all servers UP), s",
+        "first convergence (to the first full round; --fresh: all servers UP), s",
         lambda r: str(r.get("convergence_s")),
         f"< {TARGETS['convergence_s']:.0f}",
     )
