@@ -19,7 +19,12 @@ a cloud LB's API. Mode ``observe`` is TKE's direct mode against the CLB API doub
 cloud's controller (a stand-in) registers the pods, podlb only reads the CLB.
 
     .venv/bin/python -m bench.rolling_update [--modes podlb,nohook,sleep,observe] [--sleep 40]
-        [--replicas 6] [--lb-delay 1.0] [--json]
+        [--replicas 6] [--max-surge 1] [--server-options OPTIONS] [--lb-delay 1.0] [--json]
+
+At scale (the issue's 300-pod case: maxSurge 25 %, HAProxy checks every second, 2 to rise):
+
+    .venv/bin/python -m bench.rolling_update --replicas 300 --max-surge 25% \
+        --server-options "check inter 1s fall 2 rise 2"
 
 ``--cluster`` runs the same comparison on the real single-node cluster of the tests
 (tests/cluster/: real kube-apiserver, controllers, kubelet, containerd, preStop hooks and
@@ -42,7 +47,7 @@ from tests.cluster.podlb import Podlb, node_haproxy
 from tests.cluster.rollout import MODES as CLUSTER_MODES
 from tests.cluster.rollout import run_rollout
 from tests.testbed.load import ERROR_KINDS, ERROR_MEANINGS
-from tests.testbed.rollout import MODES, ScenarioResult, run_scenario
+from tests.testbed.rollout import HAPROXY_SERVER_OPTIONS, MODES, ScenarioResult, run_scenario
 
 
 def say(msg: str) -> None:
@@ -114,9 +119,10 @@ def run_on_testbed(modes: list[str], args: argparse.Namespace) -> list[ScenarioR
         say(f"running {mode} ...")
         results.append(
             run_scenario(
-                mode, replicas=args.replicas, sleep_s=args.sleep, lb_delay_s=args.lb_delay, log=say
+                mode, replicas=args.replicas, sleep_s=args.sleep, lb_delay_s=args.lb_delay,
+                log=say, max_surge=args.max_surge, server_options=args.server_options,
             )
-        )
+        )  # fmt: skip
     return results
 
 
@@ -144,6 +150,14 @@ def main() -> int:
     parser.add_argument("--sleep", type=int, default=40, help="seconds of the sleep preStop")
     parser.add_argument("--replicas", type=int, default=6)
     parser.add_argument("--lb-delay", type=float, default=1.0, help="LB API latency, seconds")
+    parser.add_argument(
+        "--max-surge", default="1", help="the rollout's maxSurge: N or N%% (testbed)"
+    )
+    parser.add_argument(
+        "--server-options",
+        default=HAPROXY_SERVER_OPTIONS,
+        help="HAProxy's options on each server: its health checks (testbed)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--cluster", action="store_true", help="on the real single-node cluster (tests/cluster)"
@@ -189,7 +203,13 @@ def main() -> int:
     else:
         load = "2 new-connection + 2 keep-alive clients through HAProxy"
         where = "real node (kubelet v1.28.7)" if args.cluster else "testbed (simulated kubelet)"
-        print(f"{where}: {args.replicas} replicas, LB API latency {args.lb_delay:g}s, load: {load}")
+        surge = (
+            "" if args.cluster else f", maxSurge {args.max_surge}, HAProxy {args.server_options!r}"
+        )
+        print(
+            f"{where}: {args.replicas} replicas{surge}, LB API latency {args.lb_delay:g}s, "
+            f"load: {load}"
+        )
         print(table(results, args.sleep))
         for line in drain_endings(results):
             print(line)

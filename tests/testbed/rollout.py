@@ -2,7 +2,7 @@
 
 A ``replicas``-pod app behind a real HAProxy, registered by podlb's leader, under a steady load
 of new connections and keep-alive requests through HAProxy, goes through a full rolling update
-(maxSurge 1, maxUnavailable 0). Modes:
+(maxSurge 1 unless asked otherwise, maxUnavailable 0). Modes:
 
 * ``podlb``: readiness gate ``podlb.io/lb-ready`` + ``httpGet`` preStop to the in-pod drain
   listener (``:9809/drain``);
@@ -165,6 +165,13 @@ def service(mode: str = "podlb") -> dict[str, Any]:
     }
 
 
+def surge(max_surge: str, replicas: int) -> int:
+    """``maxSurge`` as a Deployment reads it: a count, or a percentage rounded up."""
+    if max_surge.endswith("%"):
+        return max(1, -(-replicas * int(max_surge[:-1]) // 100))
+    return int(max_surge)
+
+
 def run_scenario(
     mode: str,
     *,
@@ -173,8 +180,11 @@ def run_scenario(
     concurrency: int = 2,
     lb_delay_s: float = 1.0,
     log: Any = None,
+    max_surge: str = "1",
+    server_options: str = HAPROXY_SERVER_OPTIONS,
 ) -> ScenarioResult:
-    """Set up everything, run the rollout under load, tear everything down."""
+    """Set up everything, run the rollout under load (``max_surge``: a count or ``25%``;
+    ``server_options``: HAProxy's health checks), tear everything down."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {MODES}")
     say = log or (lambda msg: None)
@@ -186,10 +196,10 @@ def run_scenario(
         Kubelet.for_api(api, nodes) as kubelet,
         HAProxy(
             backends=(POOL,),
-            server_options=HAPROXY_SERVER_OPTIONS,
+            server_options=server_options,
             extra_defaults=("retries 0",),
         ) as lb,
-        _lb_api(mode, lb, api.api_client(), lb_delay_s) as (lb_args, env),
+        _lb_api(mode, lb, api.api_client(), lb_delay_s, server_options) as (lb_args, env),
     ):
         core = client.CoreV1Api(api.api_client())
         core.create_namespaced_service("shop", service(mode))
@@ -200,10 +210,11 @@ def run_scenario(
             url = procs[0].url
             app = RollingUpdate(
                 api.api_client(), "web", template(mode, "v1", sleep_s, grace, url),
-                namespace="shop", replicas=replicas, nodes=list(nodes), timeout=600,
+                namespace="shop", replicas=replicas, nodes=list(nodes),
+                timeout=max(600, 4 * replicas),
             )  # fmt: skip
             app.scale(replicas)
-            _wait_up(lb, replicas)
+            _wait_up(lb, replicas, timeout=60 + replicas)
             say(f"{mode}: {replicas} pods Ready and UP in HAProxy; rolling update under load")
             new_conn = LoadGenerator(lb.url, mode="new", concurrency=concurrency, duration=900)
             keepalive = LoadGenerator(lb.url, mode="keepalive", concurrency=concurrency,
@@ -213,8 +224,8 @@ def run_scenario(
             try:
                 time.sleep(1.0)
                 report = app.rolling_update(
-                    template(mode, "v2", sleep_s, grace, url), max_surge=1, max_unavailable=0,
-                    wait_gone=True,
+                    template(mode, "v2", sleep_s, grace, url),
+                    max_surge=surge(max_surge, replicas), max_unavailable=0, wait_gone=True,
                 )  # fmt: skip
                 time.sleep(1.0)
             finally:
@@ -246,13 +257,17 @@ def run_scenario(
 
 @contextlib.contextmanager
 def _lb_api(
-    mode: str, lb: HAProxy, api_client: client.ApiClient, delay_s: float
+    mode: str,
+    lb: HAProxy,
+    api_client: client.ApiClient,
+    delay_s: float,
+    server_options: str = HAPROXY_SERVER_OPTIONS,
 ) -> Iterator[tuple[list[str], dict[str, str]]]:
     """The LB API podlb talks to, and the agent flags and environment for it."""
     if mode != "observe":
         with SlowRuntimeProxy(lb.socket_path, delay_s) as slow:
             yield [
-                "--lb", "haproxy", "--haproxy-server-options", HAPROXY_SERVER_OPTIONS,
+                "--lb", "haproxy", "--haproxy-server-options", server_options,
                 "--haproxy-runtime", f"unix:{slow.socket_path}",
             ], {}  # fmt: skip
         return
