@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from tests.cluster.assets import k8s_assets
 from tests.cluster.hoststate import BRIDGE, ETCD_DIR, STATE_DIR, Marker
 from tests.cluster.images import PAUSE, import_images
 from tests.cluster.pki import PKI
+from tests.testbed.haproxy import free_port
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ CONTROLLERS = (
 
 class ClusterError(RuntimeError):
     """The cluster did not come up; the message names the component and its log's tail."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(
@@ -199,7 +193,7 @@ class Cluster:
         subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
 
     def _etcd(self) -> None:
-        self.etcd_port, peer = _free_port(), _free_port()
+        self.etcd_port, peer = free_port(), free_port()
         self.etcd_dir.mkdir(parents=True, exist_ok=True)
         self._spawn("etcd", [
             "etcd", "--name", "podlb-test", "--data-dir", str(self.etcd_dir / "data"),
@@ -470,7 +464,7 @@ class ControlPlane(Cluster):
         self.dir = Path(tempfile.mkdtemp(prefix="podlb-controlplane-", dir="/dev/shm"))
         self.etcd_dir = self.dir / "etcd"
         self.logs = self.dir / "logs"
-        self.api_host, self.api_port = "127.0.0.1", _free_port()
+        self.api_host, self.api_port = "127.0.0.1", free_port()
         self.server = f"https://127.0.0.1:{self.api_port}"
         # Fake nodes never report: no taints, no evictions.
         self.controllers = tuple(c for c in CONTROLLERS if c != "nodelifecycle")
