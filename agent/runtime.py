@@ -443,6 +443,30 @@ def build_leader(
     return LeaderSide(elector, leader_work(settings, kube, metrics, clock))
 
 
+def stop_on_signals(sup: Supervisor) -> threading.Event:
+    """Install SIGTERM/SIGINT handlers; the returned event is set by the first signal.
+
+    The first signal asks for a clean stop (drains in progress end first), a second one stops
+    at once. Called before any worker starts: a SIGTERM that arrives once /readyz answers must
+    take this path, never Python's default (killed mid-write).
+    """
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            log.info("received %s again: stopping now", name)
+            sup.stop.set()
+        else:
+            log.info("received %s: stopping", name)
+            stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stopping
+
+
 def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     log.info("podlb-agent %s starting: %s", __version__, settings.describe())
     raise_fd_limit()
@@ -466,6 +490,7 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         clock,
     )
     sup = Supervisor()
+    stopping = stop_on_signals(sup) if install_signals else threading.Event()
     node = leader = None
     if settings.role in ("all", "node"):
         node = build_node(settings, kube, metrics, registry, clock, sup.stop)
@@ -479,21 +504,6 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
         log.info("API listening on %s:%d", *api.address)
         sup.start("api", api.serve)
 
-    stopping = threading.Event()  # asked to stop: drains in progress end first
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        del frame
-        name = signal.Signals(signum).name
-        if stopping.is_set():
-            log.info("received %s again: stopping now", name)
-            sup.stop.set()
-        else:
-            log.info("received %s: stopping", name)
-            stopping.set()
-
-    if install_signals:
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
     while not stopping.wait(0.2) and not sup.stop.is_set():  # a signal wakes it at once
         pass
     if node is not None and not sup.stop.is_set():
