@@ -310,9 +310,25 @@ def in_cluster(env: EnvDefaults) -> bool:
 
 
 def check_proc_root(args: argparse.Namespace, env: EnvDefaults) -> None:
-    if not os.path.isdir(args.proc_root):
+    """A directory holding at least one ``<pid>`` directory: an empty one (a hostPath volume
+    that was not mounted) would leave discovery nothing to read (psutil fails on it)."""
+    root = args.proc_root
+    if not os.path.isdir(root):
+        raise SettingError("--proc-root", root, env.source("proc_root"), "no such directory")
+    try:
+        with os.scandir(root) as entries:
+            has_pids = any(e.name.isdigit() and e.is_dir() for e in entries)
+    except OSError as exc:
         raise SettingError(
-            "--proc-root", args.proc_root, env.source("proc_root"), "no such directory"
+            "--proc-root", root, env.source("proc_root"), f"cannot list it: {exc.strerror}"
+        ) from None
+    if not has_pids:
+        raise SettingError(
+            "--proc-root",
+            root,
+            env.source("proc_root"),
+            "no process directories (<pid>/) in it: pass the host's /proc (the default) or "
+            "where it is mounted, e.g. a hostPath volume of /proc",
         )
 
 

@@ -4,6 +4,7 @@ message names the problem and the way out, and ``--help`` shows every default.""
 from __future__ import annotations
 
 import argparse
+import pathlib
 
 import pytest
 
@@ -82,3 +83,26 @@ def test_help_shows_every_default_and_env_name(command: str) -> None:
         if shown not in (None, ""):
             assert f"(default: {shown})" in text, flag
         assert "PODLB_" + flag[2:].replace("-", "_").upper() in text, flag
+
+
+@pytest.mark.parametrize("command", ["run", "inspect"])
+def test_a_proc_root_without_processes_is_refused_before_starting(
+    command: str,
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An empty directory (say, a hostPath volume that was not mounted) crashed the scanner
+    with an IndexError from psutil; it is a usage error naming the flag and the way out."""
+    monkeypatch.setattr("agent.caps.missing", lambda wanted: {})  # as if root
+    empty = tmp_path / "proc"
+    empty.mkdir()
+    argv = [command, "--proc-root", str(empty)]
+    if command == "run":
+        argv += ["--node-name", "n1", "--kube-server", "http://127.0.0.1:1"]
+    code, said = run_cli(argv, capsys, monkeypatch)
+    assert code == 2
+    said = said.replace("\n", " ")
+    assert f"invalid --proc-root={str(empty)!r} (from flag --proc-root)" in said
+    assert "no process directories" in said and "pass the host's /proc" in said
+    assert "starting" not in said and "Traceback" not in said
