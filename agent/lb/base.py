@@ -77,6 +77,8 @@ class PoolState:
 
 class Op(enum.StrEnum):
     ADD = "add"  # create the server (health checks on), then make it ready
+    # create the server out of rotation with its health checks on (drain): see Staging
+    STAGE = "stage"
     SET_WEIGHT = "set_weight"
     ENABLE = "enable"  # drain/maint -> ready, health checks on
     DRAIN = "drain"  # ready -> drain: no new connections
@@ -109,6 +111,19 @@ def split_batches(actions: Sequence[Action]) -> list[list[Action]]:
         seen.add(a.server)
         batches[-1].append(a)
     return [b for b in batches if b]
+
+
+@runtime_checkable
+class Staging(Protocol):
+    """A provider whose LB can health-check a server it sends no new traffic to (HAProxy's
+    ``drain`` state). The leader then adds a pod's server as soon as the pod has an IP
+    (:attr:`Op.STAGE`), so the LB's health checks (``rise`` of them) run while the app starts
+    and passes its readiness probe; admitting the pod is then one ENABLE, not an ADD followed by
+    health checks. Servers staged this way count against the pool's cap of backends."""
+
+    def stages(self) -> bool:
+        """True when staging helps on this LB (its servers have health checks)."""
+        ...
 
 
 class PoolNotFound(PermanentError):

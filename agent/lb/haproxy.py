@@ -15,10 +15,11 @@ I/O: observations use one connection per command (non-interactive mode, the answ
 EOF, so no answer text can be mistaken for a delimiter). :meth:`HAProxyProvider.apply` sends a
 whole batch on one connection in interactive (``prompt``) mode, pipelined: every answer ends
 with ``"\\n> "``. An ADD is ``add server`` then, only if that succeeded, ``enable health`` and
-``enable server``; a REMOVE is ``set server .. state maint`` then, only once nothing refers
-to the server any more (:func:`removal_blockers` over ``show sess`` and ``show stat``),
-``del server``. So a batch runs in two phases, and a server named twice in one batch splits it
-in sequential batches.
+``enable server``; a STAGE the same with ``set server .. state drain`` instead of ``enable
+server`` (health-checked, no new traffic; the ENABLE that admits it is one command); a REMOVE
+is ``set server .. state maint`` then, only once nothing refers to the server any more
+(:func:`removal_blockers` over ``show sess`` and ``show stat``), ``del server``. So a batch
+runs in two phases, and a server named twice in one batch splits it in sequential batches.
 """
 
 from __future__ import annotations
@@ -464,15 +465,18 @@ def action_steps(pool: str, action: Action, server_options: str) -> list[list[st
     if not valid_name(action.server):
         raise ValueError(f"server name {action.server!r} has characters HAProxy refuses")
     srv = f"{pool}/{action.server}"
-    if action.op is Op.ADD:
+    if action.op in (Op.ADD, Op.STAGE):
         if action.address is None or action.port is None:
-            raise ValueError("add needs an address and a port")
+            raise ValueError(f"{action.op.value} needs an address and a port")
         add = f"add server {srv} {format_address(action.address, action.port)}"
         if server_options:
             add += f" {server_options}"
         if action.weight is not None:
             add += f" weight {int(action.weight)}"
-        follow = [f"enable server {srv}"]
+        # An added server starts in maintenance: ready (ADD), or drain (STAGE: no new traffic,
+        # health checks running).
+        ready = f"enable server {srv}" if action.op is Op.ADD else f"set server {srv} state drain"
+        follow = [ready]
         if "check" in server_options.split():
             follow.insert(0, f"enable health {srv}")
         return [[add], follow]
@@ -635,6 +639,10 @@ class HAProxyProvider:
 
     def instances(self) -> Sequence[str]:
         return list(self._endpoints)
+
+    def stages(self) -> bool:
+        """Staging (agent.lb.base.Staging) helps only when servers have health checks."""
+        return "check" in self.server_options.split()
 
     # -- transport with retries -----------------------------------------------------------
     def _endpoint(self, instance: str) -> Endpoint:

@@ -4,7 +4,9 @@ A Service in direct mode gets one pool per TCP port. A pod behind it is a *backe
 ``ContainersReady`` (not ``Ready``: that waits on our own readiness gate, which would deadlock)
 and its ``podlb.io/datapath-ready`` is not False; a pod being stopped -- deleted, or stopped by
 its kubelet (eviction, graceful node shutdown: ``DisruptionTarget`` ``TerminationByKubelet``)
--- is a *draining* backend. Problems (bad annotations, no selector, ports that resolve to
+-- is a *draining* backend. On an LB that stages (``Limits.stages``), a selected pod with an IP
+that is not a backend yet is *staged*: its server is held on the LB out of rotation, health
+checked, so that admitting it later is one ENABLE (agent.lb.base.Staging). Problems (bad annotations, no selector, ports that resolve to
 nothing, a cap reached) are returned as data with a typed reason; the caller turns them into
 Events and metrics.
 
@@ -53,6 +55,7 @@ class Limits:
 
     max_weight: int = MAX_WEIGHT
     default_max_backends: int | None = None
+    stages: bool = False  # it health-checks servers out of rotation (agent.lb.base.Staging)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,10 @@ class PoolSpec:
     unregistered: frozenset[PodKey] = frozenset()
     # the Service's podlb.io/gate-timeout and gate-on-timeout
     gate: GatePolicy = field(default_factory=GatePolicy)
+    # Of ``others``: servers to hold on the LB out of rotation, health-checked, until their
+    # pod is a backend (pods with an IP, not being stopped, within the cap; on an LB that
+    # stages, see agent.lb.base.Staging). By server name, like ``backends``.
+    staged: Mapping[str, Backend] = field(default_factory=dict)
 
 
 def _int_annotation(value: str | None, lo: int, hi: int) -> int | None:
@@ -181,7 +188,7 @@ def desired_pools(
                 continue
             spec, extra = _pool(
                 svc, sp, pool, svc_slices, pods, cap, registered.get(pool), limit.max_weight,
-                stopped,
+                stopped, stage=limit.stages and where.mode is Mode.MANAGE,
             )  # fmt: skip
             pools.append(replace(spec, provider=where.provider, mode=where.mode, gate=gate))
             findings += extra
@@ -227,10 +234,13 @@ def _pool(
     registered: frozenset[str] | None,
     max_weight: int,
     stopped: Iterable[Pod] = (),
+    *,
+    stage: bool = False,
 ) -> tuple[PoolSpec, list[Finding]]:
     findings: list[Finding] = []
     candidates: dict[str, Backend] = {}
     others: dict[PodKey, str] = {}
+    stageable: dict[str, Backend] = {}
     label = port_label(sp)
     resolved_any = False
     slice_port: int | None = None
@@ -253,24 +263,11 @@ def _pool(
             name = server_name(address, port)
             if not terminating and not is_backend(pod):
                 others[ep.pod] = name
+                if stage:
+                    weight = _weight(pod, max_weight, findings)
+                    stageable[name] = Backend(name, address, port, weight, False, ep.pod)
                 continue
-            weight = DEFAULT_WEIGHT
-            raw_weight = pod.annotation(WEIGHT)
-            if raw_weight is not None:
-                parsed = _int_annotation(raw_weight, 0, MAX_WEIGHT)
-                if parsed is None:
-                    findings.append(
-                        Finding(
-                            pod.namespace,
-                            pod.name,
-                            Problem.BAD_ANNOTATION,
-                            f"{WEIGHT}: {raw_weight!r} is not an integer 0-{MAX_WEIGHT}",
-                            kind="Pod",
-                        )
-                    )
-                else:
-                    weight = parsed
-            weight = min(weight, max_weight)
+            weight = _weight(pod, max_weight, findings)
             candidates[name] = Backend(name, address, port, weight, terminating, ep.pod)
     if slice_port is not None:
         # A pod its kubelet stops that is out of the slices already: on its way out of the LB
@@ -295,22 +292,21 @@ def _pool(
         )
     backends = candidates
     capped = 0
-    if cap is not None:
-        live = [b for b in candidates.values() if not b.draining]
-        if len(live) > cap:
-            live = _by_claim(live, pods, registered or frozenset())
-            keep = {b.server for b in live[:cap]}
-            capped = len(live) - cap
-            backends = {n: b for n, b in candidates.items() if b.draining or n in keep}
-            others.update({b.pod: b.server for b in live[cap:]})
-            findings.append(
-                Finding(
-                    svc.namespace,
-                    svc.name,
-                    Problem.CAP_REACHED,
-                    f"pool {pool}: {len(live)} ready pods, {MAX_BACKENDS}={cap}: {capped} left out",
-                )
+    live = [b for b in candidates.values() if not b.draining]
+    if cap is not None and len(live) > cap:
+        live = _by_claim(live, pods, registered or frozenset())
+        keep = {b.server for b in live[:cap]}
+        capped = len(live) - cap
+        backends = {n: b for n, b in candidates.items() if b.draining or n in keep}
+        others.update({b.pod: b.server for b in live[cap:]})
+        findings.append(
+            Finding(
+                svc.namespace,
+                svc.name,
+                Problem.CAP_REACHED,
+                f"pool {pool}: {len(live)} ready pods, {MAX_BACKENDS}={cap}: {capped} left out",
             )
+        )
     return (
         PoolSpec(
             pool=pool,
@@ -320,9 +316,39 @@ def _pool(
             others=others,
             capped=capped,
             unregistered=frozenset(k for k in others if k in pods and never_added(pods[k])),
+            staged=_within_cap(stageable, len(live) - capped, cap),
         ),
         findings,
     )
+
+
+def _weight(pod: Pod, max_weight: int, findings: list[Finding]) -> int:
+    """The pod's ``podlb.io/weight`` (default 100), capped to the LB's maximum; a bad value
+    is a finding and leaves the default."""
+    raw = pod.annotation(WEIGHT)
+    if raw is None:
+        return min(DEFAULT_WEIGHT, max_weight)
+    parsed = _int_annotation(raw, 0, MAX_WEIGHT)
+    if parsed is None:
+        findings.append(
+            Finding(
+                pod.namespace,
+                pod.name,
+                Problem.BAD_ANNOTATION,
+                f"{WEIGHT}: {raw!r} is not an integer 0-{MAX_WEIGHT}",
+                kind="Pod",
+            )
+        )
+        return min(DEFAULT_WEIGHT, max_weight)
+    return min(parsed, max_weight)
+
+
+def _within_cap(stageable: dict[str, Backend], live: int, cap: int | None) -> dict[str, Backend]:
+    """The servers to stage: all of them, or as many as the cap leaves room for (by name)."""
+    if cap is None:
+        return stageable
+    room = max(0, cap - live)
+    return {n: stageable[n] for n in sorted(stageable)[:room]}
 
 
 def _created(pod: Pod | None) -> float:

@@ -16,7 +16,7 @@ from agent.model import PodKey, Verdict
 from .desired import PoolSpec
 from .gate import GATE_ON_TIMEOUT, GatePolicy, OnTimeout
 
-_ORDER = {Op.ADD: 0, Op.ENABLE: 1, Op.SET_WEIGHT: 2, Op.DRAIN: 3, Op.REMOVE: 4}
+_ORDER = {Op.ADD: 0, Op.ENABLE: 1, Op.SET_WEIGHT: 2, Op.STAGE: 3, Op.DRAIN: 4, Op.REMOVE: 5}
 
 
 def plan_pool(
@@ -41,6 +41,7 @@ def plan_pool(
     actions: list[Action] = []
 
     others = set(spec.others.values()) if spec is not None else set()
+    staged = dict(spec.staged) if spec is not None else {}
 
     def drain_or_remove(name: str) -> None:
         obs = observed.servers[name]
@@ -74,12 +75,20 @@ def plan_pool(
             actions.append(Action(Op.ENABLE, name, weight=backend.weight))
         if obs.weight != backend.weight:
             actions.append(Action(Op.SET_WEIGHT, name, weight=backend.weight))
+    for name, backend in staged.items():
+        # Held out of rotation, health-checked, until its pod is a backend (never removed for
+        # that); one taking new traffic (its pod left rotation) is drained below.
+        if name not in observed.servers:
+            actions.append(Action(Op.STAGE, name, backend.address, backend.port, backend.weight))
     if not fail_static:
         for name, obs in observed.servers.items():
             # Only servers podlb added (named <ip>_<port>) are ever taken out: servers from the
             # LB's own configuration are not ours to remove.
             if name not in wanted and name == server_name(obs.address, obs.port):
-                drain_or_remove(name)
+                if name not in staged:
+                    drain_or_remove(name)
+                elif obs.admin is AdminState.READY:
+                    actions.append(Action(Op.DRAIN, name))
     actions.sort(key=lambda a: (_ORDER[a.op], a.server))
     return actions
 
@@ -155,8 +164,9 @@ def lb_verdicts(
         for pod, server in spec.others.items():
             present = [s.servers[server] for s in states if s is not None and server in s.servers]
             where = f"{spec.pool}/{server} (not a backend: not ready)"
-            if not present and pod in spec.unregistered:
-                v = Verdict(False, LBReason.NOT_REGISTERED, f"{where}: not added to the LB yet")
+            if pod in spec.unregistered and (not present or server in spec.staged):
+                # One message, staged or not: the pod's condition is written once.
+                v = Verdict(False, LBReason.NOT_REGISTERED, f"{where}: not in rotation yet")
             else:
                 v = _leaving(where, present, len(instances), None in states)
             per_pod.setdefault(pod, []).append(v)

@@ -37,6 +37,7 @@ from agent.lb.base import (
     Mode,
     PoolState,
     RestartAware,
+    Staging,
     canonical_ip,
 )
 from agent.lb.fence import Term, TermEnded, bound
@@ -269,7 +270,10 @@ class Leader:
         pods = {p.key: p for p in self.pods.items()}
         services = self.services.items()
         limits = {
-            name: Limits(p.max_weight, p.default_max_backends) for name, p in self.providers.items()
+            name: Limits(
+                p.max_weight, p.default_max_backends, isinstance(p, Staging) and p.stages()
+            )
+            for name, p in self.providers.items()
         }
         # Who the LB had last round keeps its slot under podlb.io/max-backends.
         pools, findings = desired_pools(

@@ -174,6 +174,31 @@ def test_service_to_haproxy_to_ready_and_back(
         assert forbidden == []
 
 
+def test_a_pod_not_ready_yet_is_health_checked_out_of_rotation(
+    setup: tuple[Any, Kubelet, HAProxy, client.CoreV1Api],
+) -> None:
+    """Staging (agent.lb.base.Staging): a pod with an IP whose readiness probe does not pass
+    has its server in HAProxy already, health-checked (UP) but drained: no request reaches it,
+    its gate reads NotRegistered; deleted, its server goes."""
+    api, kubelet, lb, core = setup
+    core.create_namespaced_service("shop", service())
+    core.create_namespaced_pod("shop", web_pod("web-0"))
+    unready = web_pod("web-1")
+    unready["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 9}}  # closed
+    core.create_namespaced_pod("shop", unready)
+    with agents(api.url, AGENT_TOKEN, ["node-a"], extra=lb_args(lb)) as (agent,):
+        agent.wait_ready()
+        wait_for(lambda: conditions(api, "web-0").get("Ready") == "True", 30, "web-0 Ready")
+        staged = f"{kubelet.record('web-1', 'shop').ip}_8080"
+        wait_for(lambda: lb.servers(POOL).get(staged, {}).get("status") == "DRAIN", 20, "staged")
+        assert conditions(api, "web-1").get("ContainersReady") == "False"
+        assert conditions(api, "web-1").get(GATE) == "False"
+        res = run_load(lb.url, mode="new", concurrency=2, count=60, timeout=2.0)
+        assert set(res.by_pod) == {"web-0"} and res.errors_total == 0, res.summary()
+        core.delete_namespaced_pod("web-1", "shop")
+        wait_for(lambda: staged not in servers(lb), 30, "staged server removed")
+
+
 def test_no_provider_writes_nothing_to_any_lb(
     setup: tuple[Any, Kubelet, HAProxy, client.CoreV1Api],
 ) -> None:

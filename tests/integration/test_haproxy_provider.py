@@ -93,12 +93,17 @@ def adds(pods: list[Pod], weight: int = 1) -> list[Action]:
     return [Action(Op.ADD, f"s{i}", p.ip, 8080, weight) for i, p in enumerate(pods)]
 
 
-@pytest.fixture
-def pods3(netns_pool: NetnsPool) -> list[Pod]:
-    pods = netns_pool.add_many_veth(3)
+def serving(netns_pool: NetnsPool, n: int) -> list[Pod]:
+    """``n`` pods, each with the app on 8080 answering ``pod-<i>``."""
+    pods = netns_pool.add_many_veth(n)
     for i, p in enumerate(pods):
         spawn_in_pod(p, 8080, f"pod-{i}")
     return pods
+
+
+@pytest.fixture
+def pods3(netns_pool: NetnsPool) -> list[Pod]:
+    return serving(netns_pool, 3)
 
 
 # -- add, traffic, observe -------------------------------------------------------------------
@@ -125,9 +130,7 @@ def test_added_servers_turn_up_and_take_traffic(pods3: list[Pod]) -> None:
 @pytest.mark.netns
 def test_drain_keeps_existing_connection_then_remove(netns_pool: NetnsPool) -> None:
     """Mode tcp, so one client connection is one server session."""
-    pods = netns_pool.add_many_veth(2)
-    for i, pod in enumerate(pods):
-        spawn_in_pod(pod, 8080, f"pod-{i}")
+    pods = serving(netns_pool, 2)
     with HAProxy(["be"], mode="tcp", server_options=OPTS) as lb:
         p = provider(lb)
         (inst,) = p.instances()
@@ -160,9 +163,7 @@ def test_drain_keeps_existing_connection_then_remove(netns_pool: NetnsPool) -> N
 
 @pytest.mark.netns
 def test_weight_change_and_enable(netns_pool: NetnsPool) -> None:
-    pods = netns_pool.add_many_veth(2)
-    for i, pod in enumerate(pods):
-        spawn_in_pod(pod, 8080, f"pod-{i}")
+    pods = serving(netns_pool, 2)
     with HAProxy(["be"], server_options=OPTS) as lb:
         p = provider(lb)
         (inst,) = p.instances()
@@ -181,6 +182,25 @@ def test_weight_change_and_enable(netns_pool: NetnsPool) -> None:
         assert p.apply(inst, "be", [Action(Op.ENABLE, "s1")]).done == 1
         state = p.observe(inst, "be")
         assert (state.servers["s0"].weight, state.servers["s1"].admin) == (5, AdminState.READY)
+        assert {get(lb.port) for _ in range(12)} == {"pod-0", "pod-1"}
+
+
+@pytest.mark.netns
+def test_a_staged_server_is_health_checked_out_of_rotation_until_enabled(
+    netns_pool: NetnsPool,
+) -> None:
+    pods = serving(netns_pool, 2)
+    with HAProxy(["be"], server_options=OPTS) as lb:
+        p = provider(lb)
+        (inst,) = p.instances()
+        p.apply(inst, "be", adds(pods[:1]))
+        staged = Action(Op.STAGE, "s1", pods[1].ip, 8080, 1)
+        assert p.apply(inst, "be", [staged]).done == 1
+        state = wait_for("both up", lambda: p.observe(inst, "be"), all_up)
+        assert state.servers["s1"].admin is AdminState.DRAIN  # checked: UP, yet no traffic
+        assert {get(lb.port) for _ in range(8)} == {"pod-0"}
+        assert p.apply(inst, "be", [Action(Op.ENABLE, "s1")]).done == 1
+        assert p.observe(inst, "be").servers["s1"].admin is AdminState.READY
         assert {get(lb.port) for _ in range(12)} == {"pod-0", "pod-1"}
 
 

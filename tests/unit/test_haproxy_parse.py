@@ -455,6 +455,10 @@ def test_action_steps() -> None:
         ["add server be/s1 [fd00::1]:8080 check inter 1s fall 2 rise 2 weight 5"],
         ["enable health be/s1", "enable server be/s1"],
     ]
+    assert action_steps("be", Action(Op.STAGE, "s1", "10.0.0.1", 80, 5), OPTS) == [
+        ["add server be/s1 10.0.0.1:80 check inter 1s fall 2 rise 2 weight 5"],
+        ["enable health be/s1", "set server be/s1 state drain"],
+    ]
     no_check = action_steps("be", Action(Op.ADD, "s1", "10.0.0.1", 80), "inter 1s")
     assert no_check == [["add server be/s1 10.0.0.1:80 inter 1s"], ["enable server be/s1"]]
     assert action_steps("be", Action(Op.SET_WEIGHT, "s1", weight=0), OPTS) == [
@@ -477,6 +481,7 @@ def test_action_steps() -> None:
     "action",
     [
         Action(Op.ADD, "s1"),  # no address
+        Action(Op.STAGE, "s1"),
         Action(Op.ADD, "s1", "web.example", 80),  # not an IP literal
         Action(Op.SET_WEIGHT, "s1"),  # no weight
         Action(Op.DRAIN, "s1\nshutdown sessions server be/s2"),  # would inject a command

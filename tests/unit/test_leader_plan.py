@@ -9,7 +9,7 @@ import pytest
 
 from agent.kube.convert import endpointslice_from_dict
 from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState, server_name
-from agent.leader.desired import Problem, desired_pools, direct_mode
+from agent.leader.desired import Limits, Problem, desired_pools, direct_mode
 from agent.leader.plan import LBReason, lb_verdicts, plan_pool
 from agent.model import (
     Condition,
@@ -438,3 +438,62 @@ def test_pods_their_kubelet_stops_are_drained_on_the_lb() -> None:
         obs(server_name("10.0.0.1", 8080)), obs(server_name("10.0.0.4", 8080)))}}})  # fmt: skip
     assert verdicts[PodKey(NS, "evicted")].reason is LBReason.DEREGISTERED
     assert verdicts[PodKey(NS, "shutdown")].reason is LBReason.DEREGISTERED
+
+
+STAGES = {"haproxy": Limits(stages=True)}
+
+
+def test_pods_not_ready_yet_are_staged_on_an_lb_that_stages() -> None:
+    """A pod with an IP that is not a backend yet is added out of rotation (STAGE: health
+    checks run while the app starts), kept there (never removed for it), drained if it was
+    taking traffic, and admitted with one ENABLE once it is a backend."""
+    pods = pods_map(pod("a"), pod("c", cr="False"), pod("d", dp="False"), pod("e", cr="False"))
+    sl = slice_of(("a", "10.0.0.1"), ("c", "10.0.0.3"), ("d", "10.0.0.4"), ("e", "10.0.0.5"))
+    D, E = server_name("10.0.0.4", 8080), server_name("10.0.0.5", 8080)
+    [plain], _ = desired_pools([svc()], [sl], pods)
+    assert plain.staged == {}  # an LB that does not stage: nothing changes
+    [spec], _ = desired_pools([svc()], [sl], pods, limits=STAGES)
+    assert set(spec.staged) == {C, D, E} and set(spec.backends) == {A}
+    # E took traffic before (its readiness failed since): drained, not removed.
+    observed = state(obs(A), obs(D, AdminState.DRAIN, Health.DOWN), obs(E))
+    assert plan_pool(spec, observed) == [
+        Action(Op.STAGE, C, "10.0.0.3", 8080, 100),
+        Action(Op.DRAIN, E),
+    ]
+    staged = state(
+        obs(A), obs(C, AdminState.DRAIN), obs(D, AdminState.DRAIN), obs(E, AdminState.DRAIN)
+    )
+    assert plan_pool(spec, staged) == []
+    # C's pod turns ready: one ENABLE admits it.
+    pods[PodKey(NS, "c")] = pod("c")
+    [ready], _ = desired_pools([svc()], [sl], pods, limits=STAGES)
+    assert plan_pool(ready, staged) == [Action(Op.ENABLE, C, weight=100)]
+    # D's pod is deleted: its staged server goes like any drained one.
+    pods[PodKey(NS, "d")] = pod("d", dp="False", terminating=True)
+    [gone], _ = desired_pools([svc()], [sl], pods, limits=STAGES)
+    assert [a for a in plan_pool(gone, staged) if a.server == D] == [Action(Op.REMOVE, D)]
+
+
+def test_a_staged_pod_reads_not_registered_with_one_message() -> None:
+    """Staged or not, a pod never in rotation reads NotRegistered with the same message: its
+    condition is written once, not again when its server is staged."""
+    pods = pods_map(pod("c", cr="False"))
+    [spec], _ = desired_pools([svc()], [slice_of(("c", "10.0.0.3"))], pods, limits=STAGES)
+    key = PodKey(NS, "c")
+    before = lb_verdicts([spec], {"haproxy": {"h1": {spec.pool: state()}}})[key]
+    after = lb_verdicts([spec], {"haproxy": {"h1": {spec.pool: state(obs(C, AdminState.DRAIN))}}})[
+        key
+    ]
+    assert before == after and after.reason is LBReason.NOT_REGISTERED
+
+
+def test_staging_stays_within_the_cap() -> None:
+    names = ["a", "b", "c", "d"]
+    pods = pods_map(pod("a"), pod("b"), pod("c", cr="False"), pod("d", cr="False"))
+    sl = slice_of(*((n, f"10.0.0.{i + 1}") for i, n in enumerate(names)))
+    capped = svc({"podlb.io/direct": "true", "podlb.io/max-backends": "3"})
+    [spec], _ = desired_pools([capped], [sl], pods, limits=STAGES)
+    assert set(spec.backends) == {A, B} and set(spec.staged) == {C}
+    full = svc({"podlb.io/direct": "true", "podlb.io/max-backends": "2"})
+    [spec], _ = desired_pools([full], [sl], pods, limits=STAGES)
+    assert spec.staged == {}
