@@ -76,6 +76,21 @@ class Metrics:
             ["condition", "outcome"],
             registry=r,
         )
+        self.condition_pending = Gauge(
+            "podlb_condition_writes_pending",
+            "Pods whose condition is queued to be checked or written, waiting to retry, or being "
+            "written, by condition type",
+            ["condition"],
+            registry=r,
+        )
+        self.condition_write_wait = Histogram(
+            "podlb_condition_write_wait_seconds",
+            "Time from a pod's condition becoming pending (a new desired condition, or found "
+            "changed) to its write, by condition type",
+            ["condition"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
         self.is_leader = Gauge(
             "podlb_leader_is_leader", "1 while this agent is the elected leader", registry=r
         )

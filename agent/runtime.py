@@ -37,7 +37,7 @@ from agent.node.drain import Activity, DeletionsSeen, DrainManager, DrainMetrics
 from agent.node.drainlog import DrainLog, DrainRecord, record_json
 from agent.node.drainport import DrainListeners, result_body
 from agent.node.eventqueue import EventQueue
-from agent.node.reporter import ConditionReporter
+from agent.node.reporter import ConditionReporter, StatusSink
 from agent.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,30 @@ def build_providers(settings: RunSettings, metrics: Metrics, clock: Clock) -> di
     return providers
 
 
+def condition_reporter(
+    condition: str,
+    sink: StatusSink,
+    lookup: Callable[[PodKey], Pod | None],
+    settings: RunSettings,
+    metrics: Metrics,
+    clock: Clock,
+) -> ConditionReporter:
+    """The writers of ``condition``: ``--status-rate`` writes a second (burst twice that), as
+    many writers as that rate needs (:func:`agent.node.reporter.writers_for`), and metrics."""
+    reporter = ConditionReporter(
+        condition,
+        sink,
+        lookup,
+        clock,
+        rate_per_s=settings.status_rate_per_s,
+        burst=max(10, int(settings.status_rate_per_s * 2)),
+        on_write=lambda outcome, reason: metrics.condition_writes.labels(condition, outcome).inc(),
+        on_wait=metrics.condition_write_wait.labels(condition).observe,
+    )
+    metrics.condition_pending.labels(condition).set_function(reporter.pending)
+    return reporter
+
+
 def leader_relevant(pod: Pod) -> tuple[object, ...]:
     """What of a pod the leader's decisions read (not its own lb-ready condition)."""
     conds = tuple(
@@ -159,17 +183,7 @@ def leader_work(
         def lookup(key: PodKey) -> Pod | None:
             return pods.get((key.namespace, key.name))
 
-        reporter = ConditionReporter(
-            LB_READY,
-            sink,
-            lookup,
-            clock,
-            rate_per_s=settings.status_rate_per_s,
-            burst=max(10, int(settings.status_rate_per_s * 2)),
-            on_write=lambda outcome, reason: metrics.condition_writes.labels(
-                LB_READY, outcome
-            ).inc(),
-        )
+        reporter = condition_reporter(LB_READY, sink, lookup, settings, metrics, clock)
         leader = Leader(
             services=kube.services(poke, poke, settings.resync_s),
             slices=kube.endpointslices(poke, poke, settings.resync_s),
@@ -195,7 +209,10 @@ def leader_work(
             drain_timeout_s=settings.lb_drain_timeout_s,
         )
         leader_ref.append(leader)
-        leader.run(scope)
+        try:
+            leader.run(scope)
+        finally:  # the term's writes end with it
+            metrics.condition_pending.labels(LB_READY).set_function(lambda: 0)
 
     return lead
 
@@ -313,16 +330,13 @@ def build_node(
     def lookup(key: PodKey) -> Pod | None:
         return pods.get((key.namespace, key.name))
 
-    reporter = ConditionReporter(
+    reporter = condition_reporter(
         DATAPATH_READY,
         kube.status_sink("podlb-agent", settings.node_name),
         lookup,
+        settings,
+        metrics,
         clock,
-        rate_per_s=settings.status_rate_per_s,
-        burst=max(10, int(settings.status_rate_per_s * 2)),
-        on_write=lambda outcome, reason: metrics.condition_writes.labels(
-            DATAPATH_READY, outcome
-        ).inc(),
     )
     reporter_ref.append(reporter)
     inspector = Inspector(

@@ -84,6 +84,10 @@ def api_client(access: KubeAccess) -> client.ApiClient:
     except OSError as exc:
         raise PermanentError(f"cannot read the kubeconfig {access.kubeconfig}: {exc}") from exc
     cfg.retries = 0  # retries are ours (bounded, classified), not urllib3's
+    # Kept connections to the API server (the client's default is 5 per CPU): the watches,
+    # the Lease and up to 8 condition writers per role at once; beyond the pool each
+    # request would open and drop its own TLS connection.
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, 32)
     api = _TimedApiClient(cfg, (access.timeout_s, access.timeout_s))
     api.rest_client.pool_manager.connection_pool_kw["socket_options"] = [
         *HTTPConnection.default_socket_options,

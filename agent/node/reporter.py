@@ -1,25 +1,32 @@
-"""The single writer of one condition type (STYLE.md principle 5, after Felix's status reporter).
+"""The writers of one condition type (STYLE.md principle 5, after Felix's status reporter).
 
-Deciders call :meth:`ConditionReporter.set_desired`; the writer thread compares the desired
-condition with what the pod carries now (from the informer cache), skips no-op writes, moves
-``lastTransitionTime`` only when the status flips, writes under a token-bucket rate limit and
-emits an Event per transition (Normal or Warning as ``agent.events`` classifies it). A 404
-means the pod is gone; transient errors retry with backoff.
+Deciders call :meth:`ConditionReporter.set_desired`; a small pool of writer threads compares the
+desired condition with what the pod carries now (from the informer cache), skips no-op writes,
+moves ``lastTransitionTime`` only when the status flips, writes under one shared token-bucket
+rate limit and emits an Event per transition (Normal or Warning as ``agent.events`` classifies
+it). A 404 means the pod is gone; transient errors retry with backoff.
+
+Several writers, because one status patch is a round trip (10-50 ms, more on a busy API server):
+one thread could not reach the rate the bucket allows, and a burst of verdicts (a leader
+takeover, a rollout, an LB restart) would queue one behind the other. A pod is written by one
+writer at a time and always with its newest desired condition; what is waited for goes first
+(:mod:`agent.node.pending`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.clock import Clock, relay
+from agent.clock import Clock
 from agent.errors import NotFound, PodlbError, TransientError
 from agent.events import KINDS, Kind, event_type
 from agent.model import Condition, Pod, PodKey
+from agent.node.pending import PendingWrites, Priority, priority
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +50,34 @@ class StatusSink(Protocol):
 
 
 class TokenBucket:
+    """Shared by the writers: each takes a token, or a later slot and waits for it."""
+
     def __init__(self, clock: Clock, rate_per_s: float, burst: int) -> None:
         self.clock = clock
         self.rate = rate_per_s
         self.burst = float(burst)
         self.tokens = float(burst)
         self.last = clock.monotonic()
+        self._lock = threading.Lock()
 
     def delay(self) -> float:
         """Take a token; return how long to wait first (0 when one was there)."""
-        now = self.clock.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+        with self._lock:
+            now = self.clock.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            self.tokens -= 1
+            return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+ROUND_TRIP_S = 0.05  # a status patch on a busy API server, for sizing the writer pool
+MAX_WRITERS = 8
+
+
+def writers_for(rate_per_s: float) -> int:
+    """Enough writers to reach ``rate_per_s`` at :data:`ROUND_TRIP_S` a write (2 at least, so
+    one slow write does not hold every other pod; :data:`MAX_WRITERS` at most)."""
+    return max(2, min(MAX_WRITERS, math.ceil(rate_per_s * ROUND_TRIP_S)))
 
 
 def needs_write(desired: Desired, current: Condition | None) -> bool:
@@ -80,7 +101,9 @@ class ConditionReporter:
         *,
         rate_per_s: float = 20.0,
         burst: int = 50,
+        writers: int | None = None,  # default: writers_for(rate_per_s)
         on_write: Callable[[str, str], None] | None = None,  # (outcome, reason)
+        on_wait: Callable[[float], None] | None = None,  # pending -> written, seconds
         retry_s: float = 1.0,
     ) -> None:
         self.condition_type = condition_type
@@ -88,13 +111,16 @@ class ConditionReporter:
         self.lookup = lookup
         self.clock = clock
         self.bucket = TokenBucket(clock, rate_per_s, burst)
+        self.writers = writers if writers is not None else writers_for(rate_per_s)
+        if self.writers < 1:
+            raise ValueError(f"writers must be at least 1, not {self.writers}")
         self.on_write = on_write or (lambda outcome, reason: None)
+        self.on_wait = on_wait or (lambda seconds: None)
         self.retry_s = retry_s
         self._lock = threading.Lock()
         self._desired: dict[PodKey, Desired] = {}
-        self._dirty: OrderedDict[PodKey, None] = OrderedDict()  # FIFO: fair to every pod
-        self._retry_at: dict[PodKey, float] = {}
-        self._wake = threading.Event()
+        self._pending = PendingWrites()
+        self._wakes: list[threading.Event] = []  # one per running writer
 
     # -- deciders' side -------------------------------------------------------------------
     def set_desired(self, key: PodKey, desired: Desired) -> None:
@@ -102,27 +128,20 @@ class ConditionReporter:
             if self._desired.get(key) == desired:
                 return
             self._desired[key] = desired
-            self._dirty[key] = None
-        self._wake.set()
+        self._queue(key)
 
     def forget(self, key: PodKey) -> None:
         with self._lock:
             self._desired.pop(key, None)
-            self._dirty.pop(key, None)
-            self._retry_at.pop(key, None)
+            self._pending.remove(key)
 
     def mark_dirty(self, key: PodKey) -> None:
         """The pod changed in the API (someone else may have written our condition)."""
-        with self._lock:
-            if key in self._desired:
-                self._dirty[key] = None
-        self._wake.set()
+        self._queue(key)
 
     def resync(self) -> None:
-        with self._lock:
-            for key in self._desired:
-                self._dirty[key] = None
-        self._wake.set()
+        for key in self.keys():
+            self._queue(key)
 
     def desired(self, key: PodKey) -> Desired | None:
         with self._lock:
@@ -133,54 +152,143 @@ class ConditionReporter:
             return set(self._desired)
 
     def pending(self) -> int:
+        """Pods whose condition is queued to be checked or written, waiting to retry, or
+        being written."""
         with self._lock:
-            return len(self._dirty)
+            return len(self._pending)
 
-    # -- the writer -----------------------------------------------------------------------
+    def _queue(self, key: PodKey) -> None:
+        pod = self.lookup(key)  # outside the lock: the cache has its own
+        now = self.clock.monotonic()
+        with self._lock:
+            desired = self._desired.get(key)  # the newest, whoever set it
+            if desired is None:
+                return
+            self._pending.add(key, self._priority(desired, pod), now)
+        self._notify()
+
+    def _priority(self, desired: Desired, pod: Pod | None) -> Priority:
+        if pod is None or pod.uid != desired.uid:
+            return priority(desired.status, None, None)
+        return priority(desired.status, pod, pod.condition(self.condition_type))
+
+    def _notify(self) -> None:
+        for wake in self._wakes:
+            wake.set()
+
+    # -- the writers ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        relay(stop, self._wake, "reporter-stop")  # idle, it waits on _wake: wake it to stop
-        while not stop.is_set():
-            key = self._next_key()
-            if key is None:
-                self.clock.wait(self._wake, self._idle_wait())
-                self._wake.clear()
+        """Run :attr:`writers` writer threads until ``stop``; an unexpected exception in one
+        stops the others and is raised here."""
+        halt = threading.Event()
+        failed: list[BaseException] = []
+        self._wakes = [threading.Event() for _ in range(self.writers)]
+
+        def end() -> None:
+            halt.set()
+            self._notify()
+
+        def writer(wake: threading.Event) -> None:
+            try:
+                self._work(halt, wake)
+            except BaseException as exc:
+                failed.append(exc)
+                end()
+
+        def on_stop() -> None:
+            stop.wait()
+            end()
+
+        threading.Thread(target=on_stop, name="reporter-stop", daemon=True).start()
+        name = threading.current_thread().name
+        threads = [
+            threading.Thread(target=writer, args=(wake,), name=f"{name}-{i}", daemon=True)
+            for i, wake in enumerate(self._wakes)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failed:
+            raise failed[0]
+
+    def _work(self, halt: threading.Event, wake: threading.Event) -> None:
+        while not halt.is_set():
+            taken = self._take()
+            if taken is None:
+                self.clock.wait(wake, self._idle_wait())
+                wake.clear()  # then look again: nothing set before the clear is missed
                 continue
-            self.write_one(key)
+            key, since = taken
+            try:
+                self.write_one(key, halt, since)
+            finally:
+                self._done(key)
+
+    def write_queued(self) -> int:
+        """Write every queued pod now, in this thread and in the writers' order (pods waiting
+        to retry stay so); the number taken."""
+        n = 0
+        while (taken := self._take()) is not None:
+            key, since = taken
+            try:
+                self.write_one(key, since=since)
+            finally:
+                self._done(key)
+            n += 1
+        return n
+
+    def _take(self) -> tuple[PodKey, float] | None:
+        now = self.clock.monotonic()
+        with self._lock:
+            self._pending.due(now)
+            return self._pending.take()
+
+    def _done(self, key: PodKey) -> None:
+        with self._lock:
+            self._pending.done(key)
+            more = self._pending.queued() > 0
+        if more:  # a newer condition of this pod, queued while it was being written
+            self._notify()
 
     def _idle_wait(self) -> float:
         with self._lock:
-            if not self._retry_at:
-                return 1.0
-            return max(0.0, min(self._retry_at.values()) - self.clock.monotonic())
+            at = self._pending.next_retry()
+        return 1.0 if at is None else max(0.0, at - self.clock.monotonic())
 
-    def _next_key(self) -> PodKey | None:
-        now = self.clock.monotonic()
-        with self._lock:
-            for key in list(self._retry_at):
-                if self._retry_at[key] <= now:
-                    del self._retry_at[key]
-                    if key in self._desired:
-                        self._dirty[key] = None
-            if not self._dirty:
-                return None
-            key, _ = self._dirty.popitem(last=False)
-            return key
-
-    def write_one(self, key: PodKey) -> None:
-        """Write ``key``'s condition if it differs from what the pod carries."""
+    def _plan(self, key: PodKey) -> tuple[Desired, Pod, Condition | None] | None:
+        """What to write onto ``key`` now: its newest desired condition, if the pod (the same
+        one) does not carry it yet."""
         desired = self.desired(key)
         pod = self.lookup(key)
         if desired is None:
-            return
+            return None
         if pod is None or pod.uid != desired.uid:
-            return  # pod gone or replaced by a namesake: the decider will say what it wants
+            return None  # pod gone or replaced by a namesake: the decider will say what it wants
         current = pod.condition(self.condition_type)
         if not needs_write(desired, current):
             self.on_write("skipped", desired.reason)
+            return None
+        return desired, pod, current
+
+    def write_one(
+        self, key: PodKey, stop: threading.Event | None = None, since: float | None = None
+    ) -> None:
+        """Write ``key``'s condition if it differs from what the pod carries (``since``: when
+        it became pending, for :attr:`on_wait`)."""
+        planned = self._plan(key)
+        if planned is None:
             return
         delay = self.bucket.delay()
         if delay > 0:
-            self.clock.sleep(delay)
+            if stop is None:
+                self.clock.sleep(delay)
+            elif self.clock.wait(stop, delay):
+                return
+            planned = self._plan(key)  # the newest desired condition wins
+            if planned is None:
+                return
+        desired, pod, current = planned
         cond = Condition(
             type=self.condition_type,
             status=desired.status,
@@ -197,15 +305,20 @@ class ConditionReporter:
         except TransientError as exc:
             self.on_write("error", desired.reason)
             log.warning("pod=%s: writing %s failed: %s; will retry", key, self.condition_type, exc)
+            now = self.clock.monotonic()
             with self._lock:
-                self._retry_at[key] = self.clock.monotonic() + self.retry_s
+                retry_cls = self._priority(desired, pod)
+                self._pending.retry(
+                    key, now + self.retry_s, now if since is None else since, retry_cls
+                )
             return
         except PodlbError as exc:
             self.on_write("error", desired.reason)
             log.error("pod=%s: writing %s refused: %s", key, self.condition_type, exc)
             return
         self.on_write("written", desired.reason)
-        flipped = current is None or current.status != desired.status
+        if since is not None:
+            self.on_wait(self.clock.monotonic() - since)
         log.info(
             "pod=%s: %s=%s reason=%s (%s)",
             key,
@@ -214,21 +327,28 @@ class ConditionReporter:
             desired.reason,
             desired.message,
         )
-        if flipped or (current is not None and current.reason != desired.reason):
-            try:
-                self.sink.emit_event(
-                    pod,
-                    event_type(
-                        self.condition_type,
-                        desired.reason,
-                        was_ready=current is not None and current.status == "True",
-                        stopping=pod.leaving,
-                    ),
-                    _event_reason(self.condition_type, desired),
-                    f"{self.condition_type}={desired.status} ({desired.reason}): {desired.message}",
-                )
-            except PodlbError as exc:
-                log.warning("pod=%s: event not recorded: %s", key, exc)
+        self._emit_event(key, pod, desired, current)
+
+    def _emit_event(
+        self, key: PodKey, pod: Pod, desired: Desired, current: Condition | None
+    ) -> None:
+        flipped = current is None or current.status != desired.status
+        if not (flipped or (current is not None and current.reason != desired.reason)):
+            return
+        try:
+            self.sink.emit_event(
+                pod,
+                event_type(
+                    self.condition_type,
+                    desired.reason,
+                    was_ready=current is not None and current.status == "True",
+                    stopping=pod.leaving,
+                ),
+                _event_reason(self.condition_type, desired),
+                f"{self.condition_type}={desired.status} ({desired.reason}): {desired.message}",
+            )
+        except PodlbError as exc:
+            log.warning("pod=%s: event not recorded: %s", key, exc)
 
 
 def _event_reason(condition_type: str, desired: Desired) -> str:

@@ -36,6 +36,7 @@ from agent.model import (
     SlicePort,
 )
 from agent.node.reporter import ConditionReporter
+from tests.fakes import FakeStatusSink
 from tests.testbed.clb import ClbDouble
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.waiting import wait_for
@@ -68,17 +69,6 @@ class Cache:
         pass
 
 
-class Sink:
-    def patch_condition(self, key: PodKey, condition: Condition, uid: str) -> None:
-        pass
-
-    def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None:
-        pass
-
-    def emit_object_event(self, *args: str) -> None:
-        pass
-
-
 def leader(clb: ClbDouble, **provider_kw: Any) -> Leader:
     """A leader managing one CLB pool with one backend to register (10.0.0.1:8080)."""
     svc = Service(
@@ -105,8 +95,10 @@ def leader(clb: ClbDouble, **provider_kw: Any) -> Leader:
     return Leader(
         services=Cache([svc]), slices=Cache([eps]), pods=pods,
         providers={"tencent-clb": TencentCLBProvider(**opts)},
-        reporter=ConditionReporter(LB_READY, Sink(), lambda k: pods.get(k), clock),
-        events=Sink(), clock=clock, default_provider="tencent-clb",
+        reporter=ConditionReporter(
+            LB_READY, FakeStatusSink(), lambda k: pods.get((k.namespace, k.name)), clock
+        ),
+        events=FakeStatusSink(), clock=clock, default_provider="tencent-clb",
         apply_executor=ThreadPoolExecutor(2, thread_name_prefix="lb-apply"),
         fast_period_s=0.1,
     )  # fmt: skip

@@ -31,6 +31,7 @@ from agent.model import (
 )
 from agent.node.readiness import Reason
 from agent.node.reporter import ConditionReporter, Desired
+from tests.fakes import FakeStatusSink
 
 NS = "shop"
 NORMAL, WARNING = EventType.NORMAL, EventType.WARNING
@@ -101,28 +102,16 @@ def test_event_type(
 
 
 # -- the reporter emits them -------------------------------------------------------------------
-class Sink:
-    def __init__(self) -> None:
-        self.pod = Pod(NS, "web-0", "u1", "n1", (), "Pending")
-        self.events: list[tuple[str, str]] = []
-
-    def patch_condition(self, key: PodKey, condition: Condition, uid: str) -> None:
-        conds = [c for c in self.pod.conditions if c.type != condition.type]
-        self.pod = replace(self.pod, conditions=(*conds, condition))
-
-    def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None:
-        self.events.append((event_type, reason))
-
-
 def walk(condition: str, steps: list[tuple[str, str]], stop_after: int | None = None) -> list[Any]:
-    sink = Sink()
-    reporter = ConditionReporter(condition, sink, lambda key: sink.pod, FakeClock())
+    key = PodKey(NS, "web-0")
+    sink = FakeStatusSink({key: Pod(NS, "web-0", "u1", "n1", (), "Pending")})
+    reporter = ConditionReporter(condition, sink, sink.lookup, FakeClock())
     for i, (status, reason) in enumerate(steps):
         if stop_after is not None and i == stop_after:
-            sink.pod = replace(sink.pod, terminating=True)
-        reporter.set_desired(sink.pod.key, Desired("u1", status, reason, "..."))
-        reporter.write_one(sink.pod.key)
-    return sink.events
+            sink.pods[key] = replace(sink.pods[key], terminating=True)
+        reporter.set_desired(key, Desired("u1", status, reason, "..."))
+        reporter.write_one(key)
+    return [(event_type, reason) for _name, event_type, reason in sink.events]
 
 
 def test_a_pods_normal_life_is_normal_events() -> None:

@@ -23,11 +23,11 @@ from agent.leader.gate import (
 from agent.leader.plan import LBReason, gate_verdict
 from agent.leader.reconcile import Leader, LeaderMetrics
 from agent.model import Condition, Service, Verdict
+from tests.fakes import FakeStatusSink
 from tests.unit.test_leader_reconcile import (
     POOL,
     SVC,
     FakeLB,
-    FakeSink,
     leader,
     pod,
     slice_for,
@@ -123,7 +123,7 @@ class NeverUpLB(FakeLB):
         return state
 
 
-def gated(service: Service) -> tuple[Leader, FakeSink, NeverUpLB, list[tuple[str, str, str]]]:
+def gated(service: Service) -> tuple[Leader, FakeStatusSink, NeverUpLB, list[tuple[str, str, str]]]:
     lb = NeverUpLB({"h1": {POOL: {}}})
     ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb, [service])
     timeouts: list[tuple[str, str, str]] = []
@@ -131,7 +131,7 @@ def gated(service: Service) -> tuple[Leader, FakeSink, NeverUpLB, list[tuple[str
     return ld, sink, lb, timeouts
 
 
-def step(ld: Leader, sink: FakeSink, advance: float = 0.0) -> tuple[str, str, str]:
+def step(ld: Leader, sink: FakeStatusSink, advance: float = 0.0) -> tuple[str, str, str]:
     """Advance the leader's clock, run a round, write, and show the informer the result."""
     ld.clock.advance(advance)  # type: ignore[attr-defined]
     ld.round()

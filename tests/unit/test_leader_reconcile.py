@@ -35,6 +35,7 @@ from agent.model import (
     SlicePort,
 )
 from agent.node.reporter import ConditionReporter
+from tests.fakes import FakeStatusSink
 
 T = TypeVar("T")
 NS = "shop"
@@ -111,30 +112,6 @@ class FakeLB:
         return ApplyResult(done=len(actions))
 
 
-class FakeSink:
-    def __init__(self) -> None:
-        self.conditions: dict[PodKey, Condition] = {}
-        self.events: list[tuple[str, str, str]] = []
-
-    def patch_condition(self, key: PodKey, condition: Condition, uid: str) -> None:
-        self.conditions[key] = condition
-
-    def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None:
-        self.events.append((pod.name, event_type, reason))
-
-    def emit_object_event(
-        self,
-        kind: str,
-        namespace: str,
-        name: str,
-        uid: str,
-        event_type: str,
-        reason: str,
-        message: str,
-    ) -> None:
-        self.events.append((name, event_type, reason))
-
-
 def pod(name: str, *, terminating: bool = False, cr: str = "True") -> Pod:
     return Pod(
         namespace=NS, name=name, uid=f"u-{name}", node_name="n1", ips=(), phase="Running",
@@ -162,8 +139,8 @@ def leader(
     lb: FakeLB | None,
     services: list[Service] | None = None,
     synced: bool = True,
-) -> tuple[Leader, FakeSink]:
-    sink = FakeSink()
+) -> tuple[Leader, FakeStatusSink]:
+    sink = FakeStatusSink()
     pod_cache = FakeCache(pods, synced)
     reporter = ConditionReporter(
         LB_READY, sink, lambda k: pod_cache.get((k.namespace, k.name)), FakeClock()
@@ -180,10 +157,7 @@ def leader(
 
 
 def write_all(ld: Leader) -> None:
-    while ld.reporter.pending():
-        key = ld.reporter._next_key()
-        assert key is not None
-        ld.reporter.write_one(key)
+    ld.reporter.write_queued()
 
 
 A = server_name("10.0.0.1", 8080)
@@ -288,13 +262,13 @@ def cloud_server(name: str, weight: int = 100, health: Health = Health.UP) -> Ob
 
 def cloud_leader(
     pods: list[Pod], slices: list[EndpointSlice], svc: Service, *lbs: FakeLB
-) -> tuple[Leader, FakeSink]:
+) -> tuple[Leader, FakeStatusSink]:
     ld, sink = leader(pods, slices, None, services=[svc])
     ld.providers = {lb.name: lb for lb in lbs}
     return ld, sink
 
 
-def reasons(ld: Leader, sink: FakeSink) -> dict[str, str | None]:
+def reasons(ld: Leader, sink: FakeStatusSink) -> dict[str, str | None]:
     write_all(ld)
     return {k.name: c.reason for k, c in sink.conditions.items()}
 
@@ -470,7 +444,7 @@ def test_cloud_pool_keeps_drained_live_pods_and_unseen_pools_confirm_nothing() -
     assert reasons(ld, sink)["a"] == "Draining"
 
 
-def in_rotation(p: Pod, sink: FakeSink) -> Pod:
+def in_rotation(p: Pod, sink: FakeStatusSink) -> Pod:
     """The pod as the informer shows it once its lb-ready condition was written."""
     return replace(p, conditions=(*p.conditions, sink.conditions[p.key]))
 
@@ -494,9 +468,7 @@ def test_an_lb_restart_is_repaired_without_taking_pods_out_of_rotation() -> None
     write_all(ld)
     set_pods(ld, [in_rotation(p, sink) for p in pods])
     assert {c.status for c in sink.conditions.values()} == {"True"}
-    writes: list[Condition] = []
-    patch = sink.patch_condition
-    sink.patch_condition = lambda key, cond, uid: (writes.append(cond), patch(key, cond, uid))[1]  # type: ignore[method-assign]
+    sink.writes.clear()
 
     lb.pools["h1"][POOL].clear()  # h1 restarted
     lb.applied.clear()
@@ -514,7 +486,7 @@ def test_an_lb_restart_is_repaired_without_taking_pods_out_of_rotation() -> None
         lb.pools["h1"][POOL][name] = replace(srv, health=Health.UP)
     ld.round()
     write_all(ld)
-    assert writes == []  # never False, nothing written at all
+    assert sink.writes == []  # never False, nothing written at all
     assert [e for e in sink.events if e[2] == "LBServersLost"] == [
         ("web", "Warning", "LBServersLost")
     ]
@@ -526,7 +498,7 @@ def test_an_lb_restart_is_repaired_without_taking_pods_out_of_rotation() -> None
     ld.slices = FakeCache([slice_for({"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"})])
     ld.round()
     write_all(ld)
-    assert {c.reason for c in writes} == {"Unhealthy", "Registering"}
+    assert {c.reason for _k, c in sink.writes} == {"Unhealthy", "Registering"}
     assert {k.name: c.reason for k, c in sink.conditions.items()} == {
         "a": "Unhealthy",
         "b": "Healthy",

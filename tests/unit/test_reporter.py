@@ -1,0 +1,247 @@
+"""The condition writers (agent/node/reporter.py, agent/node/pending.py): several at once under
+one rate limit, one pod by one writer at a time with its newest condition, what someone waits
+for first (issue 18: lb-ready p99 was 41 s at 30,000 pods behind one writer)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from agent.clock import Clock, FakeClock
+from agent.errors import TransientError
+from agent.model import LB_READY, Condition, Pod, PodKey
+from agent.node.pending import Priority, priority
+from agent.node.reporter import ConditionReporter, Desired, writers_for
+from tests.fakes import FakeStatusSink
+from tests.testbed.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+NS = "shop"
+HEALTHY = ("True", "Healthy")
+REGISTERING = ("False", "Registering")
+NOT_REGISTERED = ("False", "NotRegistered")
+
+
+def pod(name: str, lb: tuple[str, str] | None = None, terminating: bool = False) -> Pod:
+    conds = (Condition(LB_READY, *lb),) if lb else ()
+    return Pod(NS, name, f"u-{name}", "n1", (), "Running", terminating=terminating,
+               conditions=(Condition("ContainersReady", "True"), *conds))  # fmt: skip
+
+
+def want(name: str, verdict: tuple[str, str], message: str = "") -> Desired:
+    return Desired(f"u-{name}", *verdict, message or verdict[1])
+
+
+def key(name: str) -> PodKey:
+    return PodKey(NS, name)
+
+
+def written(sink: FakeStatusSink, name: str) -> list[tuple[str, str | None]]:
+    return [(c.status, c.reason) for k, c in sink.writes if k == key(name)]
+
+
+@contextmanager
+def running(reporter: ConditionReporter) -> Iterator[threading.Thread]:
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            reporter.run(stop)
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=body, name="condition-writer", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive(), "the writers did not stop"
+    assert not failed, failed
+
+
+# -- the classes -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "current", "terminating", "cls"),
+    [
+        ("True", REGISTERING, False, Priority.UNBLOCK),  # admitted: its rollout waits
+        ("True", None, False, Priority.UNBLOCK),
+        ("False", HEALTHY, True, Priority.UNBLOCK),  # Draining a stopping pod
+        ("False", ("False", "Draining"), True, Priority.UNBLOCK),  # Deregistered: its drain
+        ("False", HEALTHY, False, Priority.REMOVE),  # Unhealthy: out of rotation
+        ("False", None, False, Priority.INFO),  # NotRegistered of a pod not ready yet
+        ("False", NOT_REGISTERED, False, Priority.INFO),  # Registering
+        ("True", HEALTHY, False, Priority.INFO),  # a reason change that stays True
+    ],
+)
+def test_priority_classes(
+    status: str, current: tuple[str, str] | None, terminating: bool, cls: Priority
+) -> None:
+    p = pod("a", current, terminating)
+    assert priority(status, p, p.condition(LB_READY)) is cls
+    assert priority(status, None, None) is Priority.INFO  # not in the cache yet
+
+
+def test_writers_follow_the_rate() -> None:
+    assert [writers_for(r) for r in (1, 20, 41, 100, 160, 10_000)] == [2, 2, 3, 5, 8, 8]
+
+
+# -- order -------------------------------------------------------------------------------------
+def test_what_someone_waits_for_is_written_first_then_first_come_first_served() -> None:
+    pods = {
+        "new": pod("new"),  # not ready yet: NotRegistered
+        "reg": pod("reg", NOT_REGISTERED),  # -> Registering
+        "out": pod("out", HEALTHY),  # -> Unhealthy
+        "in": pod("in", REGISTERING),  # -> Healthy
+        "stop": pod("stop", ("False", "Draining"), terminating=True),  # -> Deregistered
+        "in2": pod("in2", REGISTERING),
+        "new2": pod("new2"),  # NotRegistered; stopped while queued
+    }
+    sink = FakeStatusSink({p.key: p for p in pods.values()})
+    reporter = ConditionReporter(LB_READY, sink, sink.lookup, FakeClock(), writers=1)
+    verdicts = {"new": NOT_REGISTERED, "reg": REGISTERING, "out": ("False", "Unhealthy"),
+                "in": HEALTHY, "stop": ("False", "Deregistered"), "in2": HEALTHY,
+                "new2": NOT_REGISTERED}  # fmt: skip
+    for name, verdict in verdicts.items():
+        reporter.set_desired(key(name), want(name, verdict))
+    sink.pods[key("new2")] = pod("new2", terminating=True)
+    reporter.mark_dirty(key("new2"))  # its class is looked at again
+    assert reporter.pending() == 7
+    assert reporter.write_queued() == 7
+    assert [k.name for k, _c in sink.writes] == ["in", "stop", "in2", "new2", "out", "new", "reg"]
+    assert reporter.pending() == 0
+
+
+# -- concurrency -------------------------------------------------------------------------------
+def test_writes_overlap() -> None:
+    """Four pods, four writers: the four writes are in flight at once (a write each returns
+    only when all four have started)."""
+    barrier = threading.Barrier(4, timeout=10)
+
+    def together(k: PodKey, c: Condition) -> None:
+        barrier.wait()  # BrokenBarrierError unless four writes are in flight
+
+    pods = {key(n): pod(n) for n in "abcd"}
+    sink = FakeStatusSink(pods, on_patch=together)
+    reporter = ConditionReporter(LB_READY, sink, sink.lookup, Clock(), writers=4)
+    with running(reporter):
+        for n in "abcd":
+            reporter.set_desired(key(n), want(n, NOT_REGISTERED))
+        wait_for(lambda: len(sink.writes) == 4, 10, "four writes")
+    assert sink.max_in_flight == 4
+
+
+def test_a_pod_has_one_writer_at_a_time_and_its_newest_condition_wins() -> None:
+    """Pod a's first write hangs; meanwhile a changes twice and other pods are written. No
+    second writer takes a while its write is in flight; then a is written once more, with the
+    newest condition (the one in between never is, and nothing older comes after it)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_a(k: PodKey, c: Condition) -> None:
+        if k == key("a") and not entered.is_set():
+            entered.set()
+            assert release.wait(10)
+
+    pods = {key(n): pod(n) for n in "abc"}
+    sink = FakeStatusSink(pods, on_patch=slow_a)
+    reporter = ConditionReporter(LB_READY, sink, sink.lookup, Clock(), writers=4)
+    with running(reporter):
+        reporter.set_desired(key("a"), want("a", NOT_REGISTERED))
+        assert entered.wait(10)
+        reporter.set_desired(key("a"), want("a", REGISTERING))
+        reporter.set_desired(key("a"), want("a", HEALTHY))
+        for n in "bc":
+            reporter.set_desired(key(n), want(n, NOT_REGISTERED))
+        wait_for(lambda: written(sink, "b") and written(sink, "c"), 10, "b and c written")
+        assert written(sink, "a") == []  # still in flight, and not taken by a second writer
+        release.set()
+        wait_for(lambda: reporter.pending() == 0, 10, "all written")
+    assert written(sink, "a") == [NOT_REGISTERED, HEALTHY]
+    assert sink.max_in_flight_per_pod == 1
+    assert sink.pods[key("a")].condition(LB_READY) == sink.conditions[key("a")]
+
+
+def test_a_condition_changed_while_waiting_for_the_rate_limit_is_written_as_it_is_now() -> None:
+    """The writer waits for a token, then writes the newest desired condition, not the one it
+    saw before the wait."""
+    clock = FakeClock()
+    sink = FakeStatusSink({key("a"): pod("a")})
+    reporter = ConditionReporter(LB_READY, sink, sink.lookup, clock, rate_per_s=1, burst=1)
+    reporter.bucket.delay()  # the only token is gone: the next write waits a second
+    reporter.set_desired(key("a"), want("a", REGISTERING))
+    thread = threading.Thread(target=reporter.write_queued, daemon=True)
+    thread.start()
+    wait_for(lambda: reporter.bucket.tokens < 0, 5, "the writer waiting for its token")
+    reporter.set_desired(key("a"), want("a", HEALTHY))
+    clock.advance(1.0)
+    thread.join(5)
+    assert written(sink, "a") == [HEALTHY]
+
+
+# -- the rate limit ----------------------------------------------------------------------------
+def test_the_bucket_bounds_the_rate_of_all_writers_together() -> None:
+    """10 writes/s, burst 2, four writers, twelve pods: by fake time T at most 2 + 10 T
+    writes."""
+    clock = FakeClock()
+    start = clock.monotonic()
+    stamps: list[float] = []
+    pods = {key(f"p{i}"): pod(f"p{i}") for i in range(12)}
+    sink = FakeStatusSink(pods, on_patch=lambda k, c: stamps.append(clock.monotonic() - start))
+    reporter = ConditionReporter(
+        LB_READY, sink, sink.lookup, clock, rate_per_s=10, burst=2, writers=4
+    )
+    with running(reporter):
+        for k in pods:
+            reporter.set_desired(k, want(k.name, NOT_REGISTERED))
+        for _ in range(200):
+            if len(sink.writes) == 12:
+                break
+            time.sleep(0.01)  # the writers keep up with the fake time
+            clock.advance(0.02)
+    assert len(sink.writes) == 12
+    for n, t in enumerate(sorted(stamps), start=1):
+        assert n <= 2 + 10 * t + 1e-6, f"write {n} at {t:.2f}s: faster than the rate"
+    assert max(stamps) < 2.0  # and not much slower: (12 - 2) / 10 s
+
+
+# -- metrics and failures ----------------------------------------------------------------------
+def test_the_wait_is_from_pending_to_written_across_retries() -> None:
+    clock = FakeClock()
+    fail = [True]
+
+    def flaky(k: PodKey, c: Condition) -> None:
+        if fail.pop() if fail else False:
+            raise TransientError("503")
+
+    waits: list[float] = []
+    sink = FakeStatusSink({key("a"): pod("a")}, on_patch=flaky)
+    reporter = ConditionReporter(LB_READY, sink, sink.lookup, clock, on_wait=waits.append)
+    reporter.set_desired(key("a"), want("a", NOT_REGISTERED))
+    clock.advance(2.0)
+    assert reporter.write_queued() == 1  # failed: waits to retry
+    assert reporter.pending() == 1 and sink.writes == [] and waits == []
+    assert reporter.write_queued() == 0  # not yet
+    clock.advance(1.0)
+    assert reporter.write_queued() == 1
+    assert waits == [3.0] and reporter.pending() == 0
+    reporter.set_desired(key("a"), want("a", NOT_REGISTERED, "other words"))
+    reporter.write_queued()  # message only: checked, not written, no wait observed
+    assert waits == [3.0] and len(sink.writes) == 1
+
+
+def test_a_writer_that_fails_stops_the_others_and_run_raises() -> None:
+    def broken(k: PodKey, c: Condition) -> None:
+        raise RuntimeError("bug")
+
+    sink = FakeStatusSink({key("a"): pod("a")}, on_patch=broken)
+    reporter = ConditionReporter(LB_READY, sink, sink.lookup, Clock(), writers=3)
+    reporter.set_desired(key("a"), want("a", NOT_REGISTERED))
+    with pytest.raises(RuntimeError, match="bug"):
+        reporter.run(threading.Event())
