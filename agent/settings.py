@@ -124,7 +124,7 @@ class RunSettings:
     lease_duration_s: float
     renew_deadline_s: float
     retry_period_s: float
-    status_rate_per_s: float  # condition writes per second (token bucket)
+    status_rate_per_s: float  # condition writes per second (token bucket shared by the writers)
     lb: tuple[str, ...]  # LB providers (empty: none); the first is the default provider
     haproxy_runtime: tuple[str, ...]  # unix:/path or tcp:HOST:PORT, one per HAProxy instance
     haproxy_server_options: str  # options of every dynamically added server
@@ -233,7 +233,14 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(parser, "--lease-duration", default="15", help="leader Lease duration, seconds")
     env.add(parser, "--renew-deadline", default="10", help="leader renew deadline, seconds")
     env.add(parser, "--retry-period", default="2", help="leader retry period, seconds")
-    env.add(parser, "--status-rate", default="20", help="pod status writes per second")
+    env.add(
+        parser,
+        "--status-rate",
+        default="100",
+        help="pod status writes per second of each agent's condition writers (a token bucket, "
+        "burst twice this, shared by one writer per 20 writes/s, 2 to 8); 100 keeps up with "
+        "the pod churn a default control plane can make (README, Settings)",
+    )
     env.add(
         parser,
         "--lb",
