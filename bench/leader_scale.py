@@ -910,6 +910,20 @@ def metric_sum(metrics: str, name: str, **labels: str) -> float:
     return total
 
 
+def histogram_bound(metrics: str, name: str, q: float, **labels: str) -> float | None:
+    """The upper bound of the histogram bucket that holds the ``q`` quantile (None: no
+    samples, or no such histogram)."""
+    buckets = []
+    for m in re.finditer(rf"^{name}_bucket\{{([^}}]*)\}} (\S+)", metrics, re.M):
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if all(got.get(k) == v for k, v in labels.items()):
+            buckets.append((float(got["le"]), float(m.group(2))))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    return next(le for le, n in buckets if n >= q * buckets[-1][1])
+
+
 def prefill(s: Setup, lb: Any) -> None:
     """The LB as a converged leader left it: every stable backend a server, weight 100."""
     t = time.monotonic()
@@ -1055,6 +1069,15 @@ def measure(s: Setup, agent_dir: Path, out: dict[str, Any]) -> None:
             out["lb_ready_p50_s"] = percentile(lat, 0.5)
             out["lb_ready_p99_s"] = percentile(lat, 0.99)
             out["lb_ready_samples"] = len(lat)
+            with contextlib.suppress(OSError):  # the leader's own view of its lb-ready writes
+                text = leader.metrics()
+                for q in (0.5, 0.99):
+                    out[f"write_wait_p{q * 100:.0f}_s"] = histogram_bound(
+                        text, "podlb_condition_write_wait_seconds", q, condition=GATE
+                    )
+                out["lb_ready_writes"] = metric_sum(
+                    text, "podlb_condition_writes_total", condition=GATE, outcome="written"
+                )
             time.sleep(10)  # at rest
             m0 = {a.name: requests_by_kind(a.metrics()) for a in agents}
             c0 = {a.name: a.cpu_s() for a in agents}
@@ -1206,6 +1229,13 @@ def report(args: argparse.Namespace, facts: dict[str, Any], runs: list[dict[str,
             f"{r.get('lb_ready_p50_s')} / {r.get('lb_ready_p99_s')} ({r.get('lb_ready_samples')})"
         ),
         f"p99 < {TARGETS['lb_ready_p99_s']:.0f} + health check",
+    )
+    row(
+        "leader's lb-ready writes: wait pending -> written, p50 / p99 bucket bound, s (writes)",
+        lambda r: (
+            f"{r.get('write_wait_p50_s')} / {r.get('write_wait_p99_s')} "
+            f"({r.get('lb_ready_writes')})"
+        ),
     )
     row("leader API requests/s at rest", lambda r: str(r.get("leader_requests_per_s")))
     row("leader CPU at rest, % of a core", lambda r: str(r.get("leader_cpu_pct")))
