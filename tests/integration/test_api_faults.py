@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,23 +24,11 @@ from agent.kube.client import KubeAccess
 from agent.kube.factory import KubeAdapters
 from agent.leader.lease_record import LeaseRecord
 from agent.model import Condition, PodKey
+from tests.integration.kubeobjects import pod
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.waiting import wait_for
 
 NS = "default"
-
-
-def pod(name: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
-    }
-
-
-@pytest.fixture
-def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(port=0) as server:
-        yield server
 
 
 def adapters(api: KubeAPIServer, timeout_s: float = 0.5, watch_idle_s: float = 60) -> KubeAdapters:

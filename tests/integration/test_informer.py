@@ -11,15 +11,9 @@ from agent.clock import Clock
 from agent.kube.calls import Calls
 from agent.kube.convert import pod_from_dict
 from agent.kube.informer import Informer
+from tests.integration.kubeobjects import pod
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.waiting import wait_for
-
-
-def pod(name: str) -> dict[str, object]:
-    return {
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
-    }
 
 
 def test_relists_on_410_in_the_stream_and_resumes_after_cut_watches() -> None:

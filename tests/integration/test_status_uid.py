@@ -9,8 +9,6 @@ A StatefulSet pod deleted and recreated keeps its name; a condition decided for 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -21,22 +19,10 @@ from agent.kube.calls import Calls
 from agent.kube.pods import PodStatusSink
 from agent.model import LB_READY, Pod, PodKey
 from agent.node.reporter import ConditionReporter, Desired
+from tests.integration.kubeobjects import pod
 from tests.testbed.kubeapi import KubeAPIServer
 
 NS = "default"
-
-
-def pod(name: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
-    }
-
-
-@pytest.fixture
-def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(port=0) as server:
-        yield server
 
 
 def conditions(core: client.CoreV1Api, name: str) -> dict[str, str]:
