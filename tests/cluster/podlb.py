@@ -16,6 +16,7 @@ from tests.cluster.cluster import NODE_IP, Cluster
 from tests.cluster.images import APP
 from tests.testbed.haproxy import HAProxy
 from tests.testbed.slowlb import SlowRuntimeProxy
+from tests.testbed.waiting import wait_for
 
 OVERLAY = Path(__file__).parent / "overlay"
 SPLIT_OVERLAY = Path(__file__).parent / "overlay-split"
@@ -59,17 +60,42 @@ def node_haproxy() -> Iterator[NodeLB]:
 
 
 def until(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    """:func:`tests.testbed.waiting.wait_for`, but an exception from ``check`` (the cluster's
+    API not answering yet) counts as "not yet"; the timeout says what ``check`` last gave."""
+    last: list[Any] = [None]
+
+    def attempt() -> Any:
         try:
-            last = check()
+            last[0] = check()
         except Exception as e:
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not after {timeout:.0f} s (last: {last!r})")
+            last[0] = e
+            return None
+        return last[0]
+
+    try:
+        return wait_for(attempt, timeout, what, interval=interval)
+    except AssertionError:
+        raise AssertionError(f"{what}: not after {timeout:.0f} s (last: {last[0]!r})") from None
+
+
+def can(
+    api: client.ApiClient,
+    user: str,
+    verb: str,
+    resource: str,
+    group: str = "",
+    namespace: str = "",
+) -> bool:
+    """A SubjectAccessReview: may ``user`` (a service account of ``AGENT_NS``) do ``verb`` on
+    ``resource`` (``pods/status``: a subresource) of ``group`` in ``namespace`` ("" = all)?"""
+    res, _, sub = resource.partition("/")
+    review = client.AuthorizationV1Api(api).create_subject_access_review({
+        "spec": {"user": user, "groups": ["system:serviceaccounts",
+                                          f"system:serviceaccounts:{AGENT_NS}"],
+                 "resourceAttributes": {"verb": verb, "resource": res, "subresource": sub,
+                                        "group": group, "namespace": namespace}},
+    })  # fmt: skip
+    return bool(review.status.allowed)
 
 
 def condition(pod: Any, ctype: str) -> Any:

@@ -24,6 +24,7 @@ from tests.cluster.podlb import (
     SPLIT_OVERLAY,
     NodeLB,
     Podlb,
+    can,
     condition,
     until,
 )
@@ -93,21 +94,10 @@ def _listening(host: str, port: int) -> bool:
     return True
 
 
-def _can(api: client.ApiClient, user: str, verb: str, resource: str, group: str = "",
-         namespace: str = "") -> bool:  # fmt: skip
-    res, _, sub = resource.partition("/")
-    review = client.AuthorizationV1Api(api).create_subject_access_review({
-        "spec": {"user": user, "groups": ["system:serviceaccounts",
-                                          "system:serviceaccounts:podlb-system"],
-                 "resourceAttributes": {"verb": verb, "resource": res, "subresource": sub,
-                                        "group": group, "namespace": namespace}},
-    })  # fmt: skip
-    return bool(review.status.allowed)
-
-
 def test_each_role_can_do_exactly_its_part(split: Podlb) -> None:
-    both = [("list", "pods"), ("watch", "pods"), ("patch", "pods/status"),
-            ("list", "services"), ("create", "events")]  # fmt: skip
+    both: list[tuple[str, ...]] = [
+        ("list", "pods"), ("watch", "pods"), ("patch", "pods/status"), ("list", "services"),
+        ("create", "events")]  # fmt: skip
     leader_only = [("list", "endpointslices", "discovery.k8s.io"),
                    ("update", "leases", "coordination.k8s.io", AGENT_NS)]  # fmt: skip
     nobody = [("get", "secrets", "", AGENT_NS), ("list", "secrets", "", ""),
@@ -117,13 +107,13 @@ def test_each_role_can_do_exactly_its_part(split: Podlb) -> None:
     wrong = []
     for user in (NODE_SA, LEADER_SA):
         for args in both:
-            if not _can(split.api, user, *args):
+            if not can(split.api, user, *args):
                 wrong.append((user, "denied", args))
         for args in nobody:
-            if _can(split.api, user, *args):
+            if can(split.api, user, *args):
                 wrong.append((user, "allowed", args))
         for args in leader_only:
-            if _can(split.api, user, *args) != (user == LEADER_SA):
+            if can(split.api, user, *args) != (user == LEADER_SA):
                 wrong.append((user, "leader-only", args))
     assert not wrong, wrong
 

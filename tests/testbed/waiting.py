@@ -8,14 +8,17 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    """Call ``pred`` every 50 ms until it returns something truthy (returned) or time is up."""
+def wait_for(
+    pred: Callable[[], Any], timeout: float = 20.0, what: str = "", interval: float = 0.05
+) -> Any:
+    """Call ``pred`` every ``interval`` s until it returns something truthy (returned) or time
+    is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what or pred}")
 
 
