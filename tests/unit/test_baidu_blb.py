@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from agent.lb.baidu_blb import (
+from agent.lb.baidu_blb.answers import (
     Member,
-    Outcome,
-    PoolRef,
-    chunks,
-    classify,
     health_of,
-    instance_name,
     ip_groups_of_policies,
     parse_member_page,
-    parse_pool,
-    plan_actions,
-    says_exists,
-    says_missing,
-    sdk_endpoint,
-    server_name,
     to_observed,
 )
-from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound
+from agent.lb.baidu_blb.errors import Outcome, classify, says_exists, says_missing
+from agent.lb.baidu_blb.plan import plan_actions
+from agent.lb.baidu_blb.pools import PoolRef, instance_name, parse_pool, sdk_endpoint
+from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound, server_name
+from agent.lb.cloud import chunks
 from agent.leader.desired import server_name as leader_server_name
 
 

@@ -7,30 +7,26 @@ from typing import Any
 import pytest
 
 from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound
-from agent.lb.tencent_clb import (
-    MAX_BATCH_TARGETS,
-    Call,
-    ErrorClass,
-    Member,
-    PoolRef,
-    Target,
-    TencentCLBProvider,
-    _split_endpoint,
-    auth_message,
+from agent.lb.cloud import chunks
+from agent.lb.tencent_clb import TencentCLBProvider
+from agent.lb.tencent_clb.errors import ErrorClass, auth_message, classify_error, outcome_label
+from agent.lb.tencent_clb.observe import (
     build_pool_state,
-    chunks,
-    classify_error,
     health_index,
     health_of,
+    pool_backends,
+    target_name,
+)
+from agent.lb.tencent_clb.pools import PoolRef, Target, parse_pool, resolve_pool
+from agent.lb.tencent_clb.provider import _split_endpoint
+from agent.lb.tencent_clb.writes import (
+    MAX_BATCH_TARGETS,
+    Call,
+    Member,
     idempotent_success,
     member_of,
-    outcome_label,
-    parse_pool,
     plan_calls,
-    pool_backends,
     request_params,
-    resolve_pool,
-    target_name,
     weight_of,
 )
 
