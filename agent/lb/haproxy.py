@@ -16,10 +16,11 @@ EOF, so no answer text can be mistaken for a delimiter). :meth:`HAProxyProvider.
 whole batch on one connection in interactive (``prompt``) mode, pipelined: every answer ends
 with ``"\\n> "``. An ADD is ``add server`` then, only if that succeeded, ``enable health`` and
 ``enable server``; a STAGE the same with ``set server .. state drain`` instead of ``enable
-server`` (health-checked, no new traffic; the ENABLE that admits it is one command); a REMOVE
-is ``set server .. state maint`` then, only once nothing refers to the server any more
-(:func:`removal_blockers` over ``show sess`` and ``show stat``), ``del server``. So a batch
-runs in two phases, and a server named twice in one batch splits it in sequential batches.
+server``, in one phase (health-checked, no new traffic; the ENABLE that admits it is one
+phase too); a REMOVE is ``set server .. state maint`` then, only once nothing refers to the
+server any more (:func:`removal_blockers` over ``show sess`` and ``show stat``), ``del
+server``. So a batch runs in two phases, and a server named twice in one batch splits it in
+sequential batches.
 """
 
 from __future__ import annotations
@@ -479,6 +480,11 @@ def action_steps(pool: str, action: Action, server_options: str) -> list[list[st
         follow = [ready]
         if "check" in server_options.split():
             follow.insert(0, f"enable health {srv}")
+        if action.op is Op.STAGE:
+            # One phase: a STAGE takes no traffic, so its follow-ups may run even if the add
+            # failed (on a server that exists they set what is wanted; else they are refused).
+            # On an LB API that takes a second per call, the pod is staged a second sooner.
+            return [[add, *follow]]
         return [[add], follow]
     if action.op is Op.SET_WEIGHT:
         if action.weight is None:

@@ -456,8 +456,11 @@ def test_action_steps() -> None:
         ["enable health be/s1", "enable server be/s1"],
     ]
     assert action_steps("be", Action(Op.STAGE, "s1", "10.0.0.1", 80, 5), OPTS) == [
-        ["add server be/s1 10.0.0.1:80 check inter 1s fall 2 rise 2 weight 5"],
-        ["enable health be/s1", "set server be/s1 state drain"],
+        [
+            "add server be/s1 10.0.0.1:80 check inter 1s fall 2 rise 2 weight 5",
+            "enable health be/s1",
+            "set server be/s1 state drain",
+        ]
     ]
     no_check = action_steps("be", Action(Op.ADD, "s1", "10.0.0.1", 80), "inter 1s")
     assert no_check == [["add server be/s1 10.0.0.1:80 inter 1s"], ["enable server be/s1"]]
