@@ -63,7 +63,7 @@ def median(values: list[float]) -> float | None:
 
 
 HEADER = ("mode", "requests", "failed", "errors by kind", "drain p50 / p99 s", "register s",
-          "rollout s")  # fmt: skip
+          "rollout s", "writes/pod")  # fmt: skip
 
 
 def table(results: list[ScenarioResult], sleep_s: int) -> str:
@@ -80,11 +80,21 @@ def table(results: list[ScenarioResult], sleep_s: int) -> str:
                 f"{fmt(r.drain_p(0.5))} / {fmt(r.drain_p(0.99))}",
                 fmt(median(r.register_s)),
                 f"{r.rollout_s:.1f}",
+                writes_per_pod(r),
             )
         )
     seen = [k for k in ERROR_KINDS if any(k in r.errors() for r in results)]
     legend = [f"  {k}: {ERROR_MEANINGS[k]}" for k in seen]
-    return "\n".join([format_table(HEADER, rows, right={1, 2, 4, 5, 6}), *legend])
+    legend.append(
+        "  writes/pod: podlb's pod status writes during the rollout per pod it created or "
+        "deleted, lb-ready + datapath-ready"
+    )
+    return "\n".join([format_table(HEADER, rows, right={1, 2, 4, 5, 6, 7}), *legend])
+
+
+def writes_per_pod(r: ScenarioResult) -> str:
+    lb, dp = r.writes_per_pod("podlb.io/lb-ready"), r.writes_per_pod("podlb.io/datapath-ready")
+    return "-" if lb is None or dp is None else f"{lb:.1f} + {dp:.1f}"
 
 
 def drain_endings(results: list[ScenarioResult]) -> list[str]:
@@ -185,6 +195,9 @@ def main() -> int:
         p = by_mode["podlb"]
         summary["podlb_zero_failures"] = p.failed == 0
         summary["podlb_median_drain_under_3s"] = (p.drain_p(0.5) or 0.0) < 3.0
+        per_pod = p.writes_per_pod("podlb.io/lb-ready")
+        if per_pod is not None:
+            summary["podlb_lb_ready_writes_per_pod"] = round(per_pod, 2)
         fraction = p.signal_ended_fraction()
         if fraction is not None:
             summary["podlb_drains_signal_ended_fraction"] = round(fraction, 3)

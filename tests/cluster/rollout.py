@@ -34,7 +34,7 @@ from tests.cluster.podlb import (
     until,
 )
 from tests.testbed.load import LoadGenerator
-from tests.testbed.rollout import ScenarioResult
+from tests.testbed.rollout import ScenarioResult, condition_writes, writes_between
 
 HOOKS = {"podlb": "http", "exec": "exec", "nohook": "none", "sleep": "sleep"}
 MODES = tuple(HOOKS)
@@ -86,6 +86,7 @@ def run_rollout(
             keepalive.start()
             try:
                 time.sleep(1.0)
+                before = _writes()
                 started = time.monotonic()
                 cluster.apply(manifest("v2"))
                 if during is not None:
@@ -93,12 +94,15 @@ def run_rollout(
                 until(f"{name} rolled", lambda: _rolled(podlb, name, replicas, old), 600, 0.05)
                 rollout_s = time.monotonic() - started
                 time.sleep(1.0)
+                status_writes = writes_between(before, _writes())
             finally:
                 new_conn.stop()
                 keepalive.stop()
                 new_conn.wait(10)
                 keepalive.wait(10)
         result = ScenarioResult(mode, replicas, rollout_s)
+        result.status_writes = status_writes
+        result.pods_rolled = len(pw.pods)
         result.new_conn, result.keepalive = new_conn.result(), keepalive.result()
         # How each old pod's drain ended, from the node agent's records (hook modes only).
         if mode in ("podlb", "exec"):
@@ -119,6 +123,12 @@ def run_rollout(
         lb.api.delay_s = 0.0
         cluster.kubectl("-n", APP_NS, "delete", "deployment,service", name, "--wait=false",
                         check=False)  # fmt: skip
+
+
+def _writes() -> dict[str, int]:
+    """podlb's condition writes so far (the node's agent: node work and the leader's)."""
+    with urllib.request.urlopen(f"http://{NODE_IP}:9808/metrics", timeout=5) as r:
+        return condition_writes([r.read().decode()])
 
 
 def _drain_records() -> list[dict[str, Any]]:

@@ -65,6 +65,16 @@ class ScenarioResult:
     keepalive: LoadResult | None = None
     # The agents' drain records (GET /v1/drains) of the old pods: how each drain ended
     drains: list[dict[str, Any]] = field(default_factory=list)
+    # podlb's pod status writes during the rollout, by condition type (the agents' metrics),
+    # and how many pods the rollout created and deleted
+    status_writes: dict[str, int] = field(default_factory=dict)
+    pods_rolled: int = 0
+
+    def writes_per_pod(self, condition: str) -> float | None:
+        """Writes of ``condition`` during the rollout per pod it created or deleted."""
+        if not self.pods_rolled or not self.status_writes:
+            return None
+        return self.status_writes.get(condition, 0) / self.pods_rolled
 
     @property
     def requests(self) -> int:
@@ -114,7 +124,34 @@ class ScenarioResult:
             "drains_recorded": self.signal_ended()[1],
             "drains_signal_ended_fraction": self.signal_ended_fraction(),
             "drains": self.drains,
+            "status_writes": self.status_writes,
+            "pods_rolled": self.pods_rolled,
         }
+
+
+WRITES = "podlb_condition_writes_total"
+
+
+def condition_writes(metrics_texts: list[str]) -> dict[str, int]:
+    """Condition writes done (outcome ``written``) by condition type, summed over the
+    Prometheus texts of several agents."""
+    out: dict[str, int] = {}
+    for text in metrics_texts:
+        for line in text.splitlines():
+            if not line.startswith(WRITES + "{") or 'outcome="written"' not in line:
+                continue
+            labels, value = line[len(WRITES) + 1 :].rsplit("} ", 1)
+            cond = next(
+                (part.split("=", 1)[1].strip('"') for part in labels.split(",")
+                 if part.startswith("condition=")),
+                "",
+            )  # fmt: skip
+            out[cond] = out.get(cond, 0) + int(float(value))
+    return out
+
+
+def writes_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after}
 
 
 def template(
@@ -221,19 +258,26 @@ def run_scenario(
                                       duration=900)  # fmt: skip
             new_conn.start()
             keepalive.start()
+
+            def writes() -> dict[str, int]:
+                return condition_writes([p.get("/metrics")[1].decode() for p in procs])
+
             try:
                 time.sleep(1.0)
+                before = writes()
                 report = app.rolling_update(
                     template(mode, "v2", sleep_s, grace, url),
                     max_surge=surge(max_surge, replicas), max_unavailable=0, wait_gone=True,
                 )  # fmt: skip
                 time.sleep(1.0)
+                status_writes = writes_between(before, writes())
             finally:
                 new_conn.stop()
                 keepalive.stop()
                 new_conn.wait(10)
                 keepalive.wait(10)
             result = ScenarioResult(mode, replicas, report.total_s)
+            result.status_writes, result.pods_rolled = status_writes, len(report.pods)
             result.new_conn = new_conn.result()
             result.keepalive = keepalive.result()
             new = [t.name for t in report.pods.values() if t.template_hash == report.new_hash]
