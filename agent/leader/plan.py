@@ -1,8 +1,10 @@
 """From desired pools and what the LB reports to LB actions and lb-ready verdicts (pure).
 
-Order matters: capacity is added before any is taken away (adds and enables first, drains,
-removals last), and a server is removed only once drained: no sessions left, or drained for
-longer than the drain timeout, or (on an LB that does not count sessions) its pod is gone.
+A plan lists what adds capacity first (adds, enables, weights, staged servers), then what takes
+it away (drains, removals); the leader applies the two groups side by side, so that a slow
+removal never holds a registration (agent/leader/reconcile.py). A server is removed only once
+drained: no sessions left, or drained for longer than the drain timeout, or (on an LB that
+does not count sessions) its pod is gone.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from agent.lb.base import (
     AdminState,
     LBProvider,
     Mode,
+    Op,
     PoolState,
     RestartAware,
     Staging,
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 P = ParamSpec("P")
 PoolKey = tuple[str, str]  # (provider, pool)
+RETIRING = frozenset({Op.DRAIN, Op.REMOVE})  # actions that take servers out
 Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
 
 
@@ -439,11 +441,20 @@ class Leader:
             self._in_flight |= {(provider, instance, pool, a.server) for a in actions}
         if not actions:
             return draining or bool(planned)
-        future = self.apply_executor.submit(self._apply_now, provider, instance, pool, actions)
-        with self._lock:
-            if not future.done():
-                self._futures.add(future)
-        future.add_done_callback(self._forget_future)
+        # Servers coming in and servers going out are separate batches on separate workers:
+        # a slow drain or removal never holds a registration of the same round, nor the
+        # reverse (each keeps the plan's order within it).
+        for batch in (
+            [a for a in actions if a.op not in RETIRING],
+            [a for a in actions if a.op in RETIRING],
+        ):
+            if not batch:
+                continue
+            future = self.apply_executor.submit(self._apply_now, provider, instance, pool, batch)
+            with self._lock:
+                if not future.done():
+                    self._futures.add(future)
+            future.add_done_callback(self._forget_future)
         return True
 
     def _forget_future(self, future: Future[None]) -> None:

@@ -377,6 +377,24 @@ def test_slow_lb_changes_run_beside_the_rounds_and_are_never_issued_twice() -> N
     assert sorted(s for _i, _p, _op, s in lb.applied) == [A, B]  # both in: nothing more
 
 
+def test_registrations_and_drains_of_one_round_do_not_wait_for_each_other() -> None:
+    """A slow drain or removal (an LB API taking seconds, HAProxy waiting for a server to be
+    unused) must not hold a new pod's registration of the same round, nor the reverse."""
+    up = ObservedServer(A, "10.0.0.1", 8080, 100, AdminState.READY, Health.UP, 0)
+    lb = BlockingLB({"h1": {POOL: {A: up}}})
+    pods = [pod("a", terminating=True), pod("b")]
+    ld, _ = leader(pods, [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"}, {"a"})], lb)
+    ld.apply_executor = ThreadPoolExecutor(4)
+    try:
+        ld.round()
+        # Both batches are inside the LB at once: neither waits for the other to return.
+        assert lb.entered.acquire(timeout=5) and lb.entered.acquire(timeout=5)
+        lb.release.set()
+    finally:
+        ld.apply_executor.shutdown(wait=True)
+    assert sorted((op, s) for _i, _p, op, s in lb.applied) == [(Op.ADD, B), (Op.DRAIN, A)]
+
+
 def test_a_routing_problem_on_a_live_service_leaves_its_managed_pool_alone() -> None:
     lb = FakeLB({"h1": {POOL: {}}})
     ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
