@@ -6,7 +6,12 @@ which hangs inside a network namespace without a resolver).
 
 * ``GET /`` -> ``200`` with the pod name as the whole body (header ``X-Pod`` too); every
   response waits ``--delay-ms`` first, or ``?delay_ms=N`` from the query string;
-* ``GET /healthz`` -> ``200 ok`` (never delayed);
+* ``GET /healthz`` -> ``200 ok`` (never delayed), or ``503 failing`` after
+  ``GET /health?ok=0`` (``?ok=1`` heals it); the last 1000 ``/healthz`` requests are timed;
+* ``GET /probes`` -> JSON ``{"started": t, "listening": t, "healthz": [t, ...]}``: when the
+  app started (its module was imported), when it listened, and when each ``/healthz``
+  request came, in ``time.monotonic()`` seconds (``CLOCK_MONOTONIC``, shared by the host,
+  its network namespaces and containers): a test compares a kubelet's probes with its clock;
 * keep-alive is honoured (HTTP/1.1, ``Content-Length`` always set);
 * on SIGTERM (or SIGINT) it behaves like a well-written app: stops accepting, lets in-flight
   requests finish (their responses carry ``Connection: close``), closes idle keep-alive
@@ -18,7 +23,9 @@ which hangs inside a network namespace without a resolver).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -35,6 +42,8 @@ from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
     from tests.testbed.netns import Pod
+
+_STARTED = time.monotonic()  # "started" of GET /probes: this module's import
 
 
 class _Conn:
@@ -57,6 +66,10 @@ class AppServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.pod_name = name
         self.delay_ms = delay_ms
         self.draining = False
+        self.started_at = _STARTED
+        self.listening_at = 0.0
+        self.healthy = True
+        self.healthz_at: collections.deque[float] = collections.deque(maxlen=1000)
         self.lock = threading.Lock()
         self.conns: dict[int, _Conn] = {}
         self.idle_cv = threading.Condition(self.lock)
@@ -64,6 +77,14 @@ class AppServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def server_bind(self) -> None:  # no getfqdn(), unlike http.server.HTTPServer
         socketserver.TCPServer.server_bind(self)
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.listening_at = time.monotonic()
+
+    def probes(self) -> bytes:
+        times = {"started": self.started_at, "listening": self.listening_at}
+        return json.dumps({**times, "healthz": list(self.healthz_at)}).encode()
 
     # -- connection tracking ------------------------------------------------------------
     def track(self, sock: socket.socket) -> _Conn:
@@ -150,10 +171,10 @@ class Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                 srv.idle_cv.notify_all()
 
-    def _reply(self, code: int, body: bytes) -> None:
+    def _reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
         closing = self.close_connection or self.server.draining
         self.send_response_only(code)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Pod", self.server.pod_name)
         if closing:
@@ -165,11 +186,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
+        qs = parse_qs(url.query)
         if url.path == "/healthz":
-            self._reply(200, b"ok")
+            self.server.healthz_at.append(time.monotonic())
+            ok = self.server.healthy
+            self._reply(200 if ok else 503, b"ok" if ok else b"failing")
+            return
+        if url.path == "/probes":
+            self._reply(200, self.server.probes(), "application/json")
+            return
+        if url.path == "/health":
+            self.server.healthy = qs.get("ok", ["1"])[0] != "0"
+            self._reply(200, b"ok" if self.server.healthy else b"failing")
             return
         delay = self.server.delay_ms
-        qs = parse_qs(url.query)
         if "delay_ms" in qs:
             with contextlib.suppress(ValueError):
                 delay = int(qs["delay_ms"][0])
