@@ -123,6 +123,17 @@ def drain_endings(results: list[ScenarioResult]) -> list[str]:
     return lines
 
 
+def register_breakdown(results: list[ScenarioResult]) -> list[str]:
+    """Where a new pod's register time goes (real node: from the pods' condition times)."""
+    return [
+        f"{r.mode}: from ContainersReady, median: datapath-ready True "
+        f"{fmt(median(r.datapath_lag_s))} s, lb-ready True {fmt(median(r.lb_ready_s))} s, "
+        f"then Ready {fmt(median(r.gate_lag_s))} s later"
+        for r in results
+        if r.lb_ready_s
+    ]
+
+
 def run_on_testbed(modes: list[str], args: argparse.Namespace) -> list[ScenarioResult]:
     results = []
     for mode in modes:
@@ -224,7 +235,7 @@ def main() -> int:
             f"load: {load}"
         )
         print(table(results, args.sleep))
-        for line in drain_endings(results):
+        for line in drain_endings(results) + register_breakdown(results):
             print(line)
         for key, value in summary.items():
             print(f"{key}: {value}")

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from agent.model import DATAPATH_READY
 from tests.cluster.cluster import NODE_IP
 from tests.cluster.podlb import (
     APP_NS,
@@ -118,6 +119,11 @@ def run_rollout(
                 result.register_s.append(t.ready - t.containers_ready)
                 if t.lb_ready is not None:
                     result.gate_lag_s.append(t.ready - t.lb_ready)
+                    result.lb_ready_s.append(t.lb_ready - t.containers_ready)
+                dp = next((at for at, kind, status, _ in t.conditions
+                           if kind == DATAPATH_READY and status == "True"), None)  # fmt: skip
+                if dp is not None:
+                    result.datapath_lag_s.append(dp - t.containers_ready)
         return result
     finally:
         lb.api.delay_s = 0.0

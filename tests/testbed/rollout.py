@@ -61,6 +61,9 @@ class ScenarioResult:
     register_s: list[float] = field(default_factory=list)
     # lb-ready=True -> Ready per new pod: what the kubelet adds after podlb's write
     gate_lag_s: list[float] = field(default_factory=list)
+    # ContainersReady -> datapath-ready True, and -> lb-ready True, per new pod (real node)
+    datapath_lag_s: list[float] = field(default_factory=list)
+    lb_ready_s: list[float] = field(default_factory=list)
     new_conn: LoadResult | None = None
     keepalive: LoadResult | None = None
     # The agents' drain records (GET /v1/drains) of the old pods: how each drain ended
@@ -120,6 +123,8 @@ class ScenarioResult:
             "rollout_s": round(self.rollout_s, 2),
             "register_median_s": statistics.median(self.register_s) if self.register_s else None,
             "gate_lag_median_s": statistics.median(self.gate_lag_s) if self.gate_lag_s else None,
+            "datapath_lag_s": self.datapath_lag_s,
+            "lb_ready_s": self.lb_ready_s,
             "drains_signal_ended": self.signal_ended()[0],
             "drains_recorded": self.signal_ended()[1],
             "drains_signal_ended_fraction": self.signal_ended_fraction(),
