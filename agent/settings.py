@@ -238,7 +238,7 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
         "--status-rate",
         default="100",
         help="pod status writes per second of each agent's condition writers (a token bucket, "
-        "burst twice this, shared by one writer per 20 writes/s, 2 to 8); 100 keeps up with "
+        "burst twice this, shared by one writer per 10 writes/s, 2 to 8); 100 keeps up with "
         "the pod churn a default control plane can make (README, Settings)",
     )
     env.add(

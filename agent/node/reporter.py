@@ -70,14 +70,14 @@ class TokenBucket:
             return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
-ROUND_TRIP_S = 0.05  # a status patch on a busy API server, for sizing the writer pool
+WRITE_S = 0.1  # a status patch and its Event, ~50 ms each on a busy API server
 MAX_WRITERS = 8
 
 
 def writers_for(rate_per_s: float) -> int:
-    """Enough writers to reach ``rate_per_s`` at :data:`ROUND_TRIP_S` a write (2 at least, so
-    one slow write does not hold every other pod; :data:`MAX_WRITERS` at most)."""
-    return max(2, min(MAX_WRITERS, math.ceil(rate_per_s * ROUND_TRIP_S)))
+    """Enough writers to reach ``rate_per_s`` at :data:`WRITE_S` a write (2 at least, so one
+    slow write does not hold every other pod; :data:`MAX_WRITERS` at most)."""
+    return max(2, min(MAX_WRITERS, math.ceil(rate_per_s * WRITE_S)))
 
 
 def needs_write(desired: Desired, current: Condition | None) -> bool:

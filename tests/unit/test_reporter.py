@@ -90,7 +90,7 @@ def test_priority_classes(
 
 
 def test_writers_follow_the_rate() -> None:
-    assert [writers_for(r) for r in (1, 20, 41, 100, 160, 10_000)] == [2, 2, 3, 5, 8, 8]
+    assert [writers_for(r) for r in (1, 20, 21, 50, 100, 10_000)] == [2, 2, 3, 5, 8, 8]
 
 
 # -- order -------------------------------------------------------------------------------------
