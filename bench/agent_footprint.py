@@ -69,14 +69,14 @@ def main() -> int:
         return 2
     with agent_cluster("bench") as api:
         core = client.CoreV1Api(api.api_client())
-        with Kubelet.for_api(api, ["node-a"], ready_probe_interval=5.0) as kubelet:
+        with Kubelet.for_api(api, ["node-a"]) as kubelet:
             t0 = time.monotonic()
             for i in range(args.pods):
                 core.create_namespaced_pod(
                     "bench",
                     make_pod(
                         f"app-{i}", "node-a", namespace="bench",
-                        readiness_gates=["podlb.io/lb-ready"],
+                        readiness_gates=["podlb.io/lb-ready"], probe_period=5,
                     ),
                 )  # fmt: skip
             agent = AgentProcess(

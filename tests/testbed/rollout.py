@@ -166,7 +166,7 @@ def template(
         "name": "app",
         "image": f"testbed/app:{version}",
         "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
         "env": [{"name": "VERSION", "value": version}],
     }
     if mode in ("podlb", "observe"):
