@@ -8,7 +8,8 @@ import signal
 import sys
 import threading
 
-from .server import KubeAPIServer, Rule
+from .auth import Rule
+from .server import KubeAPIServer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,13 @@
-"""The object store: one lock, one global resourceVersion, a bounded event log for watches."""
+"""The object store: one lock, one global resourceVersion, a bounded event log for watches.
+
+Validation and defaulting of what is written are :mod:`.admission`."""
 
 from __future__ import annotations
 
 import builtins
 import copy
-import ipaddress
 import logging
 import queue
-import re
 import secrets
 import threading
 import time
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from .admission import Defaults, validate
 from .errors import ApiError, already_exists, bad_request, conflict, invalid, not_found
 from .resources import BY_KEY, Resource, lookup
 
@@ -28,8 +29,6 @@ Subscriber = Callable[[str, str, Obj], None]
 
 RETURN_DELETED = {"pods", "services", "namespaces"}
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def now_iso(offset: float = 0.0) -> str:
@@ -91,9 +90,7 @@ class Store:
         self._grace_done: set[tuple[str, str, str]] = set()
         self._wake = threading.Event()
         self._stopping = False
-        self._next_v4 = int(ipaddress.IPv4Address("10.96.0.10"))
-        self._next_v6 = int(ipaddress.IPv6Address("fd00:10:96::a"))
-        self._next_node_port = 30000
+        self._defaults = Defaults()
         for ns in INITIAL_NAMESPACES:
             self.create("namespaces", {"metadata": {"name": ns}})
         self._reaper = threading.Thread(target=self._reap_loop, name="kubeapi-reaper", daemon=True)
@@ -290,7 +287,7 @@ class Store:
             meta["name"] = meta["generateName"] + "".join(
                 secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5)
             )
-        self._validate(res, obj)
+        validate(res, obj)
         name = meta["name"]
         if (ns, name) in self._objs[res.key]:
             raise already_exists(res.name, res.group, name)
@@ -308,7 +305,7 @@ class Store:
             meta["generation"] = 1
         else:
             meta.pop("generation", None)
-        self._default_create(res, obj)
+        self._defaults.on_create(res, obj)
         return self._commit("ADDED", res, obj, None)
 
     def update(
@@ -428,8 +425,8 @@ class Store:
                         )
                     ],
                 )
-            self._validate(res, result)
-            self._default_update(res, cur, result)
+            validate(res, result)
+            self._defaults.on_update(res, cur, result)
         result["kind"] = res.kind
         result["apiVersion"] = res.api_version
         result["metadata"]["resourceVersion"] = cmeta["resourceVersion"]
@@ -600,267 +597,3 @@ class Store:
                         self._deadlines.pop((ns, name), None)
             self._wake.wait(max(0.01, min(1.0, nxt - time.monotonic())))
             self._wake.clear()
-
-    # ------------------------------------------------------------------ validation / defaults
-    def _validate(self, res: Resource, obj: Obj) -> None:
-        meta = obj["metadata"]
-        name = meta.get("name") or ""
-        causes: list[tuple[str, str, str]] = []
-        if not name:
-            causes.append(
-                (
-                    "metadata.name",
-                    "FieldValueRequired",
-                    "Required value: name or generateName is required",
-                )
-            )
-        else:
-            regex = _LABEL_RE if res.key in ("namespaces", "services") else _NAME_RE
-            if len(name) > (63 if regex is _LABEL_RE else 253) or not regex.match(name):
-                causes.append(
-                    (
-                        "metadata.name",
-                        "FieldValueInvalid",
-                        f'Invalid value: "{name}": a lowercase RFC 1123 name must consist '
-                        "of lower case alphanumeric characters, '-' or '.'",
-                    )
-                )
-        for fld in ("labels", "annotations"):
-            if meta.get(fld) is not None and not isinstance(meta[fld], dict):
-                causes.append((f"metadata.{fld}", "FieldValueInvalid", "Invalid value"))
-        spec = obj.get("spec")
-        if res.key == "pods":
-            containers = (spec or {}).get("containers") if isinstance(spec, dict) else None
-            if not containers or not isinstance(containers, list):
-                causes.append(("spec.containers", "FieldValueRequired", "Required value"))
-            else:
-                for i, c in enumerate(containers):
-                    if not isinstance(c, dict) or not c.get("name"):
-                        causes.append(
-                            (f"spec.containers[{i}].name", "FieldValueRequired", "Required value")
-                        )
-                    elif not c.get("image"):
-                        causes.append(
-                            (f"spec.containers[{i}].image", "FieldValueRequired", "Required value")
-                        )
-        elif res.key == "services":
-            spec = spec if isinstance(spec, dict) else {}
-            ports = spec.get("ports") or []
-            if not ports and spec.get("type") != "ExternalName" and spec.get("clusterIP") != "None":
-                causes.append(("spec.ports", "FieldValueRequired", "Required value"))
-            for i, p in enumerate(ports):
-                port = p.get("port") if isinstance(p, dict) else None
-                if not isinstance(port, int) or not 1 <= port <= 65535:
-                    causes.append(
-                        (
-                            f"spec.ports[{i}].port",
-                            "FieldValueInvalid",
-                            f"Invalid value: {port}: must be between 1 and 65535, inclusive",
-                        )
-                    )
-                if len(ports) > 1 and isinstance(p, dict) and not p.get("name"):
-                    causes.append((f"spec.ports[{i}].name", "FieldValueRequired", "Required value"))
-        elif res.key == "endpointslices":
-            if obj.get("addressType") not in ("IPv4", "IPv6", "FQDN"):
-                causes.append(
-                    (
-                        "addressType",
-                        "FieldValueNotSupported",
-                        f'Unsupported value: "{obj.get("addressType")}": supported values: '
-                        '"FQDN", "IPv4", "IPv6"',
-                    )
-                )
-            # null is an empty list (what the real API server returns for an empty slice)
-            endpoints = obj.get("endpoints")
-            if endpoints is not None and not isinstance(endpoints, list):
-                causes.append(("endpoints", "FieldValueInvalid", "Invalid value"))
-        elif res.key == "leases":
-            spec = spec if isinstance(spec, dict) else {}
-            d = spec.get("leaseDurationSeconds")
-            if d is not None and (not isinstance(d, int) or d <= 0):
-                causes.append(
-                    (
-                        "spec.leaseDurationSeconds",
-                        "FieldValueInvalid",
-                        f"Invalid value: {d}: must be greater than 0",
-                    )
-                )
-        if causes:
-            raise invalid(res.kind, res.group, name, causes)
-
-    def _default_create(self, res: Resource, obj: Obj) -> None:
-        if res.key == "pods":
-            self._default_pod_spec(obj)
-            obj["status"] = {"phase": "Pending", "qosClass": _qos(obj["spec"])}
-        elif res.key == "services":
-            self._default_service(obj, None)
-            obj["status"] = {"loadBalancer": {}}
-        elif res.key == "namespaces":
-            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
-            obj["status"] = {"phase": "Active"}
-            labels = obj["metadata"].setdefault("labels", {})
-            labels["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
-
-    def _default_update(self, res: Resource, cur: Obj, new: Obj) -> None:
-        if res.key == "pods":
-            self._default_pod_spec(new)
-            a, b = _mutable_pod_spec(cur["spec"]), _mutable_pod_spec(new["spec"])
-            if a != b:
-                raise invalid(
-                    "Pod",
-                    "",
-                    cur["metadata"]["name"],
-                    [
-                        (
-                            "spec",
-                            "FieldValueForbidden",
-                            "Forbidden: pod updates may not change fields other than "
-                            "`spec.containers[*].image`,`spec.initContainers[*].image`,"
-                            "`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to "
-                            "existing tolerations),`spec.terminationGracePeriodSeconds` "
-                            "(allow it to be set to 1 if it was previously negative)",
-                        )
-                    ],
-                )
-        elif res.key == "services":
-            self._default_service(new, cur)
-        elif res.key == "namespaces":
-            new.setdefault("spec", copy.deepcopy(cur.get("spec", {})))
-            new["status"] = copy.deepcopy(cur.get("status", {}))
-            labels = new["metadata"].setdefault("labels", {})
-            labels["kubernetes.io/metadata.name"] = new["metadata"]["name"]
-
-    @staticmethod
-    def _default_pod_spec(obj: Obj) -> None:
-        spec = obj.setdefault("spec", {})
-        spec.setdefault("restartPolicy", "Always")
-        spec.setdefault("terminationGracePeriodSeconds", 30)
-        spec.setdefault("dnsPolicy", "ClusterFirst")
-        spec.setdefault("schedulerName", "default-scheduler")
-        spec.setdefault("securityContext", {})
-        spec.setdefault("enableServiceLinks", True)
-        for c in list(spec.get("containers") or []) + list(spec.get("initContainers") or []):
-            if not isinstance(c, dict):
-                continue
-            c.setdefault("terminationMessagePath", "/dev/termination-log")
-            c.setdefault("terminationMessagePolicy", "File")
-            image = str(c.get("image", ""))
-            tag = image.rsplit("/", 1)[-1]
-            c.setdefault(
-                "imagePullPolicy",
-                "Always" if ":" not in tag or tag.endswith(":latest") else "IfNotPresent",
-            )
-            c.setdefault("resources", {})
-            for p in c.get("ports") or []:
-                if isinstance(p, dict):
-                    p.setdefault("protocol", "TCP")
-
-    def _alloc_ip(self, family: str) -> str:
-        if family == "IPv6":
-            ip = str(ipaddress.IPv6Address(self._next_v6))
-            self._next_v6 += 1
-        else:
-            ip = str(ipaddress.IPv4Address(self._next_v4))
-            self._next_v4 += 1
-        return ip
-
-    def _default_service(self, obj: Obj, cur: Obj | None) -> None:
-        spec = obj.setdefault("spec", {})
-        cspec = (cur or {}).get("spec") or {}
-        stype = spec.setdefault("type", "ClusterIP")
-        spec.setdefault("sessionAffinity", "None")
-        for p in spec.get("ports") or []:
-            p.setdefault("protocol", "TCP")
-            p.setdefault("targetPort", p.get("port"))
-        if stype == "ExternalName":
-            return
-        spec.setdefault("internalTrafficPolicy", "Cluster")
-        if cur is not None:
-            for k in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
-                if k in cspec and not spec.get(k):
-                    spec[k] = copy.deepcopy(cspec[k])
-            if spec.get("clusterIP") != cspec.get("clusterIP"):
-                raise invalid(
-                    "Service",
-                    "",
-                    obj["metadata"]["name"],
-                    [
-                        (
-                            "spec.clusterIPs[0]",
-                            "FieldValueInvalid",
-                            f'Invalid value: []string{{"{spec.get("clusterIP")}"}}: may not change '
-                            "once set",
-                        )
-                    ],
-                )
-        else:
-            cip = spec.get("clusterIP")
-            policy = spec.get("ipFamilyPolicy")
-            fams = spec.get("ipFamilies")
-            if cip == "None":
-                fams = fams or (["IPv4", "IPv6"] if spec.get("selector") else ["IPv4"])
-                policy = policy or ("RequireDualStack" if len(fams) > 1 else "SingleStack")
-                spec["clusterIPs"] = ["None"]
-            else:
-                if not fams:
-                    fams = ["IPv6" if ":" in cip else "IPv4"] if cip else ["IPv4"]
-                    if policy in ("PreferDualStack", "RequireDualStack"):
-                        fams = [fams[0], "IPv6" if fams[0] == "IPv4" else "IPv4"]
-                policy = policy or ("SingleStack" if len(fams) == 1 else "RequireDualStack")
-                ips = [cip] if cip else []
-                for fam in fams[len(ips) :]:
-                    ips.append(self._alloc_ip(fam))
-                spec["clusterIP"] = ips[0]
-                spec["clusterIPs"] = ips
-            spec["ipFamilies"] = fams
-            spec["ipFamilyPolicy"] = policy
-        if stype in ("NodePort", "LoadBalancer"):
-            spec.setdefault("externalTrafficPolicy", "Cluster")
-            old_ports = {
-                (p.get("port"), p.get("protocol")): p.get("nodePort")
-                for p in cspec.get("ports") or []
-            }
-            for p in spec.get("ports") or []:
-                if not p.get("nodePort"):
-                    prev = old_ports.get((p.get("port"), p.get("protocol")))
-                    if prev:
-                        p["nodePort"] = prev
-                    else:
-                        p["nodePort"] = self._next_node_port
-                        self._next_node_port += 1
-            if (
-                stype == "LoadBalancer"
-                and spec.get("externalTrafficPolicy") == "Local"
-                and not spec.get("healthCheckNodePort")
-            ):
-                spec["healthCheckNodePort"] = cspec.get("healthCheckNodePort") or (
-                    self._next_node_port
-                )
-                if not cspec.get("healthCheckNodePort"):
-                    self._next_node_port += 1
-
-
-def _mutable_pod_spec(spec: Obj) -> Obj:
-    s = copy.deepcopy(spec)
-    for k in ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"):
-        s.pop(k, None)
-    for lst in ("containers", "initContainers"):
-        for c in s.get(lst) or []:
-            if isinstance(c, dict):
-                c.pop("image", None)
-    return s
-
-
-def _qos(spec: Obj) -> str:
-    containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
-    reqs = [(c.get("resources") or {}) for c in containers]
-    if not any(r.get("requests") or r.get("limits") for r in reqs):
-        return "BestEffort"
-    for r in reqs:
-        limits = r.get("limits") or {}
-        requests = r.get("requests") or {}
-        if not ("cpu" in limits and "memory" in limits):
-            return "Burstable"
-        if any(requests.get(k, limits[k]) != limits[k] for k in ("cpu", "memory")):
-            return "Burstable"
-    return "Guaranteed"
