@@ -417,7 +417,6 @@ def check_defaults(tl: Timeline) -> None:
     kubelet probes at the pod sync that sees the container started)."""
     check_start(tl)
     _ticker(tl, DEFAULT_PERIOD)
-    assert tl.probes[0] >= tl.listening, (tl.listening, tl.probes)
     assert _at(tl, "ContainersReady=True") - tl.listening < DEFAULT_PERIOD / 2, tl.relative()
 
 
@@ -445,8 +444,8 @@ def check_gate(up: list[float], down: list[float]) -> None:
     within two for the first patch (a sync is under way after ContainersReady)."""
     later = up[1:] + down
     assert min(up + down) >= 0.05, (up, down)
-    assert 0.1 <= median(later) <= 1.0, later
-    assert max(later) <= 2 * SYNC, later
+    assert max(later) >= 0.2, later  # some waited for a relist
+    assert median(later) <= 1.0 and max(later) <= 2 * SYNC, later
     assert up[0] <= 2 * SYNC + SLACK, up
 
 
