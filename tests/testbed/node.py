@@ -28,7 +28,8 @@ For each pod on one of its nodes:
   run nothing (a "pause" container);
 * status like kubelet: at admission phase ``Pending`` with ``PodScheduled``, ``Initialized``
   True and ``ContainersReady``/``Ready`` False; at the next pod sync after the containers
-  started (the PLEG's relist, every ``relist_period`` = 1 s from the kubelet's start) phase
+  started (a container has started when its app listens, standing in for the runtime's start;
+  the sync: the PLEG's relist, every ``relist_period`` = 1 s from the kubelet's start) phase
   ``Running``, ``podIP``/``podIPs``, ``hostIP``/``hostIPs`` (``127.0.0.1``), ``startTime``,
   ``containerStatuses``. Readiness comes from each container's ``readinessProbe``
   (``httpGet``, ``tcpSocket``, ``exec`` on the host; ``periodSeconds``,
@@ -50,7 +51,7 @@ For each pod on one of its nodes:
   then SIGTERM; SIGKILL when the rest of the grace period (at least 2 s, kubelet's minimum) is
   over; at the next relist, status ``ContainersReady``/``Ready`` False with terminated
   containers and a terminal phase (readiness probes run on until then); the namespace is
-  removed; finally ``finalize_delete("pods", ns, name)``.
+  removed; ``DELETE_LATENCY`` (0.5 s) later ``finalize_delete("pods", ns, name)``.
   :class:`PodRecord` keeps the timings (``prestop_s`` = how long the hooks ran);
 * :meth:`Kubelet.stop_pod` stops a pod as a kubelet does on its own, with no API deletion:
   node-pressure eviction (``"eviction"``) or graceful node shutdown (``"shutdown"``). As kubelet
