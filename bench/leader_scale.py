@@ -537,6 +537,11 @@ def guard_memory(floor: float = 0.1) -> None:
         raise OutOfMemory(f"only {available // 1024} MiB of {total // 1024} MiB available")
 
 
+def loadavg() -> str:
+    """The machine's load average over 1, 5 and 15 minutes (a shared machine's runs vary)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def mib(kib: int) -> float:
     return round(kib / 1024, 1)
 
@@ -761,13 +766,7 @@ class Setup:
 def make_control_plane() -> Any:
     from tests.cluster.cluster import ControlPlane
 
-    class BenchControlPlane(ControlPlane):
-        def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-            if name == "kube-controller-manager":  # its default 10257 may be the node cluster's
-                argv = [*argv, f"--secure-port={free_port()}"]
-            super()._spawn(name, argv, env)
-
-    cp = BenchControlPlane()
+    cp = ControlPlane()
     # No Deployment / ReplicaSet controllers (the pods' owners are fake) and no garbage
     # collector (it would delete pods whose owner is missing); no Endpoints controller (podlb
     # reads EndpointSlices; it would only cost this 2-core machine CPU).
@@ -1046,6 +1045,7 @@ def measure(s: Setup, agent_dir: Path, out: dict[str, Any]) -> None:
         try:
             leader = start_agent(s, "leader", s.nodes[0], agent_dir, runtime)
             agents.append(leader)
+            out["loadavg_start"] = loadavg()
             converge(s, leader, lb, out)
             out["leader_rss_converged_mib"] = mib(leader.rss_kib())
             # The non-leader: its node's 110 pods and every Service; a Lease candidate.
@@ -1095,6 +1095,7 @@ def measure(s: Setup, agent_dir: Path, out: dict[str, Any]) -> None:
                 out[f"{a.name}_cpu_pct"] = round(100 * (a.cpu_s() - c0[a.name]) / args.window, 1)
                 out[f"{a.name}_rss_peak_mib"] = mib(a.peak_kib)
                 out[f"{a.name}_rss_steady_mib"] = mib(a.rss_kib())
+            out["loadavg_end"] = loadavg()
         finally:
             for a in agents:
                 out.setdefault(f"{a.name}_rss_peak_mib", mib(a.peak_kib))
@@ -1246,6 +1247,10 @@ def report(args: argparse.Namespace, facts: dict[str, Any], runs: list[dict[str,
     )
     row("node agent API requests/s at rest", lambda r: str(r.get("node_requests_per_s")))
     row("node agent CPU at rest, % of a core", lambda r: str(r.get("node_cpu_pct")))
+    row(
+        "load average (1/5/15 min) at the leader's start / at the end",
+        lambda r: f"{r.get('loadavg_start')} / {r.get('loadavg_end')}",
+    )
     for r in runs:
         if "error" in r:
             print(f"\n{r['agent_dir']}: cut short: {r['error']}")

@@ -75,6 +75,7 @@ class Cluster:
         self.dir = STATE_DIR
         self.etcd_dir = ETCD_DIR
         self.api_host, self.api_port = NODE_IP, API_PORT
+        self.controller_manager_port = 10257  # its HTTPS port (health, metrics): the default
         self.controllers = CONTROLLERS
         self.logs = self.dir / "logs"
         self.marker = Marker()
@@ -245,8 +246,8 @@ class Cluster:
             str(self.bin / "kube-controller-manager"),
             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
             f"--authorization-kubeconfig={kc}",
-            "--bind-address=127.0.0.1", "--leader-elect=false",
-            "--use-service-account-credentials=true",
+            "--bind-address=127.0.0.1", f"--secure-port={self.controller_manager_port}",
+            "--leader-elect=false", "--use-service-account-credentials=true",
             f"--service-account-private-key-file={self.sa_key}",
             f"--root-ca-file={self.pki.ca}",
             "--controllers=" + ",".join(self.controllers),
@@ -465,6 +466,8 @@ class ControlPlane(Cluster):
         self.etcd_dir = self.dir / "etcd"
         self.logs = self.dir / "logs"
         self.api_host, self.api_port = "127.0.0.1", free_port()
+        # Not the default 10257: a node Cluster running beside this one has it.
+        self.controller_manager_port = free_port()
         self.server = f"https://127.0.0.1:{self.api_port}"
         # Fake nodes never report: no taints, no evictions.
         self.controllers = tuple(c for c in CONTROLLERS if c != "nodelifecycle")
