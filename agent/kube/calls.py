@@ -14,6 +14,7 @@ from agent.errors import Conflict, NotFound, PermanentError, TransientError, Una
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+READ_PIECE = 1 << 16  # bytes read from a response at a time
 
 
 class Gone(TransientError):
@@ -46,11 +47,17 @@ class Calls:
         self.observe(verb, resource, "200")
         return result
 
-    def read(self, verb: str, resource: str, resp: Any) -> bytes:
+    def read(self, verb: str, resource: str, resp: Any) -> bytearray:
         """The whole body of a ``_preload_content=False`` answer. Reading is part of the call:
-        a connection dropped mid-body is a ``TransientError`` like one dropped before it."""
+        a connection dropped mid-body is a ``TransientError`` like one dropped before it.
+
+        Read in pieces into one buffer that grows in place: urllib3's ``data`` keeps every
+        piece of a chunked body and then joins them (about three times the body at once, 20
+        MB for a list page of 500 realistic pods instead of 7)."""
+        data = bytearray()
         try:
-            data: bytes = resp.data
+            for piece in resp.stream(READ_PIECE, decode_content=True):
+                data += piece
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             self.observe(verb, resource, "error")
             raise TransientError(f"{verb} {resource}: reading the answer: {exc}") from exc
@@ -59,9 +66,7 @@ class Calls:
                 resp.release_conn()
         return data
 
-    def stream(
-        self, verb: str, resource: str, events: Iterator[dict[str, Any]]
-    ) -> Iterator[dict[str, Any]]:
+    def stream(self, verb: str, resource: str, events: Iterator[T]) -> Iterator[T]:
         """Iterate a watch stream, classifying its errors the same way (410 -> Gone)."""
         try:
             yield from events  # the request itself was counted when it was made

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar, cast
 
@@ -117,30 +117,56 @@ def for_leader(pod: Pod) -> Pod:
     message, and a ``lastTransitionTime`` only on its own lb-ready), only ``podlb.io/``
     annotations, no resourceVersion (so a write that changes nothing the leader reads is no
     change to its cache), and shared copies of what pods have in common."""
-    conditions = []
-    for c in pod.conditions:
-        if c.type in LEADER_CONDITIONS:
-            mine = c.type == LB_READY
-            small = Condition(
-                _intern(c.type),
-                _intern(c.status),
-                _intern(c.reason),
-                last_transition_time=c.last_transition_time if mine else None,
-            )
-            conditions.append(small if mine else _shared(small))
     return replace(
         pod,
         namespace=_intern(pod.namespace),
         node_name=_intern(pod.node_name) if pod.node_name else None,
         phase=_intern(pod.phase),
-        readiness_gates=_shared(tuple(_intern(g) for g in pod.readiness_gates)),
-        conditions=_shared(tuple(conditions)),
-        ports=_shared(pod.ports),
-        labels=_shared(tuple((_intern(k), _intern(v)) for k, v in pod.labels)),
-        annotations=_shared(
-            tuple((_intern(k), v) for k, v in pod.annotations if k.startswith(PODLB_ANNOTATIONS))
+        readiness_gates=leader_gates(pod.readiness_gates),
+        conditions=leader_conditions(
+            (c.type, c.status, c.reason, c.last_transition_time) for c in pod.conditions
         ),
+        ports=leader_ports(pod.ports),
+        labels=leader_labels(pod.labels),
+        annotations=leader_annotations(pod.annotations),
         resource_version="",
+    )
+
+
+def leader_conditions(
+    conditions: Iterable[tuple[str, str, str, str | None]],
+) -> tuple[Condition, ...]:
+    """(type, status, reason, lastTransitionTime) of a pod's conditions, as the leader keeps
+    them: those it reads, shared, with the time only on its own lb-ready."""
+    kept = []
+    for ctype, status, reason, since in conditions:
+        if ctype in LEADER_CONDITIONS:
+            if ctype == LB_READY:
+                kept.append(Condition(_intern(ctype), _intern(status), _intern(reason), "", since))
+            else:
+                kept.append(_shared(Condition(_intern(ctype), _intern(status), _intern(reason))))
+    return _shared(tuple(kept))
+
+
+def leader_ports(ports: Iterable[ContainerPort]) -> tuple[ContainerPort, ...]:
+    return _shared(tuple(ports))
+
+
+def leader_gates(gates: Iterable[str]) -> tuple[str, ...]:
+    return _shared(tuple(_intern(g) for g in gates))
+
+
+def leader_labels(labels: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Sorted (key, value) pairs, interned and shared."""
+    return _shared(tuple((_intern(k), _intern(v)) for k, v in labels))
+
+
+def leader_annotations(
+    annotations: Iterable[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
+    """Only podlb's own annotations (sorted pairs in, sorted pairs out)."""
+    return _shared(
+        tuple((_intern(k), v) for k, v in annotations if k.startswith(PODLB_ANNOTATIONS))
     )
 
 

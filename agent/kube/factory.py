@@ -12,13 +12,10 @@ from agent.model import EndpointSlice, Pod, Service
 
 from .calls import Calls
 from .client import KubeAccess, api_client
-from .convert import (
-    endpointslice_from_dict,
-    leader_pod_from_dict,
-    pod_from_dict,
-    service_from_dict,
-)
-from .informer import Informer, Key
+from .convert import endpointslice_from_dict, pod_from_dict, service_from_dict
+from .decode import Decoder, Key
+from .informer import Informer
+from .leader_pods import LeaderPodDecoder
 from .lease import LeaseStore
 from .pods import PodStatusSink
 
@@ -40,8 +37,9 @@ class KubeAdapters:
         self,
         resource: str,
         list_fn: Callable[..., Any],
-        convert: Callable[[dict[str, Any]], T],
+        convert: Callable[[dict[str, Any]], T] | Decoder[T],
         hooks: Hooks,
+        list_from_cache: bool = False,
         **kwargs: Any,
     ) -> Informer[T]:
         on_change, on_resync, resync_s = hooks
@@ -57,6 +55,7 @@ class KubeAdapters:
             resync_s=resync_s,
             request_timeout_s=self.access.timeout_s,
             watch_idle_s=self.access.watch_idle_s,
+            list_from_cache=list_from_cache,
         )
 
     def node_pods(
@@ -66,24 +65,27 @@ class KubeAdapters:
         on_resync: Callable[[], None],
         resync_s: float,
     ) -> Informer[Pod]:
-        """Pods scheduled to ``node_name`` (field selector ``spec.nodeName``)."""
+        """Pods scheduled to ``node_name`` (field selector ``spec.nodeName``), first listed
+        from the API server's cache (a list from etcd reads every pod of the cluster to select
+        a node's: 10 s of the API server's CPU at 30,000 pods)."""
         return self._informer(
             "pods",
             self.core.list_pod_for_all_namespaces,
             pod_from_dict,
             (on_change, on_resync, resync_s),
+            list_from_cache=True,
             field_selector=f"spec.nodeName={node_name}",
         )
 
     def all_pods(
         self, on_change: Callable[[Key], None], on_resync: Callable[[], None], resync_s: float
     ) -> Informer[Pod]:
-        """Every pod of the cluster (the leader: backends live on every node), each reduced
-        to what the leader decides on."""
+        """Every pod of the cluster (the leader: backends live on every node), each decoded
+        straight into what the leader decides on."""
         return self._informer(
             "pods",
             self.core.list_pod_for_all_namespaces,
-            leader_pod_from_dict,
+            LeaderPodDecoder(),
             (on_change, on_resync, resync_s),
         )
 

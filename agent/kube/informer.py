@@ -1,8 +1,10 @@
 """List + watch with resume, relist on 410 Gone, backoff on failure and periodic resync.
 
 Objects are read as raw JSON (no client-side model deserialization: it is the costliest part
-of the official client) and converted to podlb's frozen model types. Handlers only mark work
-(level-triggered, STYLE.md principle 4): they get the key that changed, never a delta to apply.
+of the official client) and decoded into podlb's frozen model types by a
+:class:`~agent.kube.decode.Decoder` (``json.loads`` and a converter by default). Handlers
+only mark work (level-triggered, STYLE.md principle 4): they get the key that changed, never a
+delta to apply.
 
 Memory: a list is read in pages of ``page_size`` objects (``limit`` / ``continue``, as
 client-go's pager), and each page is decoded into the model and dropped before the next is
@@ -16,7 +18,6 @@ the list over after a backoff.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import threading
@@ -29,10 +30,10 @@ from agent.clock import Clock
 from agent.errors import PodlbError, TransientError
 
 from .calls import Calls, Gone, retry_after
+from .decode import Decoder, Event, JsonDecoder, Key, Page
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Key = tuple[str, str]
 
 WATCH_TIMEOUT_S = 300  # the server ends each watch after about this long; we then resume
 BACKOFF_MIN_S = 0.5
@@ -45,15 +46,16 @@ class Informer(Generic[T]):
     """Keeps a local cache of one resource, fed by list + watch.
 
     ``list_fn`` is a client list function (``CoreV1Api.list_namespaced_pod`` …) called with
-    ``kwargs`` (selectors). ``on_change(key)`` is called for every add / update / delete, and
-    ``on_resync()`` after every (re)list and each ``resync_s``.
+    ``kwargs`` (selectors); ``convert`` turns one object (a dict) into the model, or is a
+    :class:`Decoder` of whole answers. ``on_change(key)`` is called for every add / update /
+    delete, and ``on_resync()`` after every (re)list and each ``resync_s``.
     """
 
     def __init__(
         self,
         resource: str,
         list_fn: Callable[..., Any],
-        convert: Callable[[dict[str, Any]], T],
+        convert: Callable[[dict[str, Any]], T] | Decoder[T],
         calls: Calls,
         clock: Clock,
         *,
@@ -65,12 +67,15 @@ class Informer(Generic[T]):
         request_timeout_s: float = 10.0,
         watch_idle_s: float = 90.0,
         page_size: int = PAGE_SIZE,
+        list_from_cache: bool = False,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1: a list is never sent without a limit")
         self.resource = resource
         self.list_fn = list_fn
-        self.convert = convert
+        self.decoder: Decoder[T] = (
+            convert if isinstance(convert, Decoder) else JsonDecoder(convert, resource)
+        )
         self.calls = calls
         self.clock = clock
         self.kwargs = dict(kwargs or {})
@@ -83,6 +88,12 @@ class Informer(Generic[T]):
         # minute) is taken as dead and reopened from its resourceVersion.
         self.watch_idle_s = watch_idle_s
         self.page_size = page_size
+        # The first list asks for resourceVersion "0": any version the API server's watch
+        # cache holds, as client-go's reflector does. It is served from memory (a field
+        # selector on spec.nodeName from the cache's index, not a read of every pod in etcd),
+        # but whole: the cache ignores the limit (Kubernetes 1.28). Only for selections known
+        # to be small, such as one node's pods. Relists read from etcd, page by page.
+        self.list_from_cache = list_from_cache
         self._lock = threading.Lock()
         self._items: dict[Key, T] = {}
         self._resp: Any = None
@@ -179,16 +190,11 @@ class Informer(Generic[T]):
         while True:
             page = self._list_page(cont)
             pages += 1
-            meta = page.get("metadata") or {}
-            resource_version = resource_version or meta.get("resourceVersion", "")
-            cont = meta.get("continue") or ""
+            resource_version = resource_version or page.resource_version
+            cont = page.next
             changed: list[Key] = []
-            fresh: dict[Key, T] = {}
-            for obj in page.get("items") or []:
-                obj_meta = obj.get("metadata") or {}
-                key = (obj_meta.get("namespace", ""), obj_meta.get("name", ""))
-                fresh[key] = self.convert(obj)
-            del page  # the raw page goes before the next is read
+            fresh = dict(page.items)
+            del page  # the decoded page goes before the next is read
             with self._lock:
                 for key, item in fresh.items():
                     if self._items.get(key) != item:
@@ -213,11 +219,13 @@ class Informer(Generic[T]):
         for key in gone:
             self.on_change(key)
 
-    def _list_page(self, cont: str) -> dict[str, Any]:
+    def _list_page(self, cont: str) -> Page[T]:
         """One page of a list: at most ``page_size`` objects, from ``cont`` on."""
         paging: dict[str, Any] = {"limit": self.page_size}
         if cont:
             paging["_continue"] = cont
+        elif self.list_from_cache and self.relists == 0:
+            paging["resource_version"] = "0"
         resp = self.calls(
             "list",
             self.resource,
@@ -227,14 +235,7 @@ class Informer(Generic[T]):
             **paging,
             **self.kwargs,
         )
-        data = self.calls.read("list", self.resource, resp)
-        try:
-            body = json.loads(data)
-        except ValueError as exc:
-            raise TransientError(f"list {self.resource}: unparsable response") from exc
-        if not isinstance(body, dict):
-            raise TransientError(f"list {self.resource}: not a list object")
-        return body
+        return self.decoder.page(self.calls.read("list", self.resource, resp))
 
     def _watch_once(self, stop: threading.Event) -> None:
         """One watch request, read line by line as raw JSON events.
@@ -257,11 +258,11 @@ class Informer(Generic[T]):
         )
         self._resp = resp
         try:
-            for event in self.calls.stream("watch", self.resource, _events(resp)):
+            for event in self.calls.stream("watch", self.resource, _events(resp, self.decoder)):
                 if stop.is_set():
                     break
-                if event.get("type") == "ERROR":
-                    status = event.get("object") or {}
+                if event.error is not None:
+                    status = event.error
                     code = status.get("code")
                     if code == 410:
                         raise Gone(f"watch {self.resource}: {status.get('message', '410 Gone')}")
@@ -272,11 +273,8 @@ class Informer(Generic[T]):
             with contextlib.suppress(Exception):
                 resp.release_conn()
 
-    def _apply(self, event: dict[str, Any]) -> None:
-        etype = event.get("type")
-        obj = event.get("object") or {}
-        meta = obj.get("metadata") or {}
-        rv = meta.get("resourceVersion")
+    def _apply(self, event: Event[T]) -> None:
+        etype, key, rv = event.type, event.key, event.resource_version
         if etype == "BOOKMARK":
             if rv:
                 self.resource_version = rv
@@ -284,21 +282,20 @@ class Informer(Generic[T]):
         if etype not in ("ADDED", "MODIFIED", "DELETED"):
             log.warning("%s watch: ignoring event of type %r", self.resource, etype)
             return
-        key = (meta.get("namespace", ""), meta.get("name", ""))
         with self._lock:
             if etype == "DELETED":
                 self._items.pop(key, None)
-            else:
-                self._items[key] = self.convert(obj)
+            elif event.item is not None:
+                self._items[key] = event.item
         if rv:
             self.resource_version = rv
         self.on_change(key)
 
 
-def _events(resp: Any) -> Iterator[dict[str, Any]]:
+def _events(resp: Any, decoder: Decoder[T]) -> Iterator[Event[T]]:
     """Watch events from a streaming response, one JSON object per line."""
     for line in iter_resp_lines(resp):
         if line and not line.isspace():
-            event = json.loads(line)
-            if isinstance(event, dict):
+            event = decoder.event(line)
+            if event is not None:
                 yield event

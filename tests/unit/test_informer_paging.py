@@ -36,7 +36,7 @@ class FakeResponse:
         self.data = body
 
     def stream(self, amt: int | None = None, decode_content: bool = False) -> Any:
-        return iter(())
+        return iter([self.data] if self.data else [])
 
     def release_conn(self) -> None:
         pass
@@ -143,3 +143,29 @@ def test_an_expired_continue_token_lists_again_from_the_first_page() -> None:
 def test_a_page_size_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="never sent without a limit"):
         informer(PagedList([], threading.Event()), 0, [])
+
+
+def test_a_list_from_the_cache_asks_for_version_0_on_its_first_page_only() -> None:
+    stop = threading.Event()
+    fake = PagedList(objects(250), stop)
+    inf = informer(fake, 100, [])
+    inf.list_from_cache = True
+    inf.run(stop)
+    stop.clear()
+    inf.run(stop)  # a relist: from etcd (a consistent read), page by page
+    versions = [c.get("resource_version") for c in fake.lists()]
+    assert versions == ["0", None, None, None, None, None]  # never with a continue token (400)
+    assert inf.relists == 2
+
+
+def test_the_leaders_pods_are_listed_through_their_decoder() -> None:
+    from agent.kube.leader_pods import LeaderPodDecoder
+    from tests.unit.test_convert import PODS
+
+    stop = threading.Event()
+    fake = PagedList(PODS, stop)
+    inf = Informer("pods", fake, LeaderPodDecoder(), Calls(), InstantClock(), page_size=3)
+    inf.run(stop)
+    assert len(fake.lists()) == 3 and len(inf) == len(PODS)
+    got = inf.get(("shop", "a"))
+    assert got is not None and got.ips == ("10.0.0.1",) and got.resource_version == ""
