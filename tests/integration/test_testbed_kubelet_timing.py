@@ -42,7 +42,9 @@ def results(api: Any) -> timeline.Results:
     core = client.CoreV1Api(api.api_client())
     core.create_namespace({"metadata": {"name": NS}})
     with Kubelet.for_api(api, ["node-a"]) as kubelet:
-        res = timeline.run_all(core, NS, CONTAINER, node="node-a")
+        res = timeline.run_all(
+            core, NS, CONTAINER, node="node-a", kubelet_started=kubelet.started_at
+        )
         assert kubelet.errors == []
     print("\n" + "\n".join(res.report()), file=sys.stderr)
     return res

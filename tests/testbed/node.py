@@ -34,8 +34,9 @@ For each pod on one of its nodes:
   ``containerStatuses``. Readiness comes from each container's ``readinessProbe``
   (``httpGet``, ``tcpSocket``, ``exec`` on the host; ``periodSeconds``,
   ``initialDelaySeconds``, ``timeoutSeconds``, ``successThreshold``, ``failureThreshold``
-  honoured with the API's defaults, see :mod:`tests.testbed.probing`); a container without one
-  is ready once running. A change of a container's readiness is written at once, as the
+  honoured with the API's defaults, see :mod:`tests.testbed.probing`; a kubelet started less
+  than ``periodSeconds`` ago delays a new prober by a random part of the period); a container
+  without one is ready once running. A change of a container's readiness is written at once, as the
   kubelet's status manager does: ``ContainersReady`` and ``Ready`` (= ContainersReady and every
   ``spec.readinessGates[].conditionType`` True) in one patch. A readiness gate's condition
   patched by someone else turns ``Ready`` at the pod's next sync, as the kubelet's pod worker
@@ -69,6 +70,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import secrets
 import shutil
 import tempfile
@@ -147,7 +149,7 @@ class Kubelet:
         self.sync_latency = sync_latency
         self.delete_latency = DELETE_LATENCY
         self._run_dir = Path(tempfile.mkdtemp(prefix="podlb-kubelet-"))
-        self._epoch = time.monotonic()  # relists tick from here (reset by start())
+        self.started_at = time.monotonic()  # relists tick from here (set again by start())
         self.watch_timeout = watch_timeout
         self.register_nodes = register_nodes
         self.net = NodeNetwork(self.nodes, pod_cidrs, pool_prefix=pool_prefix)
@@ -168,7 +170,7 @@ class Kubelet:
         return cls(api.api_client(), nodes, finalize_delete=api.store.finalize_delete, **kw)
 
     def start(self) -> Kubelet:
-        self._epoch = time.monotonic()
+        self.started_at = time.monotonic()
         if self.register_nodes:
             for node in self.nodes:
                 self._register_node(node)
@@ -345,7 +347,7 @@ class Kubelet:
     def next_relist(self, after: float) -> float:
         """The first relist strictly after ``after`` (monotonic)."""
         p = self.relist_period
-        return self._epoch + (math.floor((after - self._epoch) / p) + 1) * p
+        return self.started_at + (math.floor((after - self.started_at) / p) + 1) * p
 
     def _until_relist(self, after: float) -> bool:
         """Sleep until the relist after ``after``; False when the kubelet stops first."""
@@ -455,12 +457,14 @@ class Kubelet:
                 raise handlers.HandlerFailed("the container exited")
             rt.run_action(c, probe.action, probe.handler, timeout)
 
+        just_started = time.monotonic() - self.started_at < spec.period
         worker = ProbeWorker(
             spec,
             run,
             on_result=lambda ok: self._on_probe_result(rt),
             stop=rt.stopped,
             name=f"probe-{rt.ns}/{rt.name}/{c.name}",
+            first_delay=random.uniform(0, spec.period) if just_started else 0.0,
         )
         rt.record.probes[c.name] = worker.probes
         return worker.start()

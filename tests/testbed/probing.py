@@ -3,7 +3,10 @@
 One :class:`ProbeWorker` per container with a ``readinessProbe``, a thread of its own:
 
 * created when the pod is admitted; its ticker fires every ``periodSeconds`` from then on (a
-  probe that overruns its period makes the ticker drop ticks, as Go's ``time.Ticker`` does);
+  probe that overruns its period makes the ticker drop ticks, as Go's ``time.Ticker`` does).
+  A kubelet that started less than ``periodSeconds`` ago first sleeps a random part of the
+  period (``first_delay``: the kubelet spreads the probes of the pods it finds at start), then
+  probes and starts the ticker; nothing runs meanwhile, not even the probes pod syncs ask for;
 * a probe also runs at once when :meth:`ProbeWorker.trigger` is called: the kubelet does so at
   each pod sync while the container is not ready (the first comes with the sync that notices
   the container has started, after the PLEG's relist);
@@ -95,6 +98,7 @@ class ProbeWorker:
     stop: threading.Event
     name: str = "probe"
     created: float = field(default_factory=time.monotonic)
+    first_delay: float = 0.0  # seconds before the ticker starts (see the module docstring)
     started_at: float | None = None  # the container's start; None: not running
     ready: bool = False
     probes: list[tuple[float, bool]] = field(default_factory=list)  # (t, success) of each run
@@ -130,6 +134,14 @@ class ProbeWorker:
         self._wake.set()
 
     def _loop(self) -> None:
+        if self.first_delay > 0:
+            if self.stop.wait(self.first_delay):
+                return
+            self.created = time.monotonic()
+            try:
+                self._probe_once(self.created)
+            except Exception:
+                log.exception("%s", self.name)
         next_tick = self.created + self.spec.period
         while not self.stop.is_set():
             now = time.monotonic()

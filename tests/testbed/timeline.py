@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import random
 import statistics
 import threading
@@ -325,9 +326,17 @@ class Results:
 
 
 def run_all(
-    core: client.CoreV1Api, namespace: str, container: Obj, *, node: str | None = None
+    core: client.CoreV1Api,
+    namespace: str,
+    container: Obj,
+    *,
+    node: str | None = None,
+    kubelet_started: float = -math.inf,
 ) -> Results:
-    """Every scenario, the independent ones in parallel (about 25 s)."""
+    """Every scenario, the independent ones in parallel (about 25 s), on a settled kubelet:
+    one that started (``kubelet_started``, monotonic) less than the longest probe period ago
+    delays each new prober by a random part of its period, so this waits until it has not."""
+    time.sleep(max(0.0, kubelet_started + DEFAULT_PERIOD + 1 - time.monotonic()))
 
     def manifest(name: str, probe: Obj | None, **kw: Any) -> Obj:
         return pod_manifest(name, container, probe, namespace=namespace, node=node, **kw)
