@@ -534,5 +534,6 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     if sup.failed:
         log.error("stopped because worker(s) failed: %s", ", ".join(sup.failed))
         return EXIT_WORKER_FAILED
-    log.info("stopped cleanly")
+    if not stuck:  # a worker still running (a scan of many namespaces) ends with the process
+        log.info("stopped cleanly")
     return EXIT_OK
