@@ -118,6 +118,7 @@ class RollingUpdate:
         self.nodes = list(nodes)
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self._counts: dict[str, int] | None = None  # pods per node while a batch is created
 
     @property
     def hash(self) -> str:
@@ -125,10 +126,12 @@ class RollingUpdate:
 
     # -- reading ------------------------------------------------------------------------
     def pods(self, include_terminating: bool = False) -> list[Obj]:
-        lst = self.core.list_namespaced_pod(
-            self.namespace, label_selector=f"app={self.name}", _request_timeout=10
-        )
-        out = [self.api_client.sanitize_for_serialization(p) for p in lst.items]
+        # Raw JSON, not the client's models: at 300 pods their decoding took seconds a list.
+        resp = self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"app={self.name}", _request_timeout=10,
+            _preload_content=False,
+        )  # fmt: skip
+        out: list[Obj] = json.loads(resp.data)["items"]
         if not include_terminating:
             out = [p for p in out if not is_terminating(p)]
         return sorted(out, key=lambda p: p["metadata"]["name"])
@@ -159,12 +162,28 @@ class RollingUpdate:
         return str(md["name"])
 
     def _pick_node(self) -> str:
-        counts = {n: 0 for n in self.nodes}
-        for p in self.pods():
+        """The node with the fewest pods (counted once per batch of creates, see ``scale``)."""
+        counts = self._counts if self._counts is not None else self._by_node(self.pods())
+        node = min(self.nodes, key=lambda n: (counts[n], self.nodes.index(n)))
+        counts[node] += 1
+        return node
+
+    def _by_node(self, pods: list[Obj]) -> dict[str, int]:
+        counts = dict.fromkeys(self.nodes, 0)
+        for p in pods:
             n = (p.get("spec") or {}).get("nodeName")
             if n in counts:
                 counts[n] += 1
-        return min(self.nodes, key=lambda n: (counts[n], self.nodes.index(n)))
+        return counts
+
+    def _create_many(self, n: int, pods: list[Obj], report: RolloutReport) -> None:
+        """``n`` pods of the current template, spread over the nodes counted from ``pods``."""
+        self._counts = self._by_node(pods)
+        try:
+            for _ in range(n):
+                self._create(self.template, report)
+        finally:
+            self._counts = None
 
     def _delete(self, name: str, report: RolloutReport | None = None) -> None:
         try:
@@ -194,8 +213,7 @@ class RollingUpdate:
         self.replicas = replicas
         report = RolloutReport(self.hash, self.hash, time.monotonic())
         pods = self.pods()
-        for _ in range(replicas - len(pods)):
-            self._create(self.template, report)
+        self._create_many(replicas - len(pods), pods, report)
         if len(pods) > replicas:
             extra = sorted(pods, key=lambda p: (is_ready(p), p["metadata"]["name"]))
             for p in extra[: len(pods) - replicas]:
@@ -260,8 +278,7 @@ class RollingUpdate:
                 break
             # Scale up the new pods within the surge budget.
             room = self.replicas + max_surge - len(pods)
-            for _ in range(max(0, min(room, self.replicas - len(new)))):
-                self._create(self.template, report)
+            self._create_many(max(0, min(room, self.replicas - len(new))), pods, report)
             # Scale down old pods while enough stay Ready (not-ready ones cost nothing).
             ready_total = sum(1 for p in pods if is_ready(p))
             min_ready = self.replicas - max_unavailable
