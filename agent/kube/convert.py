@@ -130,6 +130,7 @@ def for_leader(pod: Pod) -> Pod:
         labels=leader_labels(pod.labels),
         annotations=leader_annotations(pod.annotations),
         resource_version="",
+        creation_timestamp=leader_time(pod.creation_timestamp),
     )
 
 
@@ -142,10 +143,19 @@ def leader_conditions(
     for ctype, status, reason, since in conditions:
         if ctype in LEADER_CONDITIONS:
             if ctype == LB_READY:
-                kept.append(Condition(_intern(ctype), _intern(status), _intern(reason), "", since))
+                mine = Condition(
+                    _intern(ctype), _intern(status), _intern(reason), "", leader_time(since)
+                )
+                kept.append(mine)
             else:
                 kept.append(_shared(Condition(_intern(ctype), _intern(status), _intern(reason))))
     return _shared(tuple(kept))
+
+
+def leader_time(stamp: str | None) -> str | None:
+    """A timestamp, one copy for every pod of the same second (a ReplicaSet makes its pods
+    within seconds of each other)."""
+    return _intern(stamp) if stamp else stamp
 
 
 def leader_ports(ports: Iterable[ContainerPort]) -> tuple[ContainerPort, ...]:

@@ -32,6 +32,7 @@ from .convert import (
     leader_labels,
     leader_pod_from_dict,
     leader_ports,
+    leader_time,
 )
 from .decode import Decoder, Event, JsonDecoder, Page
 
@@ -162,7 +163,7 @@ def leader_pod(p: _Pod) -> Pod:
         ports=leader_ports(ports),
         labels=leader_labels(_pairs(meta.labels)),
         annotations=leader_annotations(_pairs(meta.annotations)),
-        creation_timestamp=meta.creationTimestamp,
+        creation_timestamp=leader_time(meta.creationTimestamp),
     )
 
 

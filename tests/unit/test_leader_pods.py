@@ -88,6 +88,8 @@ def test_what_pods_share_is_shared_as_the_converter_shares_it() -> None:
     assert a.labels is b.labels and a.ports is b.ports and a.readiness_gates is b.readiness_gates
     assert a.conditions[0] is b.conditions[0] and a.namespace is b.namespace
     assert a.labels is leader_pod_from_dict(PODS[2]).labels
+    assert a.creation_timestamp is b.creation_timestamp  # created in the same second
+    assert a.creation_timestamp is leader_pod_from_dict(PODS[2]).creation_timestamp
 
 
 def test_fields_of_unexpected_types_are_decoded_as_plain_json_and_counted() -> None:
