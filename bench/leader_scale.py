@@ -555,8 +555,11 @@ class Agent:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     peak_kib: int = 0  # VmHWM, polled
+    peak_at_s: float = 0.0  # when it last grew, seconds after the start (to the poll)
+    started: float = 0.0
 
     def start(self) -> None:
+        self.started = time.monotonic()
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env.update(IMAGE_ENV)
         env["PYTHONPATH"] = str(self.cwd)
@@ -571,7 +574,9 @@ class Agent:
         if self.proc.poll() is not None:
             tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
             raise RuntimeError(f"agent {self.name} exited with {self.proc.returncode}:\n{tail}")
-        self.peak_kib = max(self.peak_kib, proc_kib(self.proc.pid, "VmHWM"))
+        hwm = proc_kib(self.proc.pid, "VmHWM")
+        if hwm > self.peak_kib:
+            self.peak_kib, self.peak_at_s = hwm, time.monotonic() - self.started
         guard_memory()
 
     def rss_kib(self) -> int:
@@ -970,9 +975,15 @@ def converge(s: Setup, leader: Agent, lb: Any, out: dict[str, Any]) -> None:
         time.sleep(0.25)
     out["convergence_s"] = round(done_lb, 1) if done_lb else None
     out["lb_ready_all_s"] = round(done_cond, 1) if done_cond else None
+    out["leader_peak_at_s"] = round(leader.peak_at_s, 1)
+    listed = re.findall(
+        r"pods listed: (\d+) in \d+ page\(s\) in ([\d.]+)s", leader.log_path.read_text()
+    )
+    out["leader_pod_list_s"] = max((float(t) for n, t in listed), default=None)
     print(
         f"  converged after {done_lb}s (lb-ready on all after {done_cond}s); leader RSS "
-        f"{mib(leader.rss_kib())} MiB, peak {mib(leader.peak_kib)} MiB",
+        f"{mib(leader.rss_kib())} MiB, peak {mib(leader.peak_kib)} MiB reached "
+        f"{leader.peak_at_s:.1f}s after its start; the pod list took {out['leader_pod_list_s']}s",
         file=sys.stderr,
     )
 
@@ -1065,6 +1076,7 @@ def measure(s: Setup, agent_dir: Path, out: dict[str, Any]) -> None:
             print(f"  churn for {args.churn_s:.0f}s", file=sys.stderr)
             churn(s, agents)
             time.sleep(10)  # the last flips settle
+            out["leader_rss_after_churn_mib"] = mib(leader.rss_kib())
             lat = list(s.backends.latencies)
             out["lb_ready_p50_s"] = percentile(lat, 0.5)
             out["lb_ready_p99_s"] = percentile(lat, 0.99)
@@ -1224,6 +1236,17 @@ def report(args: argparse.Namespace, facts: dict[str, Any], runs: list[dict[str,
         f"< {TARGETS['convergence_s']:.0f}",
     )
     row("leader start to lb-ready=True on all, s", lambda r: str(r.get("lb_ready_all_s")))
+    row("of the convergence: listing every pod, s", lambda r: str(r.get("leader_pod_list_s")))
+    row(
+        "leader RSS at convergence / after the churn / at rest, MiB",
+        lambda r: " / ".join(
+            str(r.get(f"leader_rss_{k}_mib")) for k in ("converged", "after_churn", "steady")
+        ),
+    )
+    row(
+        "leader RSS peak reached, s after its start (last growth)",
+        lambda r: str(r.get("leader_peak_at_s")),
+    )
     row(
         "ContainersReady -> lb-ready=True p50 / p99 under churn, s (samples)",
         lambda r: (
