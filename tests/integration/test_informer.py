@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from kubernetes import client
 
@@ -51,7 +52,7 @@ def test_relists_on_410_in_the_stream_and_resumes_after_cut_watches() -> None:
         assert not thread.is_alive()
 
 
-def run_informer(informer: Informer[object]) -> tuple[threading.Event, threading.Thread]:
+def run_informer(informer: Informer[Any]) -> tuple[threading.Event, threading.Thread]:
     stop = threading.Event()
     thread = threading.Thread(target=informer.run, args=(stop,), daemon=True)
     thread.start()

@@ -16,7 +16,6 @@ from agent.lb.baidu_blb.plan import plan_actions
 from agent.lb.baidu_blb.pools import PoolRef, instance_name, parse_pool, sdk_endpoint
 from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound, server_name
 from agent.lb.cloud import chunks
-from agent.leader.desired import server_name as leader_server_name
 
 
 @pytest.mark.parametrize(
@@ -53,10 +52,17 @@ def test_parse_pool_refuses_malformed_names(pool: str, says: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("address", "port"), [("10.0.0.1", 80), ("fd00::4", 8080), ("192.168.1.200", 1)]
+    ("address", "port", "name"),
+    [
+        ("10.0.0.1", 80, "10.0.0.1_80"),
+        ("fd00::4", 8080, "fd00--4_8080"),
+        ("192.168.1.200", 1, "192.168.1.200_1"),
+    ],
 )
-def test_server_name_is_the_leaders(address: str, port: int) -> None:
-    assert server_name(address, port) == leader_server_name(address, port)
+def test_a_members_name_is_the_leaders(address: str, port: int, name: str) -> None:
+    """The leader (agent.leader.desired) names its backends with ``server_name``; a member the
+    BLB lists must get the same name, or the leader would remove and re-add it every time."""
+    assert Member("ip_member-1", address, port, 100).name == server_name(address, port) == name
 
 
 @pytest.mark.parametrize(
