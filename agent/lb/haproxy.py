@@ -351,6 +351,16 @@ def health_of(row: ServerStateRow) -> Health:
     return Health.UNKNOWN
 
 
+_GOING_UP = re.compile(r"DOWN (\d+)/\d+")
+
+
+def rising(stat_status: str) -> bool:
+    """``show stat`` says the server is DOWN but its last checks passed, fewer than ``rise``
+    of them (``DOWN 1/2``): a server staged before its app listened, now starting to answer."""
+    m = _GOING_UP.fullmatch(stat_status)
+    return m is not None and int(m.group(1)) > 0
+
+
 def build_pools(
     states: Iterable[ServerStateRow],
     stats: Iterable[StatRow],
@@ -359,19 +369,25 @@ def build_pools(
     """Join both answers into one :class:`PoolState` per backend.
 
     ``show servers state`` decides which servers exist; ``show stat`` adds sessions (a server
-    missing there, added between the two commands, has 0). ``backends`` adds empty pools.
+    missing there, added between the two commands, has 0) and tells a DOWN server whose checks
+    pass again, not ``rise`` times yet (CHECKING: no verdict, see :func:`rising`).
+    ``backends`` adds empty pools.
     """
-    sessions = {(r.backend, r.name): r.sessions for r in stats}
+    stat = {(r.backend, r.name): r for r in stats}
     pools: dict[str, dict[str, ObservedServer]] = {b: {} for b in backends}
     for r in states:
+        s = stat.get((r.backend, r.name))
+        health = health_of(r)
+        if health is Health.DOWN and s is not None and rising(s.status):
+            health = Health.CHECKING  # checks pass now, not `rise` of them yet: no verdict
         pools.setdefault(r.backend, {})[r.name] = ObservedServer(
             name=r.name,
             address=r.address,
             port=r.port,
             weight=r.weight,
             admin=admin_of(r.admin_state),
-            health=health_of(r),
-            sessions=sessions.get((r.backend, r.name), 0),
+            health=health,
+            sessions=s.sessions if s is not None else 0,
             checks_off=bool(r.check_state & CHK_ST_CONFIGURED)
             and not r.check_state & CHK_ST_ENABLED,
         )
@@ -878,6 +894,7 @@ __all__ = [
     "process_id",
     "removal_blockers",
     "retried_answer",
+    "rising",
     "split_answers",
     "split_batches",
     "streams_by_server",

@@ -204,6 +204,30 @@ def test_a_staged_server_is_health_checked_out_of_rotation_until_enabled(
         assert {get(lb.port) for _ in range(12)} == {"pod-0", "pod-1"}
 
 
+@pytest.mark.netns
+def test_a_staged_server_whose_app_starts_late_reads_checking_while_it_rises(
+    netns_pool: NetnsPool,
+) -> None:
+    """Staged before its app listens, the server goes DOWN; once the app answers, HAProxy shows
+    it ``DOWN 1/3`` until ``rise`` checks passed: no verdict (CHECKING), not a failing pod."""
+    (pod,) = netns_pool.add_many_veth(1)
+    with HAProxy(["be"], server_options="check inter 300ms fall 1 rise 3") as lb:
+        p = HAProxyProvider(
+            [f"unix:{lb.socket_path}"], server_options="check inter 300ms fall 1 rise 3"
+        )
+        (inst,) = p.instances()
+        assert p.apply(inst, "be", [Action(Op.STAGE, "s0", pod.ip, 8080, 1)]).done == 1
+
+        def health() -> Health:
+            return p.observe(inst, "be").servers["s0"].health
+
+        wait_for("DOWN", health, lambda h: h is Health.DOWN)
+        spawn_in_pod(pod, 8080, "pod-0")
+        seen = [wait_for("not DOWN", health, lambda h: h is not Health.DOWN)]
+        seen.append(wait_for("UP", health, lambda h: h is Health.UP))
+        assert seen == [Health.CHECKING, Health.UP]
+
+
 # -- errors ----------------------------------------------------------------------------------
 def test_rejected_commands_are_reported_not_raised() -> None:
     calls: list[tuple[str, str, str]] = []

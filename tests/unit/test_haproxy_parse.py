@@ -30,6 +30,7 @@ from agent.lb.haproxy import (
     process_id,
     removal_blockers,
     retried_answer,
+    rising,
     split_answers,
     split_batches,
     streams_by_server,
@@ -608,3 +609,11 @@ def test_process_id_from_show_info() -> None:
     for bad in ("", "Unknown command.\n", "Pid: \n"):
         with pytest.raises(ValueError, match="show info"):
             process_id(bad)
+
+
+@pytest.mark.parametrize(
+    ("status", "going_up"),
+    [("DOWN 1/2", True), ("DOWN 2/3", True), ("DOWN", False), ("UP 1/2", False), ("DRAIN", False)],
+)
+def test_rising(status: str, going_up: bool) -> None:
+    assert rising(status) is going_up
