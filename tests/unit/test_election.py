@@ -1,13 +1,16 @@
 """Leader election against an in-memory Lease with resourceVersion / 409 semantics, on fake time.
 
 The electors run in their own threads as in production; the tests move a FakeClock and wait
-(a few real milliseconds) for the threads to react.
+(a few real milliseconds) for the threads to react. A test whose verdict depends on *when* an
+elector makes its attempts steps the clock only once the elector is idle again
+(:func:`after_attempt`): a thread the machine's load delays then cannot slip off its schedule.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -127,6 +130,29 @@ def eventually(pred: Callable[[], bool], timeout: float = 3.0, what: str = "") -
         time.sleep(0.001)
 
 
+class TrackingClock(FakeClock):
+    """A FakeClock that knows which threads wait on it, so a test can tell an idle elector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: dict[threading.Thread, int] = {}
+        self._waiting_lock = threading.Lock()
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        me = threading.current_thread()
+        with self._waiting_lock:
+            self._waiting[me] = self._waiting.get(me, 0) + 1
+        try:
+            return super().wait(event, timeout)
+        finally:
+            with self._waiting_lock:
+                self._waiting[me] -= 1
+
+    def is_waiting(self, thread: threading.Thread) -> bool:
+        with self._waiting_lock:
+            return self._waiting.get(thread, 0) > 0
+
+
 def settle() -> None:
     """Let the elector threads react to a clock step (they wake at once on advance)."""
     time.sleep(0.015)
@@ -183,8 +209,8 @@ class Candidate:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> TrackingClock:
+    return TrackingClock()
 
 
 @pytest.fixture
@@ -215,6 +241,50 @@ def advance(clock: FakeClock, seconds: float, step: float = 0.5) -> None:
     while clock.monotonic() < end - 1e-9:
         clock.advance(min(step, end - clock.monotonic()))
         settle()
+
+
+def attempts(server: LeaseServer, client: str) -> list[float]:
+    """Fake times of ``client``'s attempts (each begins with a read, unless a leader renews)."""
+    with server.lock:
+        return [t for t, c, op, _ in server.log if c == client and op == "get"]
+
+
+def idle(c: Candidate) -> bool:
+    """``c``'s elector waits on the clock for its next attempt (none is due)."""
+    assert isinstance(c.clock, TrackingClock)
+    return c.clock.is_waiting(c.thread)
+
+
+def after_attempt(server: LeaseServer, c: Candidate, count: int) -> float:
+    """Wait until ``c`` has made ``count`` attempts and is idle again (so the clock does not
+    move under an attempt); the fake time of the last one."""
+    eventually(
+        lambda: len(attempts(server, c.elector.identity)) >= count and idle(c),
+        what=f"attempt {count} of {c.elector.identity}",
+    )
+    return attempts(server, c.elector.identity)[-1]
+
+
+def next_look(server: LeaseServer, c: Candidate) -> float:
+    """Move the clock to ``c``'s next look, one retry period after its last (the clock stands
+    there), and wait until it is done; its fake time."""
+    name = c.elector.identity
+    last = attempts(server, name)
+    c.clock.advance(CONFIG.retry_period_s)
+    t = after_attempt(server, c, len(last) + 1)
+    assert t == last[-1] + CONFIG.retry_period_s
+    return t
+
+
+def looks_while_held(server: LeaseServer, c: Candidate, since: float) -> float:
+    """``c`` looks every retry period, and at every look within a lease duration of ``since``
+    (when it saw the record change) the lease is still held: ``c`` does not lead. The fake time
+    of its first look after that."""
+    t = attempts(server, c.elector.identity)[-1]
+    while t < since + CONFIG.lease_duration_s:
+        assert not c.elector.is_leader() and not c.scopes, f"{c.elector.identity} leads at {t}"
+        t = next_look(server, c)
+    return t
 
 
 def other_holds(server: LeaseServer, holder: str = "other", skew_s: float = 0.0) -> LeaseRecord:
@@ -277,7 +347,7 @@ def test_acquires_a_missing_lease(
     assert rec is not None
     assert (rec.holder, rec.lease_duration_s, rec.transitions) == ("a", 15, 0)
     assert rec.acquire_time == rec.renew_time == clock.now()
-    assert a.changes == [(True, "a")]
+    eventually(lambda: a.changes == [(True, "a")], what="on_change")
     assert a.elector.observed_holder() == "a"
     eventually(lambda: len(a.scopes) == 1)
     assert a.scopes[0].is_leading()
@@ -339,17 +409,14 @@ def test_expiry_is_judged_on_our_monotonic_clock(
 ) -> None:
     other_holds(server, skew_s=skew_s)  # written once, then the holder dies
     a = start(candidates, server, "a")
-    eventually(lambda: a.store.calls >= 1)
-    seen_at = clock.monotonic()  # a's first observation of the record
-    advance(clock, 14.0)  # attempts at +2 .. +14: not expired yet, whatever the wall clocks say
-    eventually(lambda: server.log[-1][0] == seen_at + 14.0, what="attempt at +14")
-    assert not a.elector.is_leader()
-    advance(clock, 2.0)  # +16 > 15 since we saw it change
+    seen_at = after_attempt(server, a, 1)  # a's first observation of the record
+    # looks at +0 .. +14: not expired yet, whatever the wall clocks say
+    assert looks_while_held(server, a, seen_at) == seen_at + 16.0  # > 15 since we saw it change
     eventually(a.elector.is_leader, what="takeover after expiry")
     rec = server.record
     assert rec is not None and rec.holder == "a" and rec.transitions == 1
     assert rec.acquire_time == clock.now()
-    assert a.changes == [(False, "other"), (True, "a")]
+    eventually(lambda: a.changes == [(False, "other"), (True, "a")], what="on_change")
 
 
 def test_a_changed_record_restarts_the_expiry_countdown(
@@ -357,12 +424,14 @@ def test_a_changed_record_restarts_the_expiry_countdown(
 ) -> None:
     other_holds(server)
     a = start(candidates, server, "a")
-    eventually(lambda: a.store.calls >= 1)
-    advance(clock, 10.0)
+    first = after_attempt(server, a, 1)
+    for _ in range(5):  # +2 .. +10
+        next_look(server, a)
     other_holds(server, skew_s=-60.0)  # renewed with a wall time in the past: still a change
-    advance(clock, 16.0)  # 26 s since the first sight, 14 s since we saw the change (at +12)
-    assert not a.elector.is_leader()
-    advance(clock, 2.0)
+    changed = next_look(server, a)  # +12: a sees the change
+    assert changed == first + 12.0
+    # looks up to +26: 26 s since the first sight, but 14 s since a saw the change
+    assert looks_while_held(server, a, changed) == first + 28.0
     eventually(a.elector.is_leader)
 
 
@@ -383,33 +452,38 @@ def test_stops_leading_before_the_lease_can_expire(
     server: LeaseServer, clock: FakeClock, candidates: list[Candidate], mode: str
 ) -> None:
     a = start(candidates, server, "a")
-    eventually(lambda: len(a.scopes) == 1)
-    advance(clock, 4.0, step=2.0)  # two renewals
-    advance(clock, 0.5)
+    eventually(lambda: len(a.scopes) == 1 and idle(a))
+    for _ in range(2):  # two renewals, each done before the clock moves on
+        calls = a.store.calls
+        clock.advance(CONFIG.retry_period_s)
+        eventually(lambda: a.store.calls > calls and idle(a), what="a renewal")  # noqa: B023
+    clock.advance(0.5)
     cut(a.store, mode)
     last_ok = server.last_ok("a")
+    assert last_ok == clock.monotonic() - 0.5
     scope = a.scopes[0]
-    stopped_seen = None
-    for _ in range(40):  # 0.25 s steps
+    # the leader until the renew deadline of its last good renewal (its start: no fake time
+    # passes in a call), long before others may take over
+    deadline = last_ok + CONFIG.renew_deadline_s
+    assert deadline < last_ok + CONFIG.lease_duration_s
+    while clock.monotonic() < deadline:
+        assert a.elector.is_leader() and not scope.stopped.is_set(), clock.monotonic()
         clock.advance(0.25)
         settle()
-        if scope.stopped.is_set():
-            stopped_seen = clock.monotonic()
-            break
-        assert a.elector.is_leader()
-    assert stopped_seen is not None, "leader work was never stopped"
-    # stopped within the renew deadline of the last good renewal, long before others may take over
-    assert last_ok + 8.0 <= stopped_seen <= last_ok + CONFIG.renew_deadline_s + 0.25
-    assert stopped_seen < last_ok + CONFIG.lease_duration_s
+    assert clock.monotonic() == deadline
     assert not a.elector.is_leader()
+    eventually(scope.stopped.is_set, what="the watchdog stops the leader work")
     eventually(lambda: a.changes[-1] == (False, None), what="on_change(False)")
     eventually(lambda: len(a.stopped_at) == 1, what="the leader work returned")
+    assert a.stopped_at == [deadline]
     if mode == "hang":
         assert a.store.hang is not None
         a.store.hang.set()
     a.store.fail = None
     a.store.hang = None
-    advance(clock, 2.0)  # reachable again: our own lease is still valid, so we lead again
+    eventually(lambda: idle(a), what="the failed attempt ends")
+    clock.advance(CONFIG.retry_period_s)  # an attempt is due: the next is at most this far
+    # reachable again: our own lease is still valid, so we lead again
     eventually(lambda: len(a.scopes) == 2, what="leading again")
     assert a.changes[-1] == (True, "a")
     assert server.record is not None and server.record.transitions == 0
@@ -423,7 +497,7 @@ def test_steps_down_at_once_when_someone_else_holds_the_lease(
     other_holds(server, "b")  # e.g. an operator edited it
     advance(clock, 2.0)
     eventually(lambda: a.scopes[0].stopped.is_set(), what="step down")
-    assert a.changes == [(True, "a"), (False, "b")]
+    eventually(lambda: a.changes == [(True, "a"), (False, "b")], what="on_change")
     assert server.record is not None and server.record.holder == "b"
 
 
@@ -455,11 +529,16 @@ def test_without_release_the_lease_must_expire(
     a.finish()
     assert server.record is not None and server.record.holder == "a"
     b = start(candidates, server, "b")
-    eventually(lambda: b.store.calls >= 1)
-    advance(clock, 14.0)
-    assert not b.elector.is_leader()
-    advance(clock, 2.0)
-    eventually(b.elector.is_leader)
+    seen = after_attempt(server, b, 1)  # b's first sight of a's record
+    # Every look within the lease duration finds a's lease still valid. (Stepped one look at a
+    # time: b, delayed by a loaded machine, used to look 0.5 s late, then a retry period after
+    # the last step of the test, and never took over.)
+    took_over = looks_while_held(server, b, seen)
+    retry, duration = CONFIG.retry_period_s, CONFIG.lease_duration_s
+    assert took_over == seen + math.ceil(duration / retry) * retry  # +16: the first look past +15
+    eventually(b.elector.is_leader, what="b takes over the expired lease")
+    rec = server.record
+    assert rec is not None and (rec.holder, rec.transitions) == ("b", 1)
 
 
 def test_an_exception_in_the_leader_work_ends_the_run_after_release(
@@ -488,10 +567,10 @@ def test_does_not_lead_again_while_the_old_leader_work_runs(
     server: LeaseServer, clock: FakeClock, candidates: list[Candidate]
 ) -> None:
     release = threading.Event()
-    runs: list[int] = []
+    runs: list[threading.Thread] = []
 
     def stubborn(scope: LeaderScope) -> None:
-        runs.append(1)
+        runs.append(threading.current_thread())
         scope.stopped.wait(5)
         release.wait(5)  # ignores the stop for a while
 
@@ -504,9 +583,10 @@ def test_does_not_lead_again_while_the_old_leader_work_runs(
     advance(clock, 10.0)
     assert len(runs) == 1 and not a.elector.is_leader()
     release.set()
-    advance(clock, 2.0)
+    eventually(lambda: not runs[0].is_alive() and idle(a), what="the old work returned")
+    clock.advance(CONFIG.retry_period_s)  # an attempt is due: the next is at most this far
     eventually(a.elector.is_leader, what="leads once the old work returned")
-    assert len(runs) == 2
+    eventually(lambda: len(runs) == 2, what="the new leader work runs")
 
 
 # -- races
