@@ -166,9 +166,14 @@ def leader_work(
         # Our own lb-ready writes change pods too: only changes the leader decides on wake it
         # (with 10,000 pods a round costs ~0.4 s of CPU).
         seen: dict[tuple[str, str], object] = {}
+        reporter_ref: list[ConditionReporter] = []
 
         def pod_changed(key: tuple[str, str]) -> None:
             pod = pods.get(key)
+            if reporter_ref:
+                # Checked against the API again (a skipped check costs no request): a write of
+                # ours the cache had not shown yet, or one of an earlier term, is not left as is.
+                reporter_ref[0].mark_dirty(PodKey(*key))
             mark = None if pod is None else leader_relevant(pod)
             if seen.get(key) != mark:
                 if mark is None:
@@ -184,6 +189,7 @@ def leader_work(
             return pods.get((key.namespace, key.name))
 
         reporter = condition_reporter(LB_READY, sink, lookup, settings, metrics, clock)
+        reporter_ref.append(reporter)
         leader = Leader(
             services=kube.services(poke, poke, settings.resync_s),
             slices=kube.endpointslices(poke, poke, settings.resync_s),

@@ -126,6 +126,18 @@ class Staging(Protocol):
         ...
 
 
+@runtime_checkable
+class IndependentWrites(Protocol):
+    """A provider whose changes to different servers of one pool neither wait for each other
+    nor depend on their order (HAProxy: each server's commands stand alone). The leader then
+    applies a round's registrations and its drains and removals as separate batches, side by
+    side, so that a slow removal never holds a registration. Other providers get one batch in
+    the plan's order (a cloud LB serializes its writes per LB anyway, and counts its quota of
+    members within one batch: removals must free slots before the adds that need them)."""
+
+    def independent_writes(self) -> bool: ...
+
+
 class PoolNotFound(PermanentError):
     """The LB has no such pool (an HAProxy backend must exist in its configuration)."""
 

@@ -662,6 +662,10 @@ class HAProxyProvider:
     def instances(self) -> Sequence[str]:
         return list(self._endpoints)
 
+    def independent_writes(self) -> bool:
+        """agent.lb.base.IndependentWrites: each server's commands stand alone."""
+        return True
+
     def stages(self) -> bool:
         """Staging (agent.lb.base.Staging) helps only when servers have health checks."""
         return "check" in self.server_options.split()

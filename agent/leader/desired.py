@@ -6,9 +6,9 @@ and its ``podlb.io/datapath-ready`` is not False; a pod being stopped -- deleted
 its kubelet (eviction, graceful node shutdown: ``DisruptionTarget`` ``TerminationByKubelet``)
 -- is a *draining* backend. On an LB that stages (``Limits.stages``), a selected pod with an IP
 that is not a backend yet is *staged*: its server is held on the LB out of rotation, health
-checked, so that admitting it later is one ENABLE (agent.lb.base.Staging). Problems (bad annotations, no selector, ports that resolve to
-nothing, a cap reached) are returned as data with a typed reason; the caller turns them into
-Events and metrics.
+checked, so that admitting it later is one ENABLE (agent.lb.base.Staging). Problems (bad
+annotations, no selector, ports that resolve to nothing, a cap reached) are returned as data
+with a typed reason; the caller turns them into Events and metrics.
 
 ``podlb.io/max-backends`` (or the provider's own limit): when more pods are ready than the cap,
 the slots go to the pods of the newest revision first (``pod-template-hash`` /
@@ -316,7 +316,7 @@ def _pool(
             others=others,
             capped=capped,
             unregistered=frozenset(k for k in others if k in pods and never_added(pods[k])),
-            staged=_within_cap(stageable, len(live) - capped, cap),
+            staged=_within_cap(stageable, len(live) - capped, cap, registered or frozenset()),
         ),
         findings,
     )
@@ -343,12 +343,17 @@ def _weight(pod: Pod, max_weight: int, findings: list[Finding]) -> int:
     return min(parsed, max_weight)
 
 
-def _within_cap(stageable: dict[str, Backend], live: int, cap: int | None) -> dict[str, Backend]:
-    """The servers to stage: all of them, or as many as the cap leaves room for (by name)."""
+def _within_cap(
+    stageable: dict[str, Backend], live: int, cap: int | None, registered: frozenset[str]
+) -> dict[str, Backend]:
+    """The servers to stage: all of them, or as many as the cap leaves room for: those the LB
+    has already first (a staged server stays staged), then by name."""
     if cap is None:
         return stageable
     room = max(0, cap - live)
-    return {n: stageable[n] for n in sorted(stageable)[:room]}
+    return {
+        n: stageable[n] for n in sorted(stageable, key=lambda n: (n not in registered, n))[:room]
+    }
 
 
 def _created(pod: Pod | None) -> float:

@@ -1,8 +1,9 @@
 """From desired pools and what the LB reports to LB actions and lb-ready verdicts (pure).
 
 A plan lists what adds capacity first (adds, enables, weights, staged servers), then what takes
-it away (drains, removals); the leader applies the two groups side by side, so that a slow
-removal never holds a registration (agent/leader/reconcile.py). A server is removed only once
+it away (drains, removals); on an LB whose writes are independent (HAProxy) the leader applies
+the two groups side by side, so that a slow removal never holds a registration, elsewhere in
+this order (agent.lb.base.IndependentWrites). A server is removed only once
 drained: no sessions left, or drained for longer than the drain timeout, or (on an LB that
 does not count sessions) its pod is gone.
 """
@@ -166,8 +167,9 @@ def lb_verdicts(
         for pod, server in spec.others.items():
             present = [s.servers[server] for s in states if s is not None and server in s.servers]
             where = f"{spec.pool}/{server} (not a backend: not ready)"
-            if pod in spec.unregistered and (not present or server in spec.staged):
-                # One message, staged or not: the pod's condition is written once.
+            if pod in spec.unregistered and all(s.admin is not AdminState.READY for s in present):
+                # Never in rotation: one message, staged, unstaged or not (yet) on the LB, so
+                # the pod's condition is written once.
                 v = Verdict(False, LBReason.NOT_REGISTERED, f"{where}: not in rotation yet")
             else:
                 v = _leaving(where, present, len(instances), None in states)

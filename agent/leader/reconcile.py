@@ -33,6 +33,7 @@ from agent.errors import PodlbError
 from agent.lb.base import (
     Action,
     AdminState,
+    IndependentWrites,
     LBProvider,
     Mode,
     Op,
@@ -429,7 +430,11 @@ class Leader:
             spec, state, drain_age_s=ages, drain_timeout_s=self.drain_timeout_s,
             fail_static=fail_static, live_addresses=live,
         )  # fmt: skip
-        draining = any(s.admin is not AdminState.READY for s in state.servers.values())
+        # Staged servers stay out of rotation until their pod is ready: not a drain to watch.
+        staged = spec.staged if spec is not None else {}
+        draining = any(
+            s.admin is not AdminState.READY and n not in staged for n, s in state.servers.items()
+        )
         with self._lock:
             # What this round saw of a server changed since (or is changing): plan it later.
             actions = [
@@ -441,13 +446,16 @@ class Leader:
             self._in_flight |= {(provider, instance, pool, a.server) for a in actions}
         if not actions:
             return draining or bool(planned)
-        # Servers coming in and servers going out are separate batches on separate workers:
-        # a slow drain or removal never holds a registration of the same round, nor the
-        # reverse (each keeps the plan's order within it).
-        for batch in (
-            [a for a in actions if a.op not in RETIRING],
-            [a for a in actions if a.op in RETIRING],
-        ):
+        # Where writes are independent, servers coming in and servers going out are separate
+        # batches on separate workers: a slow drain or removal never holds a registration of
+        # the same round, nor the reverse (each keeps the plan's order within it).
+        batches = [actions]
+        if isinstance(self.providers[provider], IndependentWrites):
+            batches = [
+                [a for a in actions if a.op not in RETIRING],
+                [a for a in actions if a.op in RETIRING],
+            ]
+        for batch in batches:
             if not batch:
                 continue
             future = self.apply_executor.submit(self._apply_now, provider, instance, pool, batch)

@@ -494,6 +494,17 @@ def test_staging_stays_within_the_cap() -> None:
     capped = svc({"podlb.io/direct": "true", "podlb.io/max-backends": "3"})
     [spec], _ = desired_pools([capped], [sl], pods, limits=STAGES)
     assert set(spec.backends) == {A, B} and set(spec.staged) == {C}
+    # The LB has D staged already: it keeps the one slot, whatever the name order says.
+    D = server_name("10.0.0.4", 8080)
+    [spec], _ = desired_pools(
+        [capped], [sl], pods, {"shop.web.http": frozenset({D})}, limits=STAGES
+    )
+    assert set(spec.staged) == {D}
     full = svc({"podlb.io/direct": "true", "podlb.io/max-backends": "2"})
     [spec], _ = desired_pools([full], [sl], pods, limits=STAGES)
     assert spec.staged == {}
+    # C's staged server is on its way out (no room left): C never was in rotation, so it
+    # still reads NotRegistered, not Deregistered.
+    observed = {spec.pool: state(obs(A), obs(B), obs(C, AdminState.DRAIN))}
+    v = lb_verdicts([spec], {"haproxy": {"h1": observed}})
+    assert v[PodKey(NS, "c")].reason is LBReason.NOT_REGISTERED

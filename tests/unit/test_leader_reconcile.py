@@ -377,22 +377,67 @@ def test_slow_lb_changes_run_beside_the_rounds_and_are_never_issued_twice() -> N
     assert sorted(s for _i, _p, _op, s in lb.applied) == [A, B]  # both in: nothing more
 
 
+class IndependentBlockingLB(BlockingLB):
+    def independent_writes(self) -> bool:
+        return True
+
+
 def test_registrations_and_drains_of_one_round_do_not_wait_for_each_other() -> None:
-    """A slow drain or removal (an LB API taking seconds, HAProxy waiting for a server to be
-    unused) must not hold a new pod's registration of the same round, nor the reverse."""
+    """A slow drain or removal (HAProxy waiting for a server to be unused) must not hold a new
+    pod's registration of the same round, nor the reverse, where writes are independent; a
+    provider without that (a cloud LB: quota, its own order) gets one batch in plan order."""
     up = ObservedServer(A, "10.0.0.1", 8080, 100, AdminState.READY, Health.UP, 0)
-    lb = BlockingLB({"h1": {POOL: {A: up}}})
     pods = [pod("a", terminating=True), pod("b")]
-    ld, _ = leader(pods, [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"}, {"a"})], lb)
-    ld.apply_executor = ThreadPoolExecutor(4)
-    try:
+    slices = [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"}, {"a"})]
+    for lb, calls in ((IndependentBlockingLB({"h1": {POOL: {A: up}}}), 2),
+                      (BlockingLB({"h1": {POOL: {A: up}}}), 1)):  # fmt: skip
+        ld, _ = leader(pods, slices, lb)
+        ld.apply_executor = ThreadPoolExecutor(4)
+        try:
+            ld.round()
+            # Each batch is inside the LB at once: neither waits for the other to return.
+            assert all(lb.entered.acquire(timeout=5) for _ in range(calls))
+            assert not lb.entered.acquire(timeout=0.2)
+            lb.release.set()
+        finally:
+            ld.apply_executor.shutdown(wait=True)
+        applied = [(op, s) for _i, _p, op, s in lb.applied]
+        if calls == 2:  # side by side: either may land first
+            applied.sort()
+        assert applied == [(Op.ADD, B), (Op.DRAIN, A)]
+
+
+class StagingLB(FakeLB):
+    """A FakeLB that stages (agent.lb.base.Staging): STAGE holds a server in DRAIN, UP."""
+
+    def stages(self) -> bool:
+        return True
+
+    def apply(self, instance: str, pool: str, actions: Sequence[Action]) -> ApplyResult:
+        staged = [a for a in actions if a.op is Op.STAGE]
+        result = super().apply(instance, pool, [a for a in actions if a.op is not Op.STAGE])
+        for a in staged:
+            assert a.address and a.port and a.weight is not None
+            self.applied.append((instance, pool, a.op, a.server))
+            self.pools[instance][pool][a.server] = ObservedServer(
+                a.server, a.address, a.port, a.weight, AdminState.DRAIN, Health.UP, 0
+            )
+        return ApplyResult(done=result.done + len(staged))
+
+
+def test_a_staged_pod_is_admitted_with_one_enable_and_leaves_the_leader_at_rest() -> None:
+    lb = StagingLB({"h1": {POOL: {}}})
+    pods = [pod("a"), pod("b", cr="False")]
+    ld, _ = leader(pods, [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], lb)
+    for _ in range(3):
         ld.round()
-        # Both batches are inside the LB at once: neither waits for the other to return.
-        assert lb.entered.acquire(timeout=5) and lb.entered.acquire(timeout=5)
-        lb.release.set()
-    finally:
-        ld.apply_executor.shutdown(wait=True)
-    assert sorted((op, s) for _i, _p, op, s in lb.applied) == [(Op.ADD, B), (Op.DRAIN, A)]
+    assert sorted((op, s) for _i, _p, op, s in lb.applied) == [(Op.ADD, A), (Op.STAGE, B)]
+    # Converged with b staged (out of rotation, not ready): a quiet round, no fast polling.
+    assert ld.round() is False
+    ld.pods = FakeCache([pod("a"), pod("b")])
+    ld.round()
+    assert lb.applied[-1][2:] == (Op.ENABLE, B)
+    assert lb.pools["h1"][POOL][B].admin is AdminState.READY
 
 
 def test_a_routing_problem_on_a_live_service_leaves_its_managed_pool_alone() -> None:

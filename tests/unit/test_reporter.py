@@ -245,3 +245,21 @@ def test_a_writer_that_fails_stops_the_others_and_run_raises() -> None:
     reporter.set_desired(key("a"), want("a", NOT_REGISTERED))
     with pytest.raises(RuntimeError, match="bug"):
         reporter.run(threading.Event())
+
+
+def test_a_write_the_cache_did_not_show_yet_is_put_right_when_the_pod_is_marked_dirty() -> None:
+    """The writer compares with the informer's cache, which may not show its own last write
+    yet: wanting the old condition back then looks like nothing to do. The leader marks each
+    pod dirty on its watch events (agent/runtime.py), and the check then finds the difference."""
+    sink = FakeStatusSink()  # the API server: it keeps what was written
+    cache = {key("a"): pod("a", REGISTERING)}  # the informer, one write behind
+    reporter = ConditionReporter(LB_READY, sink, cache.get, FakeClock())
+    reporter.set_desired(key("a"), want("a", HEALTHY))
+    reporter.write_queued()
+    reporter.set_desired(key("a"), want("a", REGISTERING))
+    reporter.write_queued()
+    assert written(sink, "a") == [HEALTHY]  # skipped: the cache shows Registering already
+    cache[key("a")] = pod("a", HEALTHY)  # the watch event of our write arrives
+    reporter.mark_dirty(key("a"))
+    reporter.write_queued()
+    assert written(sink, "a") == [HEALTHY, REGISTERING]
