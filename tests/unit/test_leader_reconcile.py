@@ -438,6 +438,12 @@ def test_a_staged_pod_is_admitted_with_one_enable_and_leaves_the_leader_at_rest(
     ld.round()
     assert lb.applied[-1][2:] == (Op.ENABLE, B)
     assert lb.pools["h1"][POOL][B].admin is AdminState.READY
+    # An LB that does not stage (a cloud LB's provider) never gets a STAGE.
+    cloud = FakeLB({"h1": {POOL: {}}})
+    ld, _ = leader(pods, [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], cloud)
+    for _ in range(3):
+        ld.round()
+    assert [(op, s) for _i, _p, op, s in cloud.applied] == [(Op.ADD, A)]
 
 
 def test_a_routing_problem_on_a_live_service_leaves_its_managed_pool_alone() -> None:
