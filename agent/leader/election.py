@@ -11,7 +11,10 @@ The algorithm is client-go's (``tools/leaderelection``) with the two fixes STYLE
   :class:`LeaderScope` — from a watchdog thread, so even an API call that hangs cannot keep it
   leading — before the lease can expire for anybody else (``renew_deadline_s`` <
   ``lease_duration_s``). Measuring from the start of the request is what makes this safe: the
-  server applied the write no earlier, so every observer saw it no earlier either.
+  server applied the write no earlier, so every observer saw it no earlier either. So a
+  renewal answered after that deadline (the API server froze, then answered) ends the term, and
+  an acquire answered after half of it starts none (its first renewal would have too little
+  time left): the next attempt follows at once and renews the Lease we then hold.
 
 Writes are optimistic (the record's ``resourceVersion``): a 409 means another candidate won the
 race and we look again one retry period later. On clean shutdown the lease is released like
@@ -197,8 +200,10 @@ class LeaderElector:
             while not stop.is_set() and self._lead_error is None:
                 started = self._clock.monotonic()
                 if started >= next_try:
-                    self._attempt(lead)
-                    next_try = started + self._interval()
+                    if self._attempt(lead):
+                        next_try = self._clock.monotonic()
+                    else:
+                        next_try = started + self._interval()
                 remaining = next_try - self._clock.monotonic()
                 if remaining > 0:
                     self._clock.wait(self._wake, remaining)
@@ -214,7 +219,8 @@ class LeaderElector:
             return retry
         return retry * (1.0 + self._rng.random() * self._config.acquire_jitter)
 
-    def _attempt(self, lead: Callable[[LeaderScope], None]) -> None:
+    def _attempt(self, lead: Callable[[LeaderScope], None]) -> bool:
+        """One attempt to acquire or renew; True to make the next one at once."""
         with self._lock:
             scope = self._scope
             thread = self._lead_thread
@@ -234,43 +240,77 @@ class LeaderElector:
                     "returned after it was told to stop",
                     self._identity,
                 )
-            return
+            return False
         self._waiting_logged = False
         started = self._clock.monotonic()
         try:
-            ok = self._try_acquire_or_renew(leading=scope is not None)
+            ok = self._try_acquire_or_renew()
         except PodlbError as exc:
             self._note_error(exc)
             ok = False
         else:
             self._note_error(None)
+        took = self._clock.monotonic() - started
         deadline = started + self._config.renew_deadline_s
         if scope is not None:
-            if ok:
-                if not scope._extend(deadline):
-                    self._step_down(scope, "the renewal succeeded only after the renew deadline")
-            else:
-                holder = self.observed_holder()
-                if holder is not None and holder != self._identity:
-                    self._step_down(scope, f"the lease is now held by {holder}")
-                # otherwise the renewal failed: the watchdog stops us at the deadline
+            again = self._renewed(scope, ok, took, deadline)
         elif ok:
-            self._start_leading(deadline, lead)
+            again = self._acquired(took, deadline, lead)
+        else:
+            again = False
         self._report()
+        return again
 
-    def _try_acquire_or_renew(self, *, leading: bool) -> bool:
+    def _renewed(self, scope: LeaderScope, ok: bool, took: float, deadline: float) -> bool:
+        """After a renewal (or its failure) while leading; True to try again at once."""
+        if ok:
+            if took < self._config.renew_deadline_s and scope._extend(deadline):
+                return False
+            # Answered past the term's deadline (the API server froze, then answered): the
+            # term has ended. The Lease is ours in the API: the next attempt, at once, renews
+            # it and starts a new term.
+            self._step_down(scope, f"the renewal was answered only after {took:.3f}s")
+            return True
+        holder = self.observed_holder()
+        if holder is not None and holder != self._identity:
+            self._step_down(scope, f"the lease is now held by {holder}")
+        # otherwise the renewal failed: the watchdog stops us at the deadline
+        return False
+
+    def _acquired(self, took: float, deadline: float, lead: Callable[[LeaderScope], None]) -> bool:
+        """After we took the Lease; True to renew it at once instead of leading on this answer.
+
+        A term has ``renew_deadline - took`` left for its first renewal, which follows at once
+        when the acquire took longer than a retry period. An acquire that took more than half
+        the renew deadline (the API server froze, then answered: past the deadline or near it)
+        leaves that renewal less time than the acquire itself took, so the term would likely
+        end as soon as it began, its leader work started and torn down for nothing. The Lease
+        is ours in the API: a renewal made at once (one call) decides instead."""
+        if took > self._config.renew_deadline_s / 2:
+            log.warning(
+                "leader election: %s does not lead yet: the lease was acquired only after "
+                "%.3fs (renew deadline %ss); renewing it at once",
+                self._identity,
+                took,
+                self._config.renew_deadline_s,
+            )
+            return True
+        self._start_leading(deadline, lead)
+        return False
+
+    def _try_acquire_or_renew(self) -> bool:
         """One client-go ``tryAcquireOrRenew``; True when we hold the Lease afterwards."""
         wall = self._clock.now()
         duration = self._config.advertised_duration_s
         with self._lock:
             observed = self._observed
         if (
-            leading
-            and observed is not None
+            observed is not None
             and observed.holder == self._identity
             and observed.resource_version is not None
         ):
-            # Fast path: renew on the version we last wrote; a conflict means look again.
+            # Fast path: the Lease was ours when we last saw it (we lead, or we renew at once
+            # after a slow acquire): renew on that version; a conflict means look again.
             try:
                 mine = replace(observed, renew_time=wall, lease_duration_s=duration)
                 self._observe(self._store.update(mine))
@@ -331,6 +371,9 @@ class LeaderElector:
         worker.start()
 
     def _lead_main(self, scope: LeaderScope, lead: Callable[[LeaderScope], None]) -> None:
+        if not scope.is_leading():  # this thread started late: never lead on a dead term
+            self._step_down(scope, "the renew deadline passed before the leader work started")
+            return
         try:
             lead(scope)
         except BaseException as exc:

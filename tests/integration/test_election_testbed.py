@@ -204,10 +204,11 @@ def hold_steady(agents: list[Agent], seconds: float) -> Agent:
 def steady_leader(agents: list[Agent], hold_s: float, within_s: float) -> Agent:
     """Wait (up to ``within_s``) for one leader that stays the same for ``hold_s``.
 
-    A term may end at once after an outage: an attempt that straddled the end of the outage
-    acquires with the deadline counted from its start (renew deadline after it began), which
-    may already have passed; its next attempt, one retry period later, renews. Such a term
-    never overlaps another one (the ``recorder`` fixture checks that)."""
+    An attempt that straddled the end of an outage starts no term when it took more than half
+    the renew deadline (the elector renews at once and leads on that); one a little faster
+    starts a term that still ends at once if its first renewal, on a loaded machine, takes
+    longer than the time left. Such a term never overlaps another one (the ``recorder``
+    fixture checks that)."""
     end = time.monotonic() + within_s
     while time.monotonic() < end:
         first = leaders(agents)

@@ -65,10 +65,16 @@ class FakeLeaseStore:
         self.name = name
         self.fail: PodlbError | None = None
         self.hang: threading.Event | None = None  # calls block until it is set, then fail
+        # op -> fake seconds the next such call takes before the server acts on it and answers
+        # (an API server that froze, then recovered); used once
+        self.lag: dict[str, float] = {}
         self.calls = 0
 
     def _enter(self, op: str) -> None:
         self.calls += 1
+        lag = self.lag.pop(op, 0.0)
+        if lag:
+            self.server.clock.advance(lag)
         if self.hang is not None:
             self.hang.wait(5)
             self._log(op, False)
@@ -174,6 +180,7 @@ class Candidate:
         self.changes: list[tuple[bool, str | None]] = []
         self.scopes: list[LeaderScope] = []
         self.stopped_at: list[float] = []  # fake time the leader work saw scope.stopped
+        self.entered_leading: list[bool] = []  # scope.is_leading() as each leader work began
         self.elector = LeaderElector(
             self.store, identity, self.clock, config, on_change=self._changed
         )
@@ -187,6 +194,7 @@ class Candidate:
         self.changes.append((leading, holder))
 
     def _work(self, scope: LeaderScope) -> None:
+        self.entered_leading.append(scope.is_leading())
         self.scopes.append(scope)
         while not scope.wait(0.05):
             pass
@@ -539,6 +547,101 @@ def test_without_release_the_lease_must_expire(
     eventually(b.elector.is_leader, what="b takes over the expired lease")
     rec = server.record
     assert rec is not None and (rec.holder, rec.transitions) == ("b", 1)
+
+
+DEADLINE = CONFIG.renew_deadline_s
+
+
+@pytest.mark.parametrize(
+    "lags",
+    [
+        pytest.param({"get": DEADLINE + 0.5}, id="read-answered-past-the-deadline"),
+        pytest.param({"create": DEADLINE + 0.5}, id="write-answered-past-the-deadline"),
+        # 4 s left for the first renewal, made at once, which takes 4.5 s
+        pytest.param({"get": 0.6 * DEADLINE, "update": 0.45 * DEADLINE}, id="near-the-deadline"),
+    ],
+)
+def test_a_slow_acquire_starts_no_term_and_renews_at_once(
+    server: LeaseServer,
+    clock: FakeClock,
+    candidates: list[Candidate],
+    lags: dict[str, float],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The API server froze, then answered the first attempt after its renew deadline (counted
+    from the attempt's start), or so near it that the first renewal had too little time. Leading
+    on that answer made a pointless term: the leader work started and was torn down at once.
+    The elector renews at once instead and leads on the renewal."""
+    a = Candidate(server, "a")
+    a.store.lag.update(lags)
+    began, began_wall = clock.monotonic(), clock.now()  # a's calls move the clock from here
+    candidates.append(a.start())
+    eventually(lambda: len(a.scopes) == 1 and idle(a), what="a leads")
+    answered = began + sum(lags.values())
+    assert a.entered_leading == [True], "the leader work began on an expired term"
+    assert a.scopes[0].started_at == answered  # on the renewal made at once
+    assert a.changes[-1] == (True, "a") and a.changes.count((True, "a")) == 1
+    assert not [r for r in caplog.records if "stopped leading" in r.getMessage()]
+    ops = [(op, ok) for _, c, op, ok in server.log if c == "a"]
+    assert ops[:3] == [("get", True), ("create", True), ("update", True)]  # renewed in one call
+    assert set(ops[3:]) <= {("update", True)}  # near the deadline the next renewal is due at once
+    assert server.last_ok("a") == answered
+    rec = server.record
+    assert rec is not None and (rec.holder, rec.transitions) == ("a", 0)
+    assert rec.acquire_time == began_wall  # the first write's
+    advance(clock, CONFIG.retry_period_s)  # an ordinary renewal keeps the same term
+    eventually(lambda: server.last_ok("a") == clock.monotonic(), what="a renews")
+    assert a.scopes[0].is_leading() and len(a.scopes) == 1
+
+
+class LateWorkClock(TrackingClock):
+    """The leader work's thread starts ``late_s`` (fake) seconds late: time jumps at its first
+    look at the clock (a loaded machine)."""
+
+    def __init__(self, late_s: float) -> None:
+        super().__init__()
+        self.late_s = late_s
+        self.late_thread: threading.Thread | None = None
+
+    def monotonic(self) -> float:
+        if self.late_thread is None and threading.current_thread().name == "podlb-leader-work":
+            self.late_thread = threading.current_thread()
+            self.advance(self.late_s)
+        return super().monotonic()
+
+
+def test_leader_work_that_starts_after_the_deadline_is_not_run(
+    candidates: list[Candidate],
+) -> None:
+    clock = LateWorkClock(CONFIG.renew_deadline_s + 0.5)
+    server = LeaseServer(clock)
+    a = start(candidates, server, "a")
+    eventually(lambda: a.changes[:2] == [(True, "a"), (False, None)], what="the term ends")
+    late = clock.late_thread
+    assert late is not None
+    eventually(lambda: not late.is_alive() and idle(a), what="the late thread ends")
+    clock.advance(CONFIG.retry_period_s)  # an attempt is due: the next is at most this far
+    eventually(lambda: len(a.scopes) == 1, what="a new term")
+    assert a.entered_leading == [True], "the leader work ran on an expired term"
+    assert a.scopes[0].started_at >= 1000.0 + clock.late_s  # the new term's
+    rec = server.record
+    assert rec is not None and (rec.holder, rec.transitions) == ("a", 0)
+
+
+def test_a_renewal_answered_after_the_renew_deadline_ends_the_term(
+    server: LeaseServer, clock: FakeClock, candidates: list[Candidate]
+) -> None:
+    a = start(candidates, server, "a")
+    eventually(lambda: len(a.scopes) == 1)
+    a.store.lag["update"] = CONFIG.renew_deadline_s + 0.5  # the next renewal, answered late
+    advance(clock, CONFIG.retry_period_s)
+    eventually(lambda: len(a.stopped_at) == 1 and idle(a), what="the term ends")
+    eventually(lambda: a.changes[:2] == [(True, "a"), (False, None)], what="on_change")
+    advance(clock, CONFIG.retry_period_s)  # the lease was ours all along: a new term, no wait
+    eventually(lambda: len(a.scopes) == 2, what="a new term")
+    assert a.entered_leading == [True, True]
+    rec = server.record
+    assert rec is not None and (rec.holder, rec.transitions) == ("a", 0)
 
 
 def test_an_exception_in_the_leader_work_ends_the_run_after_release(
