@@ -137,6 +137,9 @@ class ConditionReporter:
 
     def mark_dirty(self, key: PodKey) -> None:
         """The pod changed in the API (someone else may have written our condition)."""
+        with self._lock:  # the leader calls this on every pod's events: most are not ours
+            if key not in self._desired:
+                return
         self._queue(key)
 
     def resync(self) -> None:

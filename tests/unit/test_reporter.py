@@ -119,6 +119,24 @@ def test_what_someone_waits_for_is_written_first_then_first_come_first_served() 
     assert reporter.pending() == 0
 
 
+def test_events_of_pods_without_a_desired_condition_cost_no_lookup() -> None:
+    looked: list[PodKey] = []
+    sink = FakeStatusSink({key("a"): pod("a")})
+
+    def lookup(k: PodKey) -> Pod | None:
+        looked.append(k)
+        return sink.lookup(k)
+
+    reporter = ConditionReporter(LB_READY, sink, lookup, FakeClock())
+    reporter.mark_dirty(key("other"))
+    assert looked == [] and reporter.pending() == 0
+    reporter.set_desired(key("a"), want("a", NOT_REGISTERED))
+    reporter.write_queued()
+    looked.clear()
+    reporter.mark_dirty(key("a"))  # ours: looked at again (someone may have overwritten it)
+    assert looked == [key("a")] and reporter.pending() == 1
+
+
 # -- concurrency -------------------------------------------------------------------------------
 def test_writes_overlap() -> None:
     """Four pods, four writers: the four writes are in flight at once (a write each returns
