@@ -39,9 +39,13 @@ RUN pip install --no-cache-dir --no-index /wheels/*.whl \
  && rm -rf /wheels \
  && python -OO -m compileall -q "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 # No docstrings in memory (the kubernetes client's are ~11 MiB) and fewer malloc arenas:
-# see bench/agent_footprint.py. iproute2 is not needed: the agent speaks netlink itself.
+# see bench/agent_footprint.py. A fixed mmap threshold: glibc otherwise raises it to the size
+# of the largest buffer freed (a 7 MB list page), and later buffers that size come from the
+# heap and stay there (README, leader at cluster scale). iproute2 is not needed: the agent
+# speaks netlink itself.
 ENV PYTHONOPTIMIZE=2 \
     MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=131072 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 # The node API: /healthz /readyz /metrics /v1/pods (--listen).
