@@ -260,7 +260,7 @@ def add_run_flags(parser: argparse.ArgumentParser, env: EnvDefaults) -> None:
     env.add(
         parser,
         "--haproxy-server-options",
-        default="check inter 1s fall 2 rise 2",
+        default="check inter 1s fastinter 100ms downinter 200ms fall 2 rise 2",
         help="options of each server podlb adds to HAProxy",
     )
     env.add(parser, "--tencent-region", help="Tencent CLB region, e.g. ap-guangzhou")

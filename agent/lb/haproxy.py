@@ -51,7 +51,7 @@ from agent.lb.fence import fenced_call
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVER_OPTIONS = "check inter 1s fall 2 rise 2"
+DEFAULT_SERVER_OPTIONS = "check inter 1s fastinter 100ms downinter 200ms fall 2 rise 2"
 
 # HAProxy accepts these characters in proxy and server names (``invalid_char()``); checking
 # them here also keeps a name from smuggling a second command (newline, ``;``, space).
