@@ -160,6 +160,7 @@ def run_on_cluster(modes: list[str], args: argparse.Namespace) -> list[ScenarioR
                 run_rollout(
                     podlb, lb, mode, name=f"roll-{mode}", replicas=args.replicas,
                     sleep_s=args.sleep, lb_delay_s=args.lb_delay, say=say,
+                    gate_admit=args.gate_admit,
                 )
             )  # fmt: skip
     return results
@@ -178,6 +179,11 @@ def main() -> int:
         "--server-options",
         default=HAPROXY_SERVER_OPTIONS,
         help="HAProxy's options on each server: its health checks (testbed)",
+    )
+    parser.add_argument(
+        "--gate-admit",
+        choices=("rotation", "checked"),
+        help="the Service's podlb.io/gate-admit (real node; default: the annotation unset)",
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
@@ -230,6 +236,8 @@ def main() -> int:
         surge = (
             "" if args.cluster else f", maxSurge {args.max_surge}, HAProxy {args.server_options!r}"
         )
+        if args.gate_admit:
+            surge += f", podlb.io/gate-admit: {args.gate_admit}"
         print(
             f"{where}: {args.replicas} replicas{surge}, LB API latency {args.lb_delay:g}s, "
             f"load: {load}"

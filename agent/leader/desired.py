@@ -38,7 +38,7 @@ from agent.model import (
     direct_mode,
 )
 
-from .gate import GatePolicy, gate_policy
+from .gate import Admit, GatePolicy, gate_policy
 from .routing import HAPROXY, Problem, port_label, route
 
 DIRECT = "podlb.io/direct"
@@ -97,6 +97,9 @@ class PoolSpec:
     # pod is a backend (pods with an IP, not being stopped, within the cap; on an LB that
     # stages, see agent.lb.base.Staging). By server name, like ``backends``.
     staged: Mapping[str, Backend] = field(default_factory=dict)
+    # Of the staged: pods whose lb-ready may turn True once the LB's checks pass on their
+    # staged server, before they are ready (podlb.io/gate-admit: checked, agent/leader/gate.py)
+    early: frozenset[PodKey] = frozenset()
 
 
 def _int_annotation(value: str | None, lo: int, hi: int) -> int | None:
@@ -109,10 +112,15 @@ def _int_annotation(value: str | None, lo: int, hi: int) -> int | None:
     return n if lo <= n <= hi else None
 
 
+def datapath_ok(pod: Pod) -> bool:
+    """``podlb.io/datapath-ready`` is not False (none yet counts as fine)."""
+    dp = pod.condition(DATAPATH_READY)
+    return dp is None or dp.status != "False"
+
+
 def is_backend(pod: Pod) -> bool:
     cr = pod.condition("ContainersReady")
-    dp = pod.condition(DATAPATH_READY)
-    return cr is not None and cr.status == "True" and (dp is None or dp.status != "False")
+    return cr is not None and cr.status == "True" and datapath_ok(pod)
 
 
 def never_added(pod: Pod) -> bool:
@@ -190,7 +198,13 @@ def desired_pools(
                 svc, sp, pool, svc_slices, pods, cap, registered.get(pool), limit.max_weight,
                 stopped, stage=limit.stages and where.mode is Mode.MANAGE,
             )  # fmt: skip
-            pools.append(replace(spec, provider=where.provider, mode=where.mode, gate=gate))
+            early = frozenset(
+                b.pod for b in spec.staged.values() if gate.admit is Admit.CHECKED
+                and datapath_ok(pods[b.pod])
+            )  # fmt: skip
+            pools.append(
+                replace(spec, provider=where.provider, mode=where.mode, gate=gate, early=early)
+            )
             findings += extra
     return _without_conflicts(pools, findings)
 

@@ -8,19 +8,30 @@ confirmation (``lb-ready`` True, reason ``GateTimeoutAdmitted``). The time count
 the leader first saw the pod ready to serve (a backend) and not admitted, on the leader's
 monotonic clock; a new leader counts afresh, except that a pod whose condition already carries
 one of those reasons stays timed out. A malformed value is reported and the default used.
+
+``podlb.io/gate-admit``: when ``lb-ready`` turns True. ``rotation`` (default): once every LB
+instance has the pod's server in rotation and its health checks pass, so a pod is Ready only
+when the LB sends it traffic. ``checked``: on an LB that stages (HAProxy), already once the
+health checks pass on the pod's staged server, before the pod is ready; the pod is put in
+rotation as soon as it is ready (one LB call). The kubelet applies a gate at its next sync of
+the pod, which after ``ContainersReady`` comes 1-2 s later (kubelet 1.28): a gate that is True
+before ``ContainersReady`` makes the pod Ready in the same sync. The price: the pod is Ready
+(and the rollout moves on) one LB call before it is in rotation.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from agent.model import Service
 from agent.node.drain import parse_duration
 
 GATE_TIMEOUT = "podlb.io/gate-timeout"
 GATE_ON_TIMEOUT = "podlb.io/gate-on-timeout"
+GATE_ADMIT = "podlb.io/gate-admit"
 DEFAULT_TIMEOUT_S = 600.0  # as long as GKE's NEG readiness gate waits before it admits
 
 
@@ -29,10 +40,16 @@ class OnTimeout(enum.StrEnum):
     ADMIT = "admit"
 
 
+class Admit(enum.StrEnum):
+    ROTATION = "rotation"
+    CHECKED = "checked"
+
+
 @dataclass(frozen=True, slots=True)
 class GatePolicy:
     timeout_s: float = DEFAULT_TIMEOUT_S
     on_timeout: OnTimeout = OnTimeout.HOLD
+    admit: Admit = Admit.ROTATION
 
 
 def gate_policy(svc: Service) -> tuple[GatePolicy, list[str]]:
@@ -47,23 +64,41 @@ def gate_policy(svc: Service) -> tuple[GatePolicy, list[str]]:
                 f"using {DEFAULT_TIMEOUT_S:g}s"
             )
         else:
-            policy = GatePolicy(seconds, policy.on_timeout)
-    raw = svc.annotation(GATE_ON_TIMEOUT)
-    if raw is not None:
-        try:
-            policy = GatePolicy(policy.timeout_s, OnTimeout(raw.strip().lower()))
-        except ValueError:
-            problems.append(
-                f"{GATE_ON_TIMEOUT}: {raw!r} is not hold or admit; using {OnTimeout.HOLD}"
-            )
+            policy = replace(policy, timeout_s=seconds)
+    on_timeout = _choice(svc, GATE_ON_TIMEOUT, OnTimeout, OnTimeout.HOLD, problems)
+    admit = _choice(svc, GATE_ADMIT, Admit, Admit.ROTATION, problems)
+    policy = replace(policy, on_timeout=on_timeout, admit=admit)
     return policy, problems
+
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def _choice(svc: Service, key: str, kind: type[E], default: E, problems: list[str]) -> E:
+    """The annotation ``key`` as one of ``kind``'s values; ``default`` when unset or not one
+    (then said in ``problems``)."""
+    raw = svc.annotation(key)
+    if raw is None:
+        return default
+    try:
+        return kind(raw.strip().lower())
+    except ValueError:
+        allowed = " or ".join(m.value for m in kind)
+        problems.append(f"{key}: {raw!r} is not {allowed}; using {default}")
+        return default
 
 
 def combine(policies: Iterable[GatePolicy]) -> GatePolicy:
     """A pod behind several Services: the shortest bound, and hold if any Service says hold
-    (a pod is admitted unconfirmed only when every Service agrees)."""
+    (a pod is admitted unconfirmed only when every Service agrees); admitted before it is in
+    rotation only when every Service says ``checked``."""
     ps = list(policies)
     if not ps:
         return GatePolicy()
     hold = any(p.on_timeout is OnTimeout.HOLD for p in ps)
-    return GatePolicy(min(p.timeout_s for p in ps), OnTimeout.HOLD if hold else OnTimeout.ADMIT)
+    checked = all(p.admit is Admit.CHECKED for p in ps)
+    return GatePolicy(
+        min(p.timeout_s for p in ps),
+        OnTimeout.HOLD if hold else OnTimeout.ADMIT,
+        Admit.CHECKED if checked else Admit.ROTATION,
+    )

@@ -17,7 +17,7 @@ from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolSt
 from agent.model import PodKey, Verdict
 
 from .desired import PoolSpec
-from .gate import GATE_ON_TIMEOUT, GatePolicy, OnTimeout
+from .gate import GATE_ADMIT, GATE_ON_TIMEOUT, Admit, GatePolicy, OnTimeout
 
 _ORDER = {Op.ADD: 0, Op.ENABLE: 1, Op.SET_WEIGHT: 2, Op.STAGE: 3, Op.DRAIN: 4, Op.REMOVE: 5}
 
@@ -167,7 +167,21 @@ def lb_verdicts(
         for pod, server in spec.others.items():
             present = [s.servers[server] for s in states if s is not None and server in s.servers]
             where = f"{spec.pool}/{server} (not a backend: not ready)"
-            if pod in spec.unregistered and all(s.admin is not AdminState.READY for s in present):
+            if (
+                pod in spec.early
+                and instances
+                and len(present) == len(instances)
+                and all(s.health is Health.UP for s in present)
+            ):
+                v = Verdict(
+                    True,
+                    LBReason.HEALTHY,
+                    f"{spec.pool}/{server}: LB health checks pass; in rotation once the pod "
+                    f"is ready ({GATE_ADMIT}: {Admit.CHECKED})",
+                )
+            elif (pod in spec.unregistered or pod in spec.early) and all(
+                s.admin is not AdminState.READY for s in present
+            ):
                 # Never in rotation: one message, staged, unstaged or not (yet) on the LB, so
                 # the pod's condition is written once.
                 v = Verdict(False, LBReason.NOT_REGISTERED, f"{where}: not in rotation yet")

@@ -186,11 +186,16 @@ def app_container(
     return container
 
 
-def service(name: str) -> dict[str, Any]:
+def service(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A direct Service of ``name``'s pods (port http), with ``annotations`` added."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": APP_NS, "annotations": {"podlb.io/direct": "true"}},
+        "metadata": {
+            "name": name,
+            "namespace": APP_NS,
+            "annotations": {"podlb.io/direct": "true", **(annotations or {})},
+        },
         "spec": {
             "type": "ClusterIP",
             "selector": {"app": name},

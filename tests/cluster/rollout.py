@@ -59,10 +59,12 @@ def run_rollout(
     sleep_s: int = 40,
     lb_delay_s: float = 1.0,
     concurrency: int = 2,
+    gate_admit: str | None = None,
     during: Callable[[PodWatch], None] | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> ScenarioResult:
-    """Deploy ``name`` in ``mode``, roll it under load, delete it; ``during`` runs mid-rollout."""
+    """Deploy ``name`` in ``mode``, roll it under load, delete it; ``during`` runs mid-rollout;
+    ``gate_admit``: the Service's podlb.io/gate-admit (agent/leader/gate.py)."""
     if mode not in HOOKS:
         raise ValueError(f"mode {mode!r}: expected one of {MODES}")
     grace = max(30, sleep_s + 10)
@@ -73,7 +75,8 @@ def run_rollout(
 
     cluster = podlb.cluster
     lb.api.delay_s = lb_delay_s
-    cluster.apply([service(name), manifest("v1")])
+    extra = {"podlb.io/gate-admit": gate_admit} if gate_admit else None
+    cluster.apply([service(name, extra), manifest("v1")])
     try:
         until(f"{replicas} {name} pods UP in HAProxy", lambda: _up(lb, name) >= replicas, 120)
         until(f"{name} available", lambda: _available(podlb, name, replicas), 60)

@@ -508,3 +508,30 @@ def test_staging_stays_within_the_cap() -> None:
     observed = {spec.pool: state(obs(A), obs(B), obs(C, AdminState.DRAIN))}
     v = lb_verdicts([spec], {"haproxy": {"h1": observed}})
     assert v[PodKey(NS, "c")].reason is LBReason.NOT_REGISTERED
+
+
+def test_gate_admit_checked_turns_lb_ready_true_on_a_healthy_staged_server() -> None:
+    """podlb.io/gate-admit: checked: lb-ready is True once the checks pass on the staged
+    server, before the pod is ready (the kubelet then makes it Ready in the sync that sees it
+    ContainersReady); not while a check fails, not for a pod whose datapath says no, and never
+    by default."""
+    pods = pods_map(pod("c", cr="False"), pod("d", cr="False", dp="False"))
+    sl = slice_of(("c", "10.0.0.3"), ("d", "10.0.0.4"))
+    D = server_name("10.0.0.4", 8080)
+    checked = svc({"podlb.io/direct": "true", "podlb.io/gate-admit": "checked"})
+    [spec], findings = desired_pools([checked], [sl], pods, limits=STAGES)
+    assert findings == [] and spec.early == {PodKey(NS, "c")}
+    up = {spec.pool: state(obs(C, AdminState.DRAIN), obs(D, AdminState.DRAIN))}
+    v = lb_verdicts([spec], {"haproxy": {"h1": up, "h2": up}})
+    assert v[PodKey(NS, "c")].ready and v[PodKey(NS, "c")].reason is LBReason.HEALTHY
+    assert v[PodKey(NS, "d")].reason is LBReason.NOT_REGISTERED
+    half = {spec.pool: state(obs(C, AdminState.DRAIN, Health.DOWN))}
+    v = lb_verdicts([spec], {"haproxy": {"h1": up, "h2": half}})
+    assert v[PodKey(NS, "c")].reason is LBReason.NOT_REGISTERED
+    # Still only staged: its server is put in rotation once the pod is ready, not before.
+    assert plan_pool(spec, up[spec.pool]) == []
+    [default], _ = desired_pools([svc()], [sl], pods, limits=STAGES)
+    assert default.early == frozenset()
+    bad = svc({"podlb.io/direct": "true", "podlb.io/gate-admit": "soon"})
+    [_], findings = desired_pools([bad], [sl], pods, limits=STAGES)
+    assert [f.problem for f in findings] == [Problem.BAD_ANNOTATION]
