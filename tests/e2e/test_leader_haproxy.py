@@ -199,6 +199,31 @@ def test_a_pod_not_ready_yet_is_health_checked_out_of_rotation(
         wait_for(lambda: staged not in servers(lb), 30, "staged server removed")
 
 
+def test_gate_admit_checked_admits_on_the_staged_servers_checks(
+    setup: tuple[Any, Kubelet, HAProxy, client.CoreV1Api],
+) -> None:
+    """podlb.io/gate-admit: checked: lb-ready turns True while the pod is still not ready
+    (its server staged, checked UP, drained: no traffic), and once it is ready the leader puts
+    it in rotation."""
+    api, kubelet, lb, core = setup
+    core.create_namespaced_service(
+        "shop", service(annotations={"podlb.io/direct": "true", "podlb.io/gate-admit": "checked"})
+    )
+    slow = web_pod("web-0")
+    slow["spec"]["containers"][0]["readinessProbe"]["initialDelaySeconds"] = 4
+    core.create_namespaced_pod("shop", slow)
+    with agents(api.url, AGENT_TOKEN, ["node-a"], extra=lb_args(lb)) as (agent,):
+        agent.wait_ready()
+        wait_for(lambda: conditions(api, "web-0").get(GATE) == "True", 20, "lb-ready True")
+        server = f"{kubelet.record('web-0', 'shop').ip}_8080"
+        early = (conditions(api, "web-0").get("ContainersReady"), servers(lb).get(server))
+        assert early == ("False", "DRAIN"), early
+        wait_for(lambda: conditions(api, "web-0").get("Ready") == "True", 20, "Ready")
+        wait_for(lambda: servers(lb).get(server) == "UP", 10, "in rotation")
+        res = run_load(lb.url, mode="new", concurrency=2, count=20, timeout=2.0)
+        assert set(res.by_pod) == {"web-0"} and res.errors_total == 0, res.summary()
+
+
 def test_no_provider_writes_nothing_to_any_lb(
     setup: tuple[Any, Kubelet, HAProxy, client.CoreV1Api],
 ) -> None:
