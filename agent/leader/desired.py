@@ -98,7 +98,8 @@ class PoolSpec:
     # stages, see agent.lb.base.Staging). By server name, like ``backends``.
     staged: Mapping[str, Backend] = field(default_factory=dict)
     # Of the staged: pods whose lb-ready may turn True once the LB's checks pass on their
-    # staged server, before they are ready (podlb.io/gate-admit: checked, agent/leader/gate.py)
+    # staged server, before they are ready (podlb.io/gate-admit: checked, agent/leader/gate.py;
+    # whatever datapath-ready says then: a NotListening from before the app listened is stale)
     early: frozenset[PodKey] = frozenset()
 
 
@@ -198,9 +199,11 @@ def desired_pools(
                 svc, sp, pool, svc_slices, pods, cap, registered.get(pool), limit.max_weight,
                 stopped, stage=limit.stages and where.mode is Mode.MANAGE,
             )  # fmt: skip
+            # Not asking datapath-ready: before the app listens it says NotListening, and it is
+            # looked at again only on the pod's next change; the LB reaching the pod is the
+            # fresher proof (the pod enters rotation only as a backend, datapath included).
             early = frozenset(
                 b.pod for b in spec.staged.values() if gate.admit is Admit.CHECKED
-                and datapath_ok(pods[b.pod])
             )  # fmt: skip
             pools.append(
                 replace(spec, provider=where.provider, mode=where.mode, gate=gate, early=early)

@@ -513,15 +513,16 @@ def test_staging_stays_within_the_cap() -> None:
 def test_gate_admit_checked_turns_lb_ready_true_on_a_healthy_staged_server() -> None:
     """podlb.io/gate-admit: checked: lb-ready is True once the checks pass on the staged
     server, before the pod is ready (the kubelet then makes it Ready in the sync that sees it
-    ContainersReady); not while a check fails, not for a pod whose datapath says no, and never
-    by default."""
-    pods = pods_map(pod("c", cr="False"), pod("d", cr="False", dp="False"))
+    ContainersReady); not while a check fails, and never
+    by default. A datapath NotListening from before the app listened does not hold it: the LB
+    reaching the pod is the fresher proof (it enters rotation only once it is a backend)."""
+    pods = pods_map(pod("c", cr="False", dp="False"), pod("d", cr="False", dp="False"))
     sl = slice_of(("c", "10.0.0.3"), ("d", "10.0.0.4"))
     D = server_name("10.0.0.4", 8080)
     checked = svc({"podlb.io/direct": "true", "podlb.io/gate-admit": "checked"})
     [spec], findings = desired_pools([checked], [sl], pods, limits=STAGES)
-    assert findings == [] and spec.early == {PodKey(NS, "c")}
-    up = {spec.pool: state(obs(C, AdminState.DRAIN), obs(D, AdminState.DRAIN))}
+    assert findings == [] and spec.early == {PodKey(NS, "c"), PodKey(NS, "d")}
+    up = {spec.pool: state(obs(C, AdminState.DRAIN), obs(D, AdminState.DRAIN, Health.DOWN))}
     v = lb_verdicts([spec], {"haproxy": {"h1": up, "h2": up}})
     assert v[PodKey(NS, "c")].ready and v[PodKey(NS, "c")].reason is LBReason.HEALTHY
     assert v[PodKey(NS, "d")].reason is LBReason.NOT_REGISTERED
