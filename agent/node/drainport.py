@@ -3,12 +3,14 @@
 For every opted-in pod the agent opens a listening socket *inside the pod's network
 namespace* on ``--drain-port``. kubelet's ``GET podIP:port/drain`` lands on it, which
 identifies the pod exactly, and the request long-polls until the drain is over. App images
-need no shell and no curl. A port the app already uses is detected, reported once as an Event
-and skipped. One selector thread accepts on every listener; each request gets a thread, reads
-at most 8 KiB for at most 5 s in all (a slow sender is cut off then, not each time it is idle
-5 s), and answers once. Connections are bounded per pod (8 at once) and on the node (512):
-a flood from one pod -- its app is on the other side of this port -- ends at its own limit
-and cannot take the slots the kubelet needs for other pods' hooks.
+need no shell and no curl. A port the app already uses is detected by our bind failing (never
+by the scan alone: a scan also sees our own listener, and may predate its close), reported
+once per pod as an Event and skipped. One selector thread accepts on every listener; each
+request gets a thread, reads at most 8 KiB for at most 5 s in all (a slow sender is cut off
+then, not each time it is idle 5 s), and answers once. Connections are bounded per pod (8 at
+once) and on the node (512): a flood from one pod -- its app is on the other side of this
+port -- ends at its own limit and cannot take the slots the kubelet needs for other pods'
+hooks.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ class DrainListeners:
         self._sel = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._socks: dict[PodKey, tuple[str, socket.socket]] = {}  # key -> (pod uid, socket)
-        self._conflicts: set[tuple[str, str]] = set()  # (uid, why) reported already
-        self._stop = threading.Event()
+        self._conflicts: set[str] = set()  # uids of the pods reported already
+        self._closed = False  # by close(): a later sync (a scan that ended after) opens nothing
         # Connection threads are bounded before they start: a flood of idle connections to
         # the drain port gets closed, it cannot exhaust threads.
         self._conn_slots = threading.BoundedSemaphore(max_connections)
@@ -104,7 +106,10 @@ class DrainListeners:
         """Listen in every wanted pod (pod, netns paths and inode, ports it listens on); close
         the rest."""
         with self._lock:
+            if self._closed:
+                return
             current = dict(self._socks)
+            self._conflicts &= {want[0].uid for want in wanted.values()}
         for key, (uid, _sock) in current.items():
             want = wanted.get(key)
             if want is None or want[0].uid != uid:
@@ -112,37 +117,48 @@ class DrainListeners:
         for key, (pod, paths, inode, listening) in wanted.items():
             if key in current and current[key][0] == pod.uid:
                 continue
-            if self.port in listening:
+            self._open(pod, paths, inode, listening)
+
+    def _open(
+        self, pod: Pod, paths: tuple[str, ...], inode: int, listening: frozenset[int]
+    ) -> None:
+        """Listen in ``pod``'s namespace. ``listening`` (the ports the last scan saw) only
+        words the report when the port is taken: that scan may have seen our own listener."""
+        key = pod.key
+        try:
+            family = socket.AF_INET6 if pod.ips and ":" in pod.ips[0] else socket.AF_INET
+            with self.inside(paths, inode):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+        except (OSError, NamespaceGone) as exc:
+            log.debug("pod=%s: no drain listener: %s", key, exc)
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", self.port))
+            sock.listen(16)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE:
+                log.warning("pod=%s: drain listener failed: %s", key, exc)
+            elif self.port in listening:
                 self._conflict(pod, f"the app listens on the drain port {self.port} itself")
-                continue
-            try:
-                family = socket.AF_INET6 if pod.ips and ":" in pod.ips[0] else socket.AF_INET
-                with self.inside(paths, inode):
-                    sock = socket.socket(family, socket.SOCK_STREAM)
-            except (OSError, NamespaceGone) as exc:
-                log.debug("pod=%s: no drain listener: %s", key, exc)
-                continue
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", self.port))
-                sock.listen(16)
-                sock.setblocking(False)
-            except OSError as exc:
+            else:
+                self._conflict(pod, f"the drain port {self.port} is in use in the pod")
+            return
+        with self._lock:
+            if self._closed:  # stopped while we bound: this listener would never be served
                 sock.close()
-                if exc.errno == errno.EADDRINUSE:
-                    self._conflict(pod, f"the drain port {self.port} is in use in the pod")
-                else:
-                    log.warning("pod=%s: drain listener failed: %s", key, exc)
-                continue
-            with self._lock:
-                self._socks[key] = (pod.uid, sock)
+                return
+            self._socks[key] = (pod.uid, sock)
             self._sel.register(sock, selectors.EVENT_READ, key)
-            log.debug("pod=%s: drain listener on port %d", key, self.port)
+        log.debug("pod=%s: drain listener on port %d", key, self.port)
 
     def _conflict(self, pod: Pod, why: str) -> None:
-        if (pod.uid, why) in self._conflicts:
-            return
-        self._conflicts.add((pod.uid, why))
+        with self._lock:
+            if pod.uid in self._conflicts:
+                return
+            self._conflicts.add(pod.uid)
         log.warning("pod=%s: %s: no in-pod drain listener (use the exec hook)", pod.key, why)
         with contextlib.suppress(Exception):
             self.event(pod, "Warning", "DrainPortInUse", why + "; the httpGet drain hook will fail")
@@ -157,7 +173,11 @@ class DrainListeners:
         entry[1].close()
 
     def close(self) -> None:
-        for key in list(self._socks):
+        """Close every listener; a later ``sync`` opens none."""
+        with self._lock:
+            self._closed = True
+            keys = list(self._socks)
+        for key in keys:
             self._close(key)
 
     def run(self, stop: threading.Event) -> None:
