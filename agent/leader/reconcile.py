@@ -652,6 +652,9 @@ class Leader:
             self.reporter.forget(gone)  # no longer behind a direct Service, or deleted
         gated = self._gate(pools, {k: v for k, v in verdicts.items() if k not in held})
         counts: dict[str, int] = {}
+        # A pod admitted on its staged server's checks (gate-admit: checked) waits for no event
+        # of its own: HAProxy turning the server UP is seen only by looking again, soon.
+        early = {pod for spec in pools for pod in spec.early}
         busy = False
         for key, v in gated.items():
             counts[v.reason.value] = counts.get(v.reason.value, 0) + 1
@@ -660,6 +663,7 @@ class Leader:
                 continue
             # what the LB said (a pod held at the gate may yet register)
             busy |= verdicts[key].reason in (LBReason.REGISTERING, LBReason.DRAINING)
+            busy |= key in early and not v.ready
             self.reporter.set_desired(key, Desired(pod.uid, v.status, v.reason.value, v.message))
         self.metrics.backends(counts)
         return busy

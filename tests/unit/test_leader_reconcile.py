@@ -446,6 +446,24 @@ def test_a_staged_pod_is_admitted_with_one_enable_and_leaves_the_leader_at_rest(
     assert [(op, s) for _i, _p, op, s in cloud.applied] == [(Op.ADD, A)]
 
 
+def test_gate_admit_checked_looks_again_soon_until_the_staged_server_is_up() -> None:
+    """Nothing wakes the leader when HAProxy turns a staged server UP: with gate-admit checked
+    it polls (a busy round) while such a pod waits, and is at rest once it is admitted."""
+    lb = StagingLB({"h1": {POOL: {}}})
+    checked = replace(
+        SVC, annotations=(("podlb.io/direct", "true"), ("podlb.io/gate-admit", "checked"))
+    )
+    ld, _ = leader([pod("b", cr="False")], [slice_for({"b": "10.0.0.2"})], lb, [checked])
+    ld.round()  # stages b
+    down = replace(lb.pools["h1"][POOL][B], health=Health.DOWN)
+    lb.pools["h1"][POOL][B] = down
+    assert ld.round() is True  # b waits for its checks: look again soon
+    lb.pools["h1"][POOL][B] = replace(down, health=Health.UP)
+    ld.round()
+    assert ld.reporter.desired(PodKey(NS, "b")).status == "True"  # type: ignore[union-attr]
+    assert ld.round() is False
+
+
 def test_a_routing_problem_on_a_live_service_leaves_its_managed_pool_alone() -> None:
     lb = FakeLB({"h1": {POOL: {}}})
     ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
