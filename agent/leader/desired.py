@@ -119,9 +119,13 @@ def datapath_ok(pod: Pod) -> bool:
     return dp is None or dp.status != "False"
 
 
-def is_backend(pod: Pod) -> bool:
+def containers_ready(pod: Pod) -> bool:
     cr = pod.condition("ContainersReady")
-    return cr is not None and cr.status == "True" and datapath_ok(pod)
+    return cr is not None and cr.status == "True"
+
+
+def is_backend(pod: Pod) -> bool:
+    return containers_ready(pod) and datapath_ok(pod)
 
 
 def never_added(pod: Pod) -> bool:
@@ -199,11 +203,13 @@ def desired_pools(
                 svc, sp, pool, svc_slices, pods, cap, registered.get(pool), limit.max_weight,
                 stopped, stage=limit.stages and where.mode is Mode.MANAGE,
             )  # fmt: skip
-            # Not asking datapath-ready: before the app listens it says NotListening, and it is
-            # looked at again only on the pod's next change; the LB reaching the pod is the
-            # fresher proof (the pod enters rotation only as a backend, datapath included).
+            # Pods not ready yet, whatever datapath-ready says: before the app listens it says
+            # NotListening, and it is looked at again only on the pod's next change; the LB
+            # reaching the pod is the fresher proof (the pod enters rotation only as a
+            # backend, datapath included). A ready pod the datapath holds out is not early.
             early = frozenset(
-                b.pod for b in spec.staged.values() if gate.admit is Admit.CHECKED
+                b.pod for b in spec.staged.values()
+                if gate.admit is Admit.CHECKED and not containers_ready(pods[b.pod])
             )  # fmt: skip
             pools.append(
                 replace(spec, provider=where.provider, mode=where.mode, gate=gate, early=early)

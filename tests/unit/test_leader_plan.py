@@ -533,6 +533,10 @@ def test_gate_admit_checked_turns_lb_ready_true_on_a_healthy_staged_server() -> 
     assert plan_pool(spec, up[spec.pool]) == []
     [default], _ = desired_pools([svc()], [sl], pods, limits=STAGES)
     assert default.early == frozenset()
+    # A ready pod its datapath holds out is not admitted early: then the datapath decides.
+    held = pods_map(pod("c", dp="False"))
+    [spec], _ = desired_pools([checked], [slice_of(("c", "10.0.0.3"))], held, limits=STAGES)
+    assert set(spec.staged) == {C} and spec.early == frozenset()
     bad = svc({"podlb.io/direct": "true", "podlb.io/gate-admit": "soon"})
     [_], findings = desired_pools([bad], [sl], pods, limits=STAGES)
     assert [f.problem for f in findings] == [Problem.BAD_ANNOTATION]
