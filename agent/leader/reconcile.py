@@ -450,7 +450,8 @@ class Leader:
         # batches on separate workers: a slow drain or removal never holds a registration of
         # the same round, nor the reverse (each keeps the plan's order within it).
         batches = [actions]
-        if isinstance(self.providers[provider], IndependentWrites):
+        lb = self.providers[provider]
+        if isinstance(lb, IndependentWrites) and lb.independent_writes():
             batches = [
                 [a for a in actions if a.op not in RETIRING],
                 [a for a in actions if a.op in RETIRING],
