@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.testbed.agents import agents
 from tests.testbed.clb import ClbDouble
@@ -142,16 +143,11 @@ def condition_writes(metrics_texts: list[str]) -> dict[str, int]:
     Prometheus texts of several agents."""
     out: dict[str, int] = {}
     for text in metrics_texts:
-        for line in text.splitlines():
-            if not line.startswith(WRITES + "{") or 'outcome="written"' not in line:
-                continue
-            labels, value = line[len(WRITES) + 1 :].rsplit("} ", 1)
-            cond = next(
-                (part.split("=", 1)[1].strip('"') for part in labels.split(",")
-                 if part.startswith("condition=")),
-                "",
-            )  # fmt: skip
-            out[cond] = out.get(cond, 0) + int(float(value))
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == WRITES and sample.labels.get("outcome") == "written":
+                    cond = sample.labels.get("condition", "")
+                    out[cond] = out.get(cond, 0) + int(sample.value)
     return out
 
 
