@@ -339,7 +339,12 @@ def _pool(
             others=others,
             capped=capped,
             unregistered=frozenset(k for k in others if k in pods and never_added(pods[k])),
-            staged=_within_cap(stageable, len(live) - capped, cap, registered or frozenset()),
+            staged=_within_cap(
+                stageable,
+                sum(not b.draining for b in backends.values()),
+                cap,
+                registered or frozenset(),
+            ),
         ),
         findings,
     )
@@ -369,8 +374,9 @@ def _weight(pod: Pod, max_weight: int, findings: list[Finding]) -> int:
 def _within_cap(
     stageable: dict[str, Backend], live: int, cap: int | None, registered: frozenset[str]
 ) -> dict[str, Backend]:
-    """The servers to stage: all of them, or as many as the cap leaves room for: those the LB
-    has already first (a staged server stays staged), then by name."""
+    """The servers to stage: all of them, or as many as the cap leaves room for beside the
+    ``live`` backends: those the LB has already first (a staged server stays staged), then by
+    name."""
     if cap is None:
         return stageable
     room = max(0, cap - live)
