@@ -57,7 +57,7 @@ class PodStatusSink:
         if uid:
             body["metadata"] = {"uid": uid}
         try:
-            self.calls(
+            resp = self.calls(
                 "patch",
                 "pods/status",
                 self.core.patch_namespaced_pod_status,
@@ -66,6 +66,8 @@ class PodStatusSink:
                 body,
                 _preload_content=False,
             )
+            # Read, so the connection goes back to the pool (unread, each write opened one).
+            self.calls.read("patch", "pods/status", resp)
         except (PermanentError, Conflict) as exc:
             if uid and _uid_refused(exc):
                 raise NotFound(f"patch pods/status {key}: no longer the pod {uid}") from exc
@@ -107,7 +109,7 @@ class PodStatusSink:
             "lastTimestamp": now,
             "count": 1,
         }
-        self.calls(
+        resp = self.calls(
             "create",
             "events",
             self.core.create_namespaced_event,
@@ -115,6 +117,7 @@ class PodStatusSink:
             body,
             _preload_content=False,
         )
+        self.calls.read("create", "events", resp)  # the connection back to the pool
 
 
 def _uid_refused(exc: Exception) -> bool:
