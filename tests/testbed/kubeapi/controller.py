@@ -90,7 +90,7 @@ class EndpointSliceController:
         if resource in ("pods", "services", "nodes"):
             ns = (obj.get("metadata") or {}).get("namespace")
             if resource == "nodes":
-                for ns2 in {s["metadata"]["namespace"] for s in self.store.list("services")}:
+                for ns2 in {s["metadata"]["namespace"] for s in self.store.snapshot("services")[0]}:
                     self._queue.put(ns2)
             elif ns:
                 self._queue.put(ns)
@@ -120,12 +120,13 @@ class EndpointSliceController:
                     log.exception("endpointslice sync of %s failed", n)
 
     def sync_namespace(self, ns: str) -> None:
-        services = self.store.list("services", ns)
-        pods = self.store.list("pods", ns)
-        nodes = {n["metadata"]["name"]: n for n in self.store.list("nodes")}
+        # The stored objects, read-only (copies of 375 pods took 0.1 s a sync).
+        services = self.store.snapshot("services", ns)[0]
+        pods = self.store.snapshot("pods", ns)[0]
+        nodes = {n["metadata"]["name"]: n for n in self.store.snapshot("nodes")[0]}
         slices = [
             s
-            for s in self.store.list("endpointslices", ns)
+            for s in self.store.snapshot("endpointslices", ns)[0]
             if (s["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
         ]
         by_svc: dict[str, list[Obj]] = {}

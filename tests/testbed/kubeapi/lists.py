@@ -46,9 +46,9 @@ def _decode_continue(cont: str) -> tuple[int, tuple[str, str]]:
 
 
 def strip_list_item(obj: Obj) -> Obj:
-    obj.pop("kind", None)
-    obj.pop("apiVersion", None)
-    return obj
+    """A list's item: ``obj`` without ``kind`` and ``apiVersion`` (a shallow copy: ``obj``
+    may be the store's own)."""
+    return {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
 
 
 def matcher(info: RequestInfo) -> Callable[[Obj], bool]:
@@ -77,7 +77,7 @@ def list_page(store: Store, info: RequestInfo) -> dict[str, Any]:
             raise ApiError(410, CONTINUE_EXPIRED, "Expired") from None
         items = [o for o in items if _list_key(o) > after]
     else:
-        items, rv = store.list_rv(res.key, info.namespace, match)
+        items, rv = store.snapshot(res.key, info.namespace, match)
     meta: dict[str, Any] = {"resourceVersion": str(rv)}
     limit = int(info.query.get("limit") or 0)
     if limit > 0 and len(items) > limit:
