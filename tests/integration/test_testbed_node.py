@@ -184,26 +184,45 @@ def test_rolling_update_keeps_capacity(api: Any, kubelet: Kubelet, core: client.
     tmpl = make_pod("x", "", readiness_gates=[])
     del tmpl["metadata"]["name"]
     del tmpl["spec"]["nodeName"]
-    d = RollingUpdate(api.api_client(), "web", tmpl, nodes=["node-a", "node-b"], timeout=60)
-    rep = d.scale(2)
-    pods = d.pods()
-    assert len(pods) == 2 and all(is_ready(p) for p in pods)
-    assert {p["spec"]["nodeName"] for p in pods} == {"node-a", "node-b"}
-    old = {p["metadata"]["name"] for p in pods}
+    with RollingUpdate(api.api_client(), "web", tmpl, nodes=["node-a", "node-b"], timeout=60) as d:
+        rep = d.scale(2)
+        pods = d.pods()
+        assert len(pods) == 2 and all(is_ready(p) for p in pods)
+        assert {p["spec"]["nodeName"] for p in pods} == {"node-a", "node-b"}
+        old = {p["metadata"]["name"] for p in pods}
 
-    new_tmpl = make_pod("x", "", delay_ms=1)
-    del new_tmpl["metadata"]["name"]
-    del new_tmpl["spec"]["nodeName"]
-    rep = d.rolling_update(new_tmpl, max_surge=1, max_unavailable=0, wait_gone=True)
-    pods = d.pods(include_terminating=True)
-    assert len(pods) == 2 and not old & {p["metadata"]["name"] for p in pods}
-    assert all(p["metadata"]["labels"]["pod-template-hash"] == rep.new_hash for p in pods)
-    assert rep.min_ready_seen is not None and rep.min_ready_seen >= 2
-    assert rep.max_pods_seen <= 3
-    actions = [s.action for s in rep.steps]
-    assert actions.count("create") == 2 and actions.count("delete") == 2
-    assert actions.index("ready") < actions.index("delete")
-    assert rep.total_s > 0 and "rollout" in rep.summary()
+        new_tmpl = make_pod("x", "", delay_ms=1)
+        del new_tmpl["metadata"]["name"]
+        del new_tmpl["spec"]["nodeName"]
+        rep = d.rolling_update(new_tmpl, max_surge=1, max_unavailable=0, wait_gone=True)
+        pods = d.pods(include_terminating=True)
+        assert len(pods) == 2 and not old & {p["metadata"]["name"] for p in pods}
+        assert all(p["metadata"]["labels"]["pod-template-hash"] == rep.new_hash for p in pods)
+        assert rep.min_ready_seen is not None and rep.min_ready_seen >= 2
+        assert rep.max_pods_seen <= 3
+        actions = [s.action for s in rep.steps]
+        assert actions.count("create") == 2 and actions.count("delete") == 2
+        assert actions.index("ready") < actions.index("delete")
+        assert rep.total_s > 0 and "rollout" in rep.summary()
+
+
+def test_rolling_update_reads_its_own_writes(api: Any, core: client.CoreV1Api) -> None:
+    """The helper reads its pods from a watch, and the next read after a write has it (the
+    Deployment controller's expectations): no pod created twice, none deleted twice."""
+    tmpl = make_pod("x", "")
+    del tmpl["metadata"]["name"]
+    del tmpl["spec"]["nodeName"]
+    with RollingUpdate(api.api_client(), "web", tmpl, nodes=["node-a"], timeout=10) as d:
+        d.scale(3, wait=False)
+        assert len(d.pods()) == 3
+        d.scale(1, wait=False)
+        assert len(d.pods()) == 1 and len(d.pods(include_terminating=True)) == 3
+        other = make_pod("other", "node-a", labels={"app": "other"})
+        core.create_namespaced_pod("default", other)
+        api.faults.cut_watches()  # the watch is down for a while: the reads wait for it
+        d.scale(2, wait=False)
+        assert len(d.pods()) == 2
+    assert len(core.list_namespaced_pod("default", label_selector="app=web").items) == 4
 
 
 @pytest.mark.haproxy

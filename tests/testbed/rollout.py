@@ -33,7 +33,7 @@ from typing import Any
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.testbed.agents import agents
+from tests.testbed.agents import AgentProcess, agents
 from tests.testbed.clb import ClbDouble
 from tests.testbed.cloudlb import ControllerStandIn, HAProxyDataPlane
 from tests.testbed.deploy import RollingUpdate
@@ -251,53 +251,72 @@ def run_scenario(
                 namespace="shop", replicas=replicas, nodes=list(nodes),
                 timeout=max(600, 4 * replicas),
             )  # fmt: skip
-            app.scale(replicas)
-            _wait_up(lb, replicas, timeout=60 + replicas)
-            say(f"{mode}: {replicas} pods Ready and UP in HAProxy; rolling update under load")
-            new_conn = LoadGenerator(lb.url, mode="new", concurrency=concurrency, duration=900)
-            keepalive = LoadGenerator(lb.url, mode="keepalive", concurrency=concurrency,
-                                      duration=900)  # fmt: skip
-            new_conn.start()
-            keepalive.start()
-
-            def writes() -> dict[str, int]:
-                return condition_writes([p.get("/metrics")[1].decode() for p in procs])
-
-            try:
-                time.sleep(1.0)
-                before = writes()
-                report = app.rolling_update(
-                    template(mode, "v2", sleep_s, grace, url),
-                    max_surge=surge(max_surge, replicas), max_unavailable=0, wait_gone=True,
+            with app:
+                return _roll(
+                    mode, app, procs, lb, kubelet, template(mode, "v2", sleep_s, grace, url),
+                    surge(max_surge, replicas), concurrency, say,
                 )  # fmt: skip
-                time.sleep(1.0)
-                status_writes = writes_between(before, writes())
-            finally:
-                new_conn.stop()
-                keepalive.stop()
-                new_conn.wait(10)
-                keepalive.wait(10)
-            result = ScenarioResult(mode, replicas, report.total_s)
-            result.status_writes, result.pods_rolled = status_writes, len(report.pods)
-            result.new_conn = new_conn.result()
-            result.keepalive = keepalive.result()
-            new = [t.name for t in report.pods.values() if t.template_hash == report.new_hash]
-            for name in new:
-                rec = kubelet.records.get(f"shop/{name}")
-                if rec is not None and rec.ready_at and rec.containers_ready_at:
-                    result.register_s.append(rec.ready_at - rec.containers_ready_at)
-            old = [t.name for t in report.pods.values() if t.template_hash == report.old_hash]
-            for name in old:
-                rec = kubelet.records.get(f"shop/{name}")
-                if rec is not None and rec.prestop_s is not None:
-                    result.drain_s.append(rec.prestop_s)
-            result.drains = sorted(
-                (r for p in procs for r in p.get_json("/v1/drains")["drains"]
-                 if r["pod"] in old and r["outcome"] != "refused"),
-                key=lambda r: str(r["ended_at"]),
-            )  # fmt: skip
-            app.delete_all(wait=False)
-            return result
+
+
+def _roll(
+    mode: str,
+    app: RollingUpdate,
+    procs: list[AgentProcess],
+    lb: HAProxy,
+    kubelet: Kubelet,
+    new_template: dict[str, Any],
+    max_surge: int,
+    concurrency: int,
+    say: Any,
+) -> ScenarioResult:
+    """Scale ``app`` up, then roll it to ``new_template`` under load; what happened."""
+    replicas = app.replicas
+    app.scale(replicas)
+    _wait_up(lb, replicas, timeout=60 + replicas)
+    say(f"{mode}: {replicas} pods Ready and UP in HAProxy; rolling update under load")
+    new_conn = LoadGenerator(lb.url, mode="new", concurrency=concurrency, duration=900)
+    keepalive = LoadGenerator(lb.url, mode="keepalive", concurrency=concurrency,
+                              duration=900)  # fmt: skip
+    new_conn.start()
+    keepalive.start()
+
+    def writes() -> dict[str, int]:
+        return condition_writes([p.get("/metrics")[1].decode() for p in procs])
+
+    try:
+        time.sleep(1.0)
+        before = writes()
+        report = app.rolling_update(
+            new_template, max_surge=max_surge, max_unavailable=0, wait_gone=True
+        )
+        time.sleep(1.0)
+        status_writes = writes_between(before, writes())
+    finally:
+        new_conn.stop()
+        keepalive.stop()
+        new_conn.wait(10)
+        keepalive.wait(10)
+    result = ScenarioResult(mode, replicas, report.total_s)
+    result.status_writes, result.pods_rolled = status_writes, len(report.pods)
+    result.new_conn = new_conn.result()
+    result.keepalive = keepalive.result()
+    new = [t.name for t in report.pods.values() if t.template_hash == report.new_hash]
+    for name in new:
+        rec = kubelet.records.get(f"shop/{name}")
+        if rec is not None and rec.ready_at and rec.containers_ready_at:
+            result.register_s.append(rec.ready_at - rec.containers_ready_at)
+    old = [t.name for t in report.pods.values() if t.template_hash == report.old_hash]
+    for name in old:
+        rec = kubelet.records.get(f"shop/{name}")
+        if rec is not None and rec.prestop_s is not None:
+            result.drain_s.append(rec.prestop_s)
+    result.drains = sorted(
+        (r for p in procs for r in p.get_json("/v1/drains")["drains"]
+         if r["pod"] in old and r["outcome"] != "refused"),
+        key=lambda r: str(r["ended_at"]),
+    )  # fmt: skip
+    app.delete_all(wait=False)
+    return result
 
 
 @contextlib.contextmanager
