@@ -28,7 +28,8 @@ from agent.kube.factory import KubeAdapters
 from agent.kube.informer import Informer
 from agent.lb.base import LBProvider
 from agent.leader.election import ElectionConfig, LeaderElector, LeaderScope
-from agent.leader.reconcile import Leader, LeaderMetrics
+from agent.leader.reconcile import Leader
+from agent.leader.sinks import LeaderMetrics
 from agent.metrics import Metrics, NodeCollector, PodCollector, PodView
 from agent.model import DATAPATH_READY, LB_READY, Pod, PodKey, Service
 from agent.node.agent import NodeAgent

@@ -111,6 +111,11 @@ class Informer(Generic[T]):
         with self._lock:
             return list(self._items.values())
 
+    def snapshot(self) -> dict[Key, T]:
+        """A copy of the cache by key (a copy of one dict: no per-item work)."""
+        with self._lock:
+            return dict(self._items)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)

@@ -55,6 +55,7 @@ from agent.lb.haproxy_commands import (
     valid_name,
 )
 from agent.lb.haproxy_state import (
+    PoolReader,
     ServerStateRow,
     StatRow,
     admin_of,
@@ -242,6 +243,8 @@ class HAProxyProvider:
         self.remove_poll_s = remove_poll_s
         self._clock = clock or Clock()
         self._on_command = on_command
+        # per instance: its servers as last read (a leader reads all of them every round)
+        self._readers: dict[str, PoolReader] = {}
 
     def instances(self) -> Sequence[str]:
         return list(self._endpoints)
@@ -337,7 +340,11 @@ class HAProxyProvider:
         for a in (backends, state, stat):
             if not a.ok:
                 raise PermanentError(f"HAProxy {instance}: {a.reason}: {a.text}")
-        return self._build(instance, state.text, stat.text, parse_backends(backends.text))
+        reader = self._readers.setdefault(instance, PoolReader())
+        try:
+            return reader.read(state.text, stat.text, parse_backends(backends.text))
+        except ValueError as e:
+            raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
 
     def observe_pools(self, instance: str, pools: Collection[str]) -> dict[str, PoolState]:
         """Every backend in one round (three commands), narrowed to ``pools``."""
@@ -467,6 +474,7 @@ __all__ = [
     "Answer",
     "Endpoint",
     "HAProxyProvider",
+    "PoolReader",
     "ServerStateRow",
     "StatRow",
     "action_steps",

@@ -11,7 +11,7 @@ does not count sessions) its pod is gone.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 
 from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState, server_name
 from agent.model import PodKey, Verdict
@@ -29,7 +29,7 @@ def plan_pool(
     drain_age_s: Mapping[str, float] | None = None,
     drain_timeout_s: float = 30.0,
     fail_static: bool = False,
-    live_addresses: frozenset[str] = frozenset(),
+    live_addresses: Container[str] = frozenset(),
 ) -> list[Action]:
     """Actions that move one LB instance's pool towards ``spec``.
 
@@ -114,6 +114,9 @@ LBVerdict = Verdict[LBReason]  # for annotations; instances are plain Verdicts
 Observed = Mapping[str, Mapping[str, Mapping[str, PoolState]]]  # provider -> instance -> pool
 
 
+_IN_ROTATION = "in rotation, LB health checks pass"
+
+
 def lb_verdicts(
     pools: Iterable[PoolSpec], observed: Observed, admitted: Collection[PodKey] = frozenset()
 ) -> dict[PodKey, LBVerdict]:
@@ -134,61 +137,76 @@ def lb_verdicts(
         by_instance = observed.get(spec.provider)
         if by_instance is None:
             continue
-        instances = list(by_instance)
-        states = [by_instance[i].get(spec.pool) for i in instances]
-        for backend in spec.backends.values():
-            present = [
-                s.servers[backend.server]
-                for s in states
-                if s is not None and backend.server in s.servers
-            ]
-            where = f"{spec.pool}/{backend.server}"
-            healthy = Verdict(
-                True, LBReason.HEALTHY, f"{where}: in rotation, LB health checks pass"
-            )
-            down = any(s.health is Health.DOWN for s in present)
-            if backend.draining:
-                v = _leaving(where, present, len(instances), None in states)
-            elif backend.pod in admitted and instances and not down:
-                v = healthy
-            elif len(present) < len(instances) or not instances:
-                v = Verdict(
-                    False,
-                    LBReason.REGISTERING,
-                    f"{where}: registered on {len(present)} of {len(instances)} LB instances",
-                )
-            elif down:
-                v = Verdict(False, LBReason.UNHEALTHY, f"{where}: the LB health check fails")
-            elif all(s.health is Health.UP and s.admin is AdminState.READY for s in present):
-                v = healthy
-            else:
-                v = Verdict(False, LBReason.REGISTERING, f"{where}: waiting for health checks")
-            per_pod.setdefault(backend.pod, []).append(v)
-        for pod, server in spec.others.items():
-            present = [s.servers[server] for s in states if s is not None and server in s.servers]
-            where = f"{spec.pool}/{server} (not a backend: not ready)"
-            if (
-                pod in spec.early
-                and instances
-                and len(present) == len(instances)
-                and all(s.health is Health.UP for s in present)
-            ):
-                v = Verdict(
-                    True,
-                    LBReason.HEALTHY,
-                    f"{spec.pool}/{server}: LB health checks pass; in rotation once the pod "
-                    f"is ready ({GATE_ADMIT}: {Admit.CHECKED})",
-                )
-            elif (pod in spec.unregistered or pod in spec.early) and all(
-                s.admin is not AdminState.READY for s in present
-            ):
-                # Never in rotation: one message, staged, unstaged or not (yet) on the LB, so
-                # the pod's condition is written once.
-                v = Verdict(False, LBReason.NOT_REGISTERED, f"{where}: not in rotation yet")
-            else:
-                v = _leaving(where, present, len(instances), None in states)
+        states = [by_instance[i].get(spec.pool) for i in by_instance]
+        for pod, v in pool_verdicts(spec, states, admitted):
             per_pod.setdefault(pod, []).append(v)
-    return {pod: _combine(vs) for pod, vs in per_pod.items()}
+    return combine_verdicts(per_pod)
+
+
+def combine_verdicts(per_pod: Mapping[PodKey, list[LBVerdict]]) -> dict[PodKey, LBVerdict]:
+    return {pod: vs[0] if len(vs) == 1 else _combine(vs) for pod, vs in per_pod.items()}
+
+
+def pool_verdicts(
+    spec: PoolSpec, states: Sequence[PoolState | None], admitted: Collection[PodKey]
+) -> list[tuple[PodKey, LBVerdict]]:
+    """:func:`lb_verdicts` of one pool: ``states`` holds what each instance of its provider
+    reported of it (None: that instance lacks the pool)."""
+    out: list[tuple[PodKey, LBVerdict]] = []
+    instances = len(states)
+    for backend in spec.backends.values():
+        name = backend.server
+        present = [s.servers[name] for s in states if s is not None and name in s.servers]
+        where = f"{spec.pool}/{name}"
+        if backend.draining:
+            v = _leaving(where, present, instances, None in states)
+        elif (
+            instances
+            and len(present) == instances
+            and all(s.health is Health.UP and s.admin is AdminState.READY for s in present)
+        ) or (
+            # (asked only here: whether a pod is admitted costs a lookup)
+            instances
+            and not any(s.health is Health.DOWN for s in present)
+            and backend.pod in admitted
+        ):
+            v = Verdict(True, LBReason.HEALTHY, f"{where}: {_IN_ROTATION}")
+        elif len(present) < instances or not instances:
+            v = Verdict(
+                False,
+                LBReason.REGISTERING,
+                f"{where}: registered on {len(present)} of {instances} LB instances",
+            )
+        elif any(s.health is Health.DOWN for s in present):
+            v = Verdict(False, LBReason.UNHEALTHY, f"{where}: the LB health check fails")
+        else:
+            v = Verdict(False, LBReason.REGISTERING, f"{where}: waiting for health checks")
+        out.append((backend.pod, v))
+    for pod, server in spec.others.items():
+        present = [s.servers[server] for s in states if s is not None and server in s.servers]
+        where = f"{spec.pool}/{server} (not a backend: not ready)"
+        if (
+            pod in spec.early
+            and instances
+            and len(present) == instances
+            and all(s.health is Health.UP for s in present)
+        ):
+            v = Verdict(
+                True,
+                LBReason.HEALTHY,
+                f"{spec.pool}/{server}: LB health checks pass; in rotation once the pod "
+                f"is ready ({GATE_ADMIT}: {Admit.CHECKED})",
+            )
+        elif (pod in spec.unregistered or pod in spec.early) and all(
+            s.admin is not AdminState.READY for s in present
+        ):
+            # Never in rotation: one message, staged, unstaged or not (yet) on the LB, so
+            # the pod's condition is written once.
+            v = Verdict(False, LBReason.NOT_REGISTERED, f"{where}: not in rotation yet")
+        else:
+            v = _leaving(where, present, instances, None in states)
+        out.append((pod, v))
+    return out
 
 
 def lost_servers(
@@ -199,11 +217,17 @@ def lost_servers(
     runtime servers). The plan adds them again; the caller reports each loss once."""
     out: dict[tuple[str, str, str], frozenset[str]] = {}
     for spec in pools:
-        wanted = {b.server for b in spec.backends.values() if b.pod in admitted and not b.draining}
         for instance, per_pool in observed.get(spec.provider, {}).items():
             state = per_pool.get(spec.pool)
-            if state is not None and (missing := wanted - set(state.servers)):
-                out[(spec.provider, instance, spec.pool)] = frozenset(missing)
+            if state is None:
+                continue
+            missing = frozenset(
+                b.server
+                for b in spec.backends.values()
+                if b.server not in state.servers and not b.draining and b.pod in admitted
+            )
+            if missing:
+                out[(spec.provider, instance, spec.pool)] = missing
     return out
 
 

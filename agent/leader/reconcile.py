@@ -9,6 +9,13 @@ change, every ``fast_period_s`` while something is registering or draining, and 
 the servers podlb added and answers 503 until they are back, so its process id is polled every
 ``lb_probe_s`` (every ``lb_probe_down_s`` while it cannot be reached) and a new one wakes a round.
 
+A round is level-triggered but not all recomputed: a Service's desired pools are remembered
+while its objects (Service, EndpointSlices, pods) are the very ones of last round
+(agent.leader.desired.DesiredPools), and a pool's verdicts while its spec is and the LB shows
+the same of it (agent.leader.verdicts); HAProxy's servers are re-read only where their lines
+changed (agent.lb.haproxy_state.PoolReader). At 30,000 pods and 10,000 backends a round where
+a few pods changed takes a tenth of what recomputing everything did.
+
 LB changes are applied asynchronously: a slow LB API (a cloud's takes seconds) must not hold the
 next round, so one pod's drain never delays another's registration. A server with a change in
 flight is left out of the plans until the change is done and the LB has been observed again.
@@ -22,11 +29,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from agent.clock import Clock
 from agent.errors import PodlbError
@@ -43,14 +50,15 @@ from agent.lb.base import (
     canonical_ip,
 )
 from agent.lb.fence import Term, TermEnded, bound
-from agent.model import LB_READY, EndpointSlice, Pod, PodKey, Service, direct_mode
-from agent.node.reporter import ConditionReporter, Desired
+from agent.model import EndpointSlice, Pod, PodKey, Service, direct_mode
+from agent.node.reporter import ConditionReporter
 
-from .desired import Finding, Limits, PoolSpec, desired_pools
+from .desired import DesiredPools, Finding, Limits, PoolSpec
 from .election import LeaderScope
-from .gate import GatePolicy, combine
-from .plan import WAITING, LBReason, LBVerdict, gate_verdict, lb_verdicts, lost_servers, plan_pool
+from .plan import plan_pool
 from .routing import HAPROXY, Problem
+from .sinks import EventSink, LeaderMetrics
+from .verdicts import VerdictWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +66,20 @@ P = ParamSpec("P")
 PoolKey = tuple[str, str]  # (provider, pool)
 RETIRING = frozenset({Op.DRAIN, Op.REMOVE})  # actions that take servers out
 Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
+
+
+class LiveAddresses(Container[str]):
+    """IPs of the pods that exist, gathered on the first question (few rounds ask one: only
+    a drained server on an LB that counts no sessions needs it)."""
+
+    def __init__(self, pods: Mapping[PodKey, Pod]) -> None:
+        self.pods = pods
+        self._ips: frozenset[str] | None = None
+
+    def __contains__(self, address: object) -> bool:
+        if self._ips is None:
+            self._ips = frozenset(canonical_ip(ip) for p in self.pods.values() for ip in p.ips)
+        return address in self._ips
 
 
 class InlineExecutor(Executor):
@@ -79,31 +101,11 @@ class Cache(Protocol[T]):  # what the loop needs of an informer
 
     def get(self, key: tuple[str, str]) -> T | None: ...
 
+    def snapshot(self) -> dict[tuple[str, str], T]: ...  # a copy, by (namespace, name)
+
     def run(self, stop: threading.Event) -> None: ...
 
     def stop_watch(self) -> None: ...
-
-
-class EventSink(Protocol):
-    def emit_object_event(
-        self, kind: str, namespace: str, name: str, uid: str, event_type: str, reason: str,
-        message: str,
-    ) -> None: ...  # fmt: skip
-
-
-@dataclass
-class LeaderMetrics:
-    """Hooks into agent/metrics.py (kept as callables so this module stays pure of it)."""
-
-    reconcile: Callable[[float, str], None] = lambda seconds, outcome: None
-    lb_action: Callable[[str, str], None] = lambda op, outcome: None
-    backends: Callable[[dict[str, int]], None] = lambda by_state: None
-    finding: Callable[[str], None] = lambda reason: None
-    fail_static: Callable[[str], None] = lambda why: None
-    # servers of pods in rotation an LB instance lost (restart, reload), by provider
-    servers_lost: Callable[[str, int], None] = lambda provider, count: None
-    # a pod passed its gate timeout: (namespace, Service, hold | admit)
-    gate_timeout: Callable[[str, str, str], None] = lambda namespace, service, policy: None
 
 
 @dataclass
@@ -146,13 +148,14 @@ class Leader:
     _round_findings: set[Finding] = field(default_factory=set)
     _last_desired: dict[str, frozenset[str]] = field(default_factory=dict)
     _registered: dict[str, frozenset[str]] = field(default_factory=dict)
-    # (provider, instance, pool) -> servers of pods in rotation it lacked last round
-    _lost: dict[tuple[str, str, str], frozenset[str]] = field(default_factory=dict)
-    # pods waiting at the gate: pod -> (uid, since when, monotonic); timeouts counted already
-    _gate_since: dict[PodKey, tuple[str, float]] = field(default_factory=dict)
-    _gate_counted: set[tuple[PodKey, str]] = field(default_factory=set)
     # (provider, instance) -> its process id at the last probe; None: not reachable then
     _lb_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    _desired: DesiredPools = field(init=False)  # the desired pools, remembered per Service
+    _verdicts: VerdictWriter = field(init=False)  # every pod's lb-ready
+
+    def __post_init__(self) -> None:
+        self._desired = DesiredPools(self.default_provider)
+        self._verdicts = VerdictWriter(self.reporter, self.events, self.clock, self.metrics)
 
     def poke(self, key: object = None) -> None:
         del key
@@ -270,7 +273,8 @@ class Leader:
             self.metrics.fail_static("informers_not_synced")
             log.debug("leader: informers not synced yet: nothing applied")
             return True
-        pods = {p.key: p for p in self.pods.items()}
+        # The informer's keys are (namespace, name) tuples, which PodKeys equal.
+        pods = cast(Mapping[PodKey, Pod], self.pods.snapshot())
         services = self.services.items()
         limits = {
             name: Limits(
@@ -279,10 +283,9 @@ class Leader:
             for name, p in self.providers.items()
         }
         # Who the LB had last round keeps its slot under podlb.io/max-backends.
-        pools, findings = desired_pools(
-            services, self.slices.items(), pods, self._registered,
-            default_provider=self.default_provider, limits=limits,
-        )  # fmt: skip
+        pools, findings = self._desired.compute(
+            services, self.slices.items(), pods, self._registered, limits
+        )
         self._round_findings = set()
         self._report_findings(findings, services, pods)
         self._log_desired(pools)
@@ -323,9 +326,9 @@ class Leader:
         # Verdicts first: they come from what the LB reported, and a drain waiting for
         # "Deregistered" should not also wait for this round's LB calls.
         complete = {name: observed[name] for name in reachable}
-        busy = self._write_verdicts(by_key.values(), complete)
+        busy = self._verdicts.write(by_key.values(), complete, pods, services)
         contested = {f.pool for f in findings if f.problem is Problem.POOL_CONFLICT}
-        live = frozenset(canonical_ip(ip) for p in pods.values() for ip in p.ips)
+        live = LiveAddresses(pods)
         for name, per_instance in observed.items():
             keys = sorted(k for k in (set(by_key) | set(self._owned)) - kept if k[0] == name)
             for instance, per_pool in per_instance.items():
@@ -410,10 +413,10 @@ class Leader:
         pool: str,
         spec: PoolSpec | None,
         state: PoolState,
-        pods: dict[PodKey, Pod],
+        pods: Mapping[PodKey, Pod],
         services: Sequence[Service],
         round_no: int,
-        live: frozenset[str],
+        live: LiveAddresses,
     ) -> bool:
         now = self.clock.monotonic()
         ages: dict[str, float] = {}
@@ -518,7 +521,7 @@ class Leader:
         self,
         spec: PoolSpec | None,
         state: PoolState,
-        pods: dict[PodKey, Pod],
+        pods: Mapping[PodKey, Pod],
         services: Sequence[Service],
     ) -> bool:
         """Endpoints gone while the Service's pods still exist: keep what the LB has."""
@@ -544,139 +547,14 @@ class Leader:
             return True
         return False
 
-    def _admitted(self, pools: list[PoolSpec]) -> set[PodKey]:
-        """Pods the LB admitted into rotation: lb-ready True as the API shows it, or as written
-        since; not those the gate's timeout let in (the LB has not confirmed them)."""
-        out = set()
-        unconfirmed = LBReason.GATE_TIMEOUT_ADMITTED.value
-        for key in {b.pod for spec in pools for b in spec.backends.values()}:
-            pod = self.pods.get((key.namespace, key.name))
-            if pod is None:
-                continue
-            cond = pod.condition(LB_READY)
-            mine = self.reporter.desired(key)
-            if (cond is not None and cond.status == "True" and cond.reason != unconfirmed) or (
-                mine is not None
-                and mine.uid == pod.uid
-                and mine.status == "True"
-                and mine.reason != unconfirmed
-            ):
-                out.add(key)
-        return out
-
-    def _gate(
-        self, pools: list[PoolSpec], verdicts: dict[PodKey, LBVerdict]
-    ) -> dict[PodKey, LBVerdict]:
-        """The gate's bound over this round's verdicts (agent/leader/gate.py): waits are timed
-        on the monotonic clock from the first round that saw the pod waiting; each timeout is
-        counted and logged once (the condition's change is the pod's Event)."""
-        now = self.clock.monotonic()
-        policies: dict[PodKey, list[tuple[GatePolicy, str]]] = {}
-        for spec in pools:
-            for b in spec.backends.values():
-                if not b.draining:
-                    policies.setdefault(b.pod, []).append((spec.gate, spec.service.name))
-        out = dict(verdicts)
-        waiting: set[PodKey] = set()
-        timed_out = (LBReason.GATE_TIMEOUT.value, LBReason.GATE_TIMEOUT_ADMITTED.value)
-        for key, v in verdicts.items():
-            pod = self.pods.get((key.namespace, key.name))
-            if pod is None or v.reason not in WAITING or key not in policies:
-                continue
-            waiting.add(key)
-            uid, since = self._gate_since.get(key, ("", now))
-            if uid != pod.uid:
-                since = now
-                self._gate_since[key] = (pod.uid, now)
-            cond = pod.condition(LB_READY)
-            before = cond is not None and cond.reason in timed_out
-            policy = combine(p for p, _ in policies[key])
-            out[key] = gated = gate_verdict(v, policy, now - since, timed_out_before=before)
-            if gated is v or before or (key, pod.uid) in self._gate_counted:
-                continue
-            self._gate_counted.add((key, pod.uid))
-            service = min(policies[key], key=lambda ps: (ps[0].timeout_s, ps[1]))[1]
-            self.metrics.gate_timeout(key.namespace, service, policy.on_timeout.value)
-            log.warning("leader: pod %s: %s", key, gated.message)
-        for key in set(self._gate_since) - waiting:
-            del self._gate_since[key]
-        self._gate_counted = {(k, u) for k, u in self._gate_counted if k in waiting}
-        return out
-
-    def _report_lost(
-        self, pools: list[PoolSpec], observed: Observed, admitted: set[PodKey]
-    ) -> None:
-        """An Event on the Service and a metric for each server an LB instance newly lacks."""
-        lost = lost_servers(pools, observed, admitted)
-        by_pool = {(s.provider, s.pool): s for s in pools}
-        for (provider, instance, pool), servers in sorted(lost.items()):
-            new = servers - self._lost.get((provider, instance, pool), frozenset())
-            if not new:
-                continue
-            self.metrics.servers_lost(provider, len(new))
-            svc = by_pool[(provider, pool)].service
-            message = (
-                f"the {provider} LB {instance} lost {len(new)} servers of pool {pool} "
-                f"({', '.join(sorted(new)[:3])}{' ...' if len(new) > 3 else ''}): an LB "
-                "restart or reload? Re-adding them; their pods stay in rotation"
-            )
-            log.warning("leader: %s/%s: %s", svc.namespace, svc.name, message)
-            uid = next(
-                (
-                    x.uid
-                    for x in self.services.items()
-                    if x.namespace == svc.namespace and x.name == svc.name
-                ),
-                "",
-            )
-            try:
-                self.events.emit_object_event(
-                    "Service", svc.namespace, svc.name, uid, "Warning", "LBServersLost", message
-                )
-            except PodlbError as exc:
-                log.warning("leader: event not recorded: %s", exc)
-        self._lost = lost
-
-    def _write_verdicts(self, pools: Iterable[PoolSpec], observed: Observed) -> bool:
-        pools = list(pools)
-        admitted = self._admitted(pools)
-        verdicts = lb_verdicts(pools, observed, admitted)
-        self._report_lost(pools, observed, admitted)
-        # Pods behind a provider that could not be observed keep their condition as it is.
-        held = {
-            pod
-            for spec in pools
-            if spec.provider not in observed
-            for pod in [*(b.pod for b in spec.backends.values()), *spec.others]
-        }
-        for gone in self.reporter.keys() - set(verdicts) - held:
-            self.reporter.forget(gone)  # no longer behind a direct Service, or deleted
-        gated = self._gate(pools, {k: v for k, v in verdicts.items() if k not in held})
-        counts: dict[str, int] = {}
-        # A pod admitted on its staged server's checks (gate-admit: checked) waits for no event
-        # of its own: HAProxy turning the server UP is seen only by looking again, soon.
-        early = {pod for spec in pools for pod in spec.early}
-        busy = False
-        for key, v in gated.items():
-            counts[v.reason.value] = counts.get(v.reason.value, 0) + 1
-            pod = self.pods.get((key.namespace, key.name))
-            if pod is None:
-                continue
-            # what the LB said (a pod held at the gate may yet register)
-            busy |= verdicts[key].reason in (LBReason.REGISTERING, LBReason.DRAINING)
-            busy |= key in early and not v.ready
-            self.reporter.set_desired(key, Desired(pod.uid, v.status, v.reason.value, v.message))
-        self.metrics.backends(counts)
-        return busy
-
     def _report_findings(
-        self, findings: list[Finding], services: Sequence[Service], pods: dict[PodKey, Pod]
+        self, findings: list[Finding], services: Sequence[Service], pods: Mapping[PodKey, Pod]
     ) -> None:
         for f in findings:
             self._finding(f, services, pods)
 
     def _finding(
-        self, f: Finding, services: Sequence[Service], pods: dict[PodKey, Pod] | None = None
+        self, f: Finding, services: Sequence[Service], pods: Mapping[PodKey, Pod] | None = None
     ) -> None:
         self._round_findings.add(f)
         if f in self._findings:

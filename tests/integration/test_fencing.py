@@ -40,33 +40,13 @@ from tests.fakes import FakeStatusSink
 from tests.testbed.clb import ClbDouble
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.waiting import wait_for
+from tests.unit.test_leader_reconcile import FakeCache
 
 pytestmark = pytest.mark.timeout(60)
 
 LB = "lb-podlb01"
 NS = "shop"
 REGISTER = "BatchRegisterTargets"
-
-
-class Cache:
-    """An informer stand-in: fixed items, synced."""
-
-    def __init__(self, items: list[Any]) -> None:
-        self._items = items
-        self.synced = threading.Event()
-        self.synced.set()
-
-    def items(self) -> list[Any]:
-        return list(self._items)
-
-    def get(self, key: tuple[str, str]) -> Any:
-        return next((i for i in self._items if (i.namespace, i.name) == key), None)
-
-    def run(self, stop: threading.Event) -> None:
-        stop.wait()
-
-    def stop_watch(self) -> None:
-        pass
 
 
 def leader(clb: ClbDouble, **provider_kw: Any) -> Leader:
@@ -90,10 +70,10 @@ def leader(clb: ClbDouble, **provider_kw: Any) -> Leader:
         "task_poll_s": 0.02,
     }  # fmt: skip
     opts.update(provider_kw)
-    pods = Cache([pod])
+    pods = FakeCache([pod])
     clock = Clock()
     return Leader(
-        services=Cache([svc]), slices=Cache([eps]), pods=pods,
+        services=FakeCache([svc]), slices=FakeCache([eps]), pods=pods,
         providers={"tencent-clb": TencentCLBProvider(**opts)},
         reporter=ConditionReporter(
             LB_READY, FakeStatusSink(), lambda k: pods.get((k.namespace, k.name)), clock

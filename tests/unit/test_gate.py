@@ -21,7 +21,7 @@ from agent.leader.gate import (
     gate_policy,
 )
 from agent.leader.plan import LBReason, gate_verdict
-from agent.leader.reconcile import Leader, LeaderMetrics
+from agent.leader.reconcile import Leader
 from agent.model import Condition, Service, Verdict
 from tests.fakes import FakeStatusSink
 from tests.unit.test_leader_reconcile import (
@@ -127,7 +127,7 @@ def gated(service: Service) -> tuple[Leader, FakeStatusSink, NeverUpLB, list[tup
     lb = NeverUpLB({"h1": {POOL: {}}})
     ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb, [service])
     timeouts: list[tuple[str, str, str]] = []
-    ld.metrics = LeaderMetrics(gate_timeout=lambda ns, s, policy: timeouts.append((ns, s, policy)))
+    ld.metrics.gate_timeout = lambda ns, s, policy: timeouts.append((ns, s, policy))
     return ld, sink, lb, timeouts
 
 
@@ -181,7 +181,7 @@ def test_a_new_leader_keeps_a_pod_admitted_by_the_gate_timeout() -> None:
     lb = NeverUpLB({"h1": {POOL: {}}})
     ld, sink = leader([before], [slice_for({"a": "10.0.0.1"})], lb, [service])
     timeouts: list[tuple[str, str, str]] = []
-    ld.metrics = LeaderMetrics(gate_timeout=lambda ns, s, policy: timeouts.append((ns, s, policy)))
+    ld.metrics.gate_timeout = lambda ns, s, policy: timeouts.append((ns, s, policy))
     ld.round()
     ld.round()
     write_all(ld)

@@ -15,6 +15,7 @@ from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound
 from agent.lb.haproxy import (
     FAILURES,
     HAProxyProvider,
+    PoolReader,
     ServerStateRow,
     action_steps,
     admin_of,
@@ -274,6 +275,33 @@ def test_build_pools_joins_sessions_and_keeps_empty_backends() -> None:
     assert pools["be"].servers["v6"].address == "fd00::1"
     # A server in `show servers state` but not (yet) in `show stat`: 0 sessions.
     assert build_pools(parse_servers_state(STATE), [])["be"].servers["up"].sessions == 0
+
+
+def test_the_pool_reader_reads_what_build_pools_does_and_rereads_what_changed() -> None:
+    reader = PoolReader()
+    backends = parse_backends(BACKENDS)
+    plain = build_pools(parse_servers_state(STATE), parse_stat_csv(STAT_ALL), backends)
+    assert reader.read(STATE, STAT_ALL, backends) == plain
+    assert reader.read(STATE, STAT_ALL, backends) == plain
+    kept = reader.read(STATE, STAT_ALL, backends)["be"].servers
+    # a timer column that changes every second: the same server, not read again
+    ticked = STATE.replace("3 be 1 up 127.0.0.1 2 0 4 4 2 ", "3 be 1 up 127.0.0.1 2 0 4 4 9 ")
+    assert reader.read(ticked, STAT_ALL, backends)["be"].servers["up"] is kept["up"]
+    # what a verdict reads changed: read again (drained; one session less; rising)
+    drained = ticked.replace("3 be 1 up 127.0.0.1 2 0 ", "3 be 1 up 127.0.0.1 2 8 ")
+    quieter = STAT_ALL.replace("be,up,0,0,2,2,", "be,up,0,0,1,2,")
+    risen = STATE.replace(
+        "3 be 3 dead 127.0.0.1 0 0 1 1 1 8 2 0 ", "3 be 3 dead 127.0.0.1 0 0 1 1 1 8 2 1 "
+    )
+    risen_stat = STAT_ALL.replace(",DOWN,1,1,0,1,1,", ",DOWN 1/2,1,1,0,1,1,")
+    for state, stat in ((drained, STAT_ALL), (STATE, quieter), (risen, risen_stat)):
+        want = build_pools(parse_servers_state(state), parse_stat_csv(stat), backends)
+        assert reader.read(state, stat, backends) == want
+    assert want["be"].servers["dead"].health is Health.CHECKING  # (the last case: rising)
+    # a server only in `show servers state`: 0 sessions, as build_pools says
+    assert reader.read(STATE, STAT_ALL.split("\nbe,")[0] + "\n")["be"].servers["up"].sessions == 0
+    with pytest.raises(ValueError):
+        reader.read("No such proxy.\n\n", STAT_ALL)
 
 
 # -- answers ------------------------------------------------------------------------------------

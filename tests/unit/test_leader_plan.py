@@ -540,3 +540,37 @@ def test_gate_admit_checked_turns_lb_ready_true_on_a_healthy_staged_server() -> 
     bad = svc({"podlb.io/direct": "true", "podlb.io/gate-admit": "soon"})
     [_], findings = desired_pools([bad], [sl], pods, limits=STAGES)
     assert [f.problem for f in findings] == [Problem.BAD_ANNOTATION]
+
+
+def test_desired_pools_are_remembered_per_service_until_an_input_changes() -> None:
+    """A leader round at scale recomputes only the Services whose objects changed; what it
+    remembers must be exactly what a fresh computation gives, whichever input changed."""
+    from agent.leader.desired import DesiredPools
+
+    names = [f"p{i}" for i in range(4)]
+    pods = pods_map(*(pod(n, ips=(f"10.0.0.{i + 1}",)) for i, n in enumerate(names)))
+    web = svc({"podlb.io/direct": "true", "podlb.io/max-backends": "3"})
+    other = svc(name="api", selector=(("app", "api"),))
+    sl = slice_of(*((n, f"10.0.0.{i + 1}") for i, n in enumerate(names)))
+    limits = {"haproxy": Limits(stages=True)}
+    memo = DesiredPools()
+
+    def check(services: list[Service], registered: dict[str, frozenset[str]]) -> int:
+        before = memo.computed
+        got = memo.compute(services, [sl], pods, registered, limits)
+        assert got == desired_pools(services, [sl], pods, registered, limits=limits)
+        return memo.computed - before
+
+    assert check([web, other], {}) == 2
+    assert check([web, other], {}) == 0  # nothing changed: nothing computed
+    pods[PodKey(NS, "p1")] = pod("p1", cr="False", ips=("10.0.0.2",))  # a pod's update
+    assert check([web, other], {}) == 1
+    on_lb = {"shop.web.http": frozenset({server_name("10.0.0.4", 8080)})}  # the LB changed
+    assert check([web, other], on_lb) == 1
+    assert check([web, other], on_lb) == 0
+    stopped = Condition("DisruptionTarget", "True", "TerminationByKubelet")
+    pods[PodKey(NS, "p9")] = pod("p9", ips=("10.0.0.9",), conditions=(stopped,))
+    assert check([web, other], on_lb) == 2  # a pod its kubelet stops: both look for it
+    web2 = replace(web, annotations=(("podlb.io/direct", "true"),))  # the Service updated
+    assert check([web2, other], on_lb) == 1
+    assert check([other], on_lb) == 0 and check([web2, other], on_lb) == 1  # gone, then back

@@ -22,7 +22,7 @@ from agent.lb.base import (
     server_name,
 )
 from agent.lb.fence import Term, fenced
-from agent.leader.reconcile import Leader, LeaderMetrics
+from agent.leader.reconcile import Leader
 from agent.model import (
     LB_READY,
     Condition,
@@ -53,7 +53,10 @@ class FakeCache(Generic[T]):
         return list(self._items)
 
     def get(self, key: tuple[str, str]) -> T | None:
-        return next((i for i in self._items if (i.namespace, i.name) == key), None)  # type: ignore[attr-defined]
+        return self.snapshot().get(key)
+
+    def snapshot(self) -> dict[tuple[str, str], T]:
+        return {(i.namespace, i.name): i for i in self._items}  # type: ignore[attr-defined]
 
     def run(self, stop: threading.Event) -> None:
         stop.wait()
@@ -549,7 +552,7 @@ def test_an_lb_restart_is_repaired_without_taking_pods_out_of_rotation() -> None
     pods = [pod("a"), pod("b")]
     ld, sink = leader(pods, [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], lb)
     lost: list[tuple[str, int]] = []
-    ld.metrics = LeaderMetrics(servers_lost=lambda provider, n: lost.append((provider, n)))
+    ld.metrics.servers_lost = lambda provider, n: lost.append((provider, n))
     ld.round()
     ld.round()
     write_all(ld)

@@ -1,0 +1,294 @@
+"""``podlb.io/lb-ready`` for every pod behind a direct Service, once a leader round: verdicts
+from what the LB instances reported (agent/leader/plan.py), the gate's bound
+(agent/leader/gate.py), an Event for servers an LB instance lost, and the conditions handed to
+the writer pool (agent/node/reporter.py), which writes only what changed.
+
+A round at cluster scale looks at 10,000 backends; the work per pod is kept to what the verdict
+needs: whether a pod is admitted (lb-ready True) is looked up only for the pods whose verdict
+depends on it, and the gate's clock only for pods waiting at the gate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from agent.clock import Clock
+from agent.errors import PodlbError
+from agent.lb.base import AdminState, Health, PoolState
+from agent.model import LB_READY, Pod, PodKey, Service
+from agent.node.reporter import ConditionReporter, Desired
+
+from .desired import PoolSpec
+from .gate import GatePolicy, combine
+from .plan import (
+    WAITING,
+    LBReason,
+    LBVerdict,
+    Observed,
+    combine_verdicts,
+    gate_verdict,
+    lost_servers,
+    pool_verdicts,
+)
+from .sinks import EventSink, LeaderMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Admitted:
+    """Pods the LB admitted into rotation, looked up on demand (``pod in admitted``) and
+    remembered for the round: lb-ready True as the API shows it, or as written since; not
+    those the gate's timeout let in (the LB has not confirmed them)."""
+
+    def __init__(self, pods: Mapping[PodKey, Pod], reporter: ConditionReporter) -> None:
+        self.pods = pods
+        self.reporter = reporter
+        self._known: dict[object, bool] = {}
+
+    def __contains__(self, key: object) -> bool:
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = self._admitted(key)
+        return known
+
+    def _admitted(self, key: object) -> bool:
+        if not isinstance(key, PodKey) or (pod := self.pods.get(key)) is None:
+            return False
+        unconfirmed = LBReason.GATE_TIMEOUT_ADMITTED.value
+        cond = pod.condition(LB_READY)
+        if cond is not None and cond.status == "True" and cond.reason != unconfirmed:
+            return True
+        mine = self.reporter.desired(key)
+        return (
+            mine is not None
+            and mine.uid == pod.uid
+            and mine.status == "True"
+            and mine.reason != unconfirmed
+        )
+
+    def __iter__(self) -> Iterator[PodKey]:  # the pods looked up so far that are admitted
+        return (k for k, v in self._known.items() if v and isinstance(k, PodKey))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _Asking:
+    """``admitted``, noting each pod asked about and the answer (what a verdict relied on)."""
+
+    def __init__(self, admitted: Admitted) -> None:
+        self.admitted = admitted
+        self.asked: dict[PodKey, bool] = {}
+
+    def __contains__(self, key: object) -> bool:
+        got = key in self.admitted
+        if isinstance(key, PodKey):
+            self.asked[key] = got
+        return got
+
+    def __iter__(self) -> Iterator[PodKey]:
+        return iter(self.asked)
+
+    def __len__(self) -> int:
+        return len(self.asked)
+
+
+View = tuple[tuple[str, AdminState, Health, bool], ...] | None
+
+
+def _view(state: PoolState | None) -> View:
+    """What a pool's verdicts read of one instance's state: per server its admin state, its
+    health and whether it has sessions (not how many: those change all the time)."""
+    if state is None:
+        return None
+    return tuple((n, s.admin, s.health, not s.sessions) for n, s in state.servers.items())
+
+
+@dataclass(frozen=True, slots=True)
+class _PoolMemo:
+    spec: PoolSpec
+    view: tuple[View, ...]  # per instance
+    asked: Mapping[PodKey, bool]  # admitted or not, of the pods the verdicts asked about
+    verdicts: list[tuple[PodKey, LBVerdict]]
+
+
+@dataclass
+class VerdictWriter:
+    """Decides and hands over every pod's lb-ready, round after round (the leader's half that
+    faces the pods); keeps the gate's clocks and the servers each LB instance lacked."""
+
+    reporter: ConditionReporter
+    events: EventSink
+    clock: Clock
+    metrics: LeaderMetrics = field(default_factory=LeaderMetrics)
+    # (provider, instance, pool) -> servers of pods in rotation it lacked last round
+    _lost: dict[tuple[str, str, str], frozenset[str]] = field(default_factory=dict)
+    # pods waiting at the gate: pod -> (uid, since when, monotonic); timeouts counted already
+    _gate_since: dict[PodKey, tuple[str, float]] = field(default_factory=dict)
+    _gate_counted: set[tuple[PodKey, str]] = field(default_factory=set)
+    _memo: dict[tuple[str, str], _PoolMemo] = field(default_factory=dict)  # (provider, pool)
+    _handed: dict[PodKey, tuple[str, LBVerdict]] = field(default_factory=dict)  # uid, verdict
+
+    def write(
+        self,
+        pools: Iterable[PoolSpec],
+        observed: Observed,
+        pods: Mapping[PodKey, Pod],
+        services: Sequence[Service],
+    ) -> bool:
+        """Set every pod's lb-ready from this round's pools and what the LB reported
+        (providers missing from ``observed`` could not be observed: their pods keep theirs).
+        True when a pod waits for the LB (registering, draining, early admission): look again
+        soon."""
+        pools = list(pools)
+        admitted = Admitted(pods, self.reporter)
+        verdicts = self._verdicts(pools, observed, admitted)
+        self._report_lost(pools, observed, admitted, services)
+        # Pods behind a provider that could not be observed keep their condition as it is.
+        held = held_pods(pools, observed)
+        for gone in self.reporter.keys() - verdicts.keys() - held:
+            self.reporter.forget(gone)  # no longer behind a direct Service, or deleted
+        if held:
+            verdicts = {k: v for k, v in verdicts.items() if k not in held}
+        gated = self._gate(pools, verdicts, pods)
+        counts: dict[str, int] = {}
+        # A pod admitted on its staged server's checks (gate-admit: checked) waits for no event
+        # of its own: HAProxy turning the server UP is seen only by looking again, soon.
+        early = {pod for spec in pools for pod in spec.early}
+        busy = False
+        handed: dict[PodKey, tuple[str, LBVerdict]] = {}
+        for key, v in gated.items():
+            counts[v.reason] = counts.get(v.reason, 0) + 1  # (a StrEnum: its value)
+            pod = pods.get(key)
+            if pod is None:
+                continue
+            # what the LB said (a pod held at the gate may yet register)
+            busy |= verdicts[key].reason in (LBReason.REGISTERING, LBReason.DRAINING)
+            busy |= key in early and not v.ready
+            handed[key] = (pod.uid, v)
+            last = self._handed.get(key)
+            if last is None or last[1] is not v or last[0] != pod.uid:
+                self.reporter.set_desired(
+                    key, Desired(pod.uid, v.status, v.reason.value, v.message)
+                )
+        self._handed = handed  # the same verdict (a remembered one) is not handed over again
+        self.metrics.backends(counts)
+        return busy
+
+    def _verdicts(
+        self, pools: list[PoolSpec], observed: Observed, admitted: Admitted
+    ) -> dict[PodKey, LBVerdict]:
+        """:func:`agent.leader.plan.lb_verdicts`, each pool's remembered from the last round
+        while its spec is the same object (agent.leader.desired.DesiredPools), every instance
+        shows the same of it (:func:`_view`) and the pods asked about are admitted as then."""
+        per_pod: dict[PodKey, list[LBVerdict]] = {}
+        memo: dict[tuple[str, str], _PoolMemo] = {}
+        for spec in pools:
+            by_instance = observed.get(spec.provider)
+            if by_instance is None:
+                continue
+            states = [by_instance[i].get(spec.pool) for i in by_instance]
+            view = tuple(_view(s) for s in states)
+            key = (spec.provider, spec.pool)
+            last = self._memo.get(key)
+            if (
+                last is None
+                or last.spec is not spec
+                or last.view != view
+                or any((pod in admitted) != was for pod, was in last.asked.items())
+            ):
+                asking = _Asking(admitted)
+                last = _PoolMemo(spec, view, asking.asked, pool_verdicts(spec, states, asking))
+            memo[key] = last
+            for pod, v in last.verdicts:
+                per_pod.setdefault(pod, []).append(v)
+        self._memo = memo
+        return combine_verdicts(per_pod)
+
+    def _gate(
+        self,
+        pools: list[PoolSpec],
+        verdicts: dict[PodKey, LBVerdict],
+        pods: Mapping[PodKey, Pod],
+    ) -> dict[PodKey, LBVerdict]:
+        """The gate's bound over this round's verdicts (agent/leader/gate.py): waits are timed
+        on the monotonic clock from the first round that saw the pod waiting; each timeout is
+        counted and logged once (the condition's change is the pod's Event)."""
+        now = self.clock.monotonic()
+        waiting = {k for k, v in verdicts.items() if v.reason in WAITING and k in pods}
+        policies: dict[PodKey, list[tuple[GatePolicy, str]]] = {}
+        if waiting:
+            for spec in pools:
+                for b in spec.backends.values():
+                    if b.pod in waiting and not b.draining:
+                        policies.setdefault(b.pod, []).append((spec.gate, spec.service.name))
+        waiting &= policies.keys()
+        out = verdicts
+        timed_out = (LBReason.GATE_TIMEOUT.value, LBReason.GATE_TIMEOUT_ADMITTED.value)
+        for key in waiting:
+            pod, v = pods[key], verdicts[key]
+            uid, since = self._gate_since.get(key, ("", now))
+            if uid != pod.uid:
+                since = now
+                self._gate_since[key] = (pod.uid, now)
+            cond = pod.condition(LB_READY)
+            before = cond is not None and cond.reason in timed_out
+            policy = combine(p for p, _ in policies[key])
+            gated = gate_verdict(v, policy, now - since, timed_out_before=before)
+            if gated is not v:
+                if out is verdicts:
+                    out = dict(verdicts)
+                out[key] = gated
+            if gated is v or before or (key, pod.uid) in self._gate_counted:
+                continue
+            self._gate_counted.add((key, pod.uid))
+            service = min(policies[key], key=lambda ps: (ps[0].timeout_s, ps[1]))[1]
+            self.metrics.gate_timeout(key.namespace, service, policy.on_timeout.value)
+            log.warning("leader: pod %s: %s", key, gated.message)
+        for key in self._gate_since.keys() - waiting:
+            del self._gate_since[key]
+        self._gate_counted = {(k, u) for k, u in self._gate_counted if k in waiting}
+        return out
+
+    def _report_lost(
+        self,
+        pools: list[PoolSpec],
+        observed: Observed,
+        admitted: Admitted,
+        services: Sequence[Service],
+    ) -> None:
+        """An Event on the Service and a metric for each server an LB instance newly lacks."""
+        lost = lost_servers(pools, observed, admitted)
+        by_pool = {(s.provider, s.pool): s for s in pools}
+        for (provider, instance, pool), servers in sorted(lost.items()):
+            new = servers - self._lost.get((provider, instance, pool), frozenset())
+            if not new:
+                continue
+            self.metrics.servers_lost(provider, len(new))
+            svc = by_pool[(provider, pool)].service
+            message = (
+                f"the {provider} LB {instance} lost {len(new)} servers of pool {pool} "
+                f"({', '.join(sorted(new)[:3])}{' ...' if len(new) > 3 else ''}): an LB "
+                "restart or reload? Re-adding them; their pods stay in rotation"
+            )
+            log.warning("leader: %s/%s: %s", svc.namespace, svc.name, message)
+            uid = next((x.uid for x in services if (x.namespace, x.name) == svc), "")
+            try:
+                self.events.emit_object_event(
+                    "Service", svc.namespace, svc.name, uid, "Warning", "LBServersLost", message
+                )
+            except PodlbError as exc:
+                log.warning("leader: event not recorded: %s", exc)
+        self._lost = lost
+
+
+def held_pods(pools: Iterable[PoolSpec], observed: Observed) -> set[PodKey]:
+    """Pods behind a provider that could not be observed (their lb-ready is left as it is)."""
+    return {
+        pod
+        for spec in pools
+        if spec.provider not in observed
+        for pod in [*(b.pod for b in spec.backends.values()), *spec.others]
+    }
