@@ -11,6 +11,7 @@ depends on it, and the gate's clock only for pods waiting at the gate.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ from .plan import (
 from .sinks import EventSink, LeaderMetrics
 
 log = logging.getLogger(__name__)
+_POLL = (LBReason.REGISTERING, LBReason.DRAINING)  # verdicts that change without an event
 
 
 class Admitted:
@@ -153,28 +155,26 @@ class VerdictWriter:
         if held:
             verdicts = {k: v for k, v in verdicts.items() if k not in held}
         gated = self._gate(pools, verdicts, pods)
-        counts: dict[str, int] = {}
         # A pod admitted on its staged server's checks (gate-admit: checked) waits for no event
         # of its own: HAProxy turning the server UP is seen only by looking again, soon.
-        early = {pod for spec in pools for pod in spec.early}
-        busy = False
+        # (What the LB said: a pod held at the gate may yet register.)
+        busy = any(v.reason in _POLL for v in verdicts.values()) or any(
+            not gated[pod].ready for spec in pools for pod in spec.early if pod in gated
+        )
         handed: dict[PodKey, tuple[str, LBVerdict]] = {}
+        last_handed = self._handed
         for key, v in gated.items():
-            counts[v.reason] = counts.get(v.reason, 0) + 1  # (a StrEnum: its value)
+            last = last_handed.get(key)
+            if last is not None and last[1] is v:  # a remembered verdict: handed over already
+                handed[key] = last
+                continue
             pod = pods.get(key)
             if pod is None:
                 continue
-            # what the LB said (a pod held at the gate may yet register)
-            busy |= verdicts[key].reason in (LBReason.REGISTERING, LBReason.DRAINING)
-            busy |= key in early and not v.ready
             handed[key] = (pod.uid, v)
-            last = self._handed.get(key)
-            if last is None or last[1] is not v or last[0] != pod.uid:
-                self.reporter.set_desired(
-                    key, Desired(pod.uid, v.status, v.reason.value, v.message)
-                )
-        self._handed = handed  # the same verdict (a remembered one) is not handed over again
-        self.metrics.backends(counts)
+            self.reporter.set_desired(key, Desired(pod.uid, v.status, v.reason.value, v.message))
+        self._handed = handed
+        self.metrics.backends(Counter[str](v.reason for v in gated.values()))  # StrEnums
         return busy
 
     def _verdicts(
