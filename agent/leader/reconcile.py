@@ -55,6 +55,7 @@ from agent.node.reporter import ConditionReporter
 
 from .desired import DesiredPools, Finding, Limits, PoolSpec
 from .election import LeaderScope
+from .findings import Findings
 from .plan import plan_pool
 from .routing import HAPROXY, Problem
 from .sinks import EventSink, LeaderMetrics
@@ -144,18 +145,18 @@ class Leader:
     _round_no: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _failed: list[BaseException] = field(default_factory=list)
-    _findings: set[Finding] = field(default_factory=set)  # reported last round
-    _round_findings: set[Finding] = field(default_factory=set)
     _last_desired: dict[str, frozenset[str]] = field(default_factory=dict)
     _registered: dict[str, frozenset[str]] = field(default_factory=dict)
     # (provider, instance) -> its process id at the last probe; None: not reachable then
     _lb_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
     _desired: DesiredPools = field(init=False)  # the desired pools, remembered per Service
     _verdicts: VerdictWriter = field(init=False)  # every pod's lb-ready
+    _findings: Findings = field(init=False)  # problems found, as Events
 
     def __post_init__(self) -> None:
         self._desired = DesiredPools(self.default_provider)
         self._verdicts = VerdictWriter(self.reporter, self.events, self.clock, self.metrics)
+        self._findings = Findings(self.events, self.metrics)
 
     def poke(self, key: object = None) -> None:
         del key
@@ -276,46 +277,12 @@ class Leader:
         # The informer's keys are (namespace, name) tuples, which PodKeys equal.
         pods = cast(Mapping[PodKey, Pod], self.pods.snapshot())
         services = self.services.items()
-        limits = {
-            name: Limits(
-                p.max_weight, p.default_max_backends, isinstance(p, Staging) and p.stages()
-            )
-            for name, p in self.providers.items()
-        }
-        # Who the LB had last round keeps its slot under podlb.io/max-backends.
-        pools, findings = self._desired.compute(
-            services, self.slices.items(), pods, self._registered, limits
-        )
-        self._round_findings = set()
-        self._report_findings(findings, services, pods)
-        self._log_desired(pools)
+        self._findings.begin_round()
+        by_key, kept, findings = self._desired_pools(services, pods)
         if not self.providers:
+            self._findings.end_round()
             self.metrics.reconcile(self.clock.monotonic() - t0, "ok")
             return False
-        by_key: dict[PoolKey, PoolSpec] = {}
-        for spec in pools:
-            if spec.provider not in self.providers:
-                self._finding(
-                    Finding(
-                        spec.service.namespace, spec.service.name, Problem.NO_PROVIDER,
-                        f"pool {spec.pool}: this agent has no {spec.provider} provider "
-                        "configured (--lb)",
-                    ),
-                    services,
-                )  # fmt: skip
-                continue
-            key = (spec.provider, spec.pool)
-            by_key[key] = spec
-            if spec.mode is Mode.MANAGE:
-                self._owned[key] = (spec.service.namespace, spec.service.name)
-            else:  # observed from now on: never written again, not even emptied
-                self._owned.pop(key, None)
-        # A pool whose Service still exists but yields no pool this round (a routing
-        # annotation mistyped, a cloud LB id missing for a while) is left as it is (fail static).
-        direct = {(s.namespace, s.name) for s in services if direct_mode(s)[0]}
-        kept = {k for k, owner in self._owned.items() if k not in by_key and owner in direct}
-        if kept:
-            self.metrics.fail_static("service_unrouted")
         observed, reachable = self._observe(set(by_key) | set(self._owned))
         registered: dict[str, frozenset[str]] = {}
         for per_instance in observed.values():
@@ -340,24 +307,60 @@ class Leader:
                         continue
                     if want is None or want.mode is Mode.MANAGE:  # gone or ours
                         busy |= self._apply(
-                            name,
-                            instance,
-                            key[1],
-                            want,
-                            per_pool[key[1]],
-                            pods,
-                            services,
-                            round_no,
-                            live,
-                        )
-        # An Event per problem when it appears; one that goes away and comes back is new again.
-        self._findings = self._round_findings
+                            name, instance, key[1], want, per_pool[key[1]], pods, services,
+                            round_no, live,
+                        )  # fmt: skip
+        self._findings.end_round()
         outcome = "ok" if len(reachable) == len(self.providers) else "lb_error"
         self.metrics.reconcile(self.clock.monotonic() - t0, outcome)
         with self._lock:
             busy |= bool(self._in_flight)
             self._done_in = {k: n for k, n in self._done_in.items() if n >= round_no}
         return busy
+
+    def _desired_pools(
+        self, services: Sequence[Service], pods: Mapping[PodKey, Pod]
+    ) -> tuple[dict[PoolKey, PoolSpec], set[PoolKey], list[Finding]]:
+        """This round's pools by (provider, pool), those owned but left as they are (their
+        Service yields no pool this round), and the findings (reported)."""
+        limits = {
+            name: Limits(
+                p.max_weight, p.default_max_backends, isinstance(p, Staging) and p.stages()
+            )
+            for name, p in self.providers.items()
+        }
+        # Who the LB had last round keeps its slot under podlb.io/max-backends.
+        pools, findings = self._desired.compute(
+            services, self.slices.items(), pods, self._registered, limits
+        )
+        for f in findings:
+            self._findings.report(f, services, pods)
+        self._log_desired(pools)
+        by_key: dict[PoolKey, PoolSpec] = {}
+        for spec in pools:
+            if self.providers and spec.provider not in self.providers:
+                self._findings.report(
+                    Finding(
+                        spec.service.namespace, spec.service.name, Problem.NO_PROVIDER,
+                        f"pool {spec.pool}: this agent has no {spec.provider} provider "
+                        "configured (--lb)",
+                    ),
+                    services,
+                )  # fmt: skip
+                continue
+            key = (spec.provider, spec.pool)
+            by_key[key] = spec
+            if spec.mode is Mode.MANAGE:
+                self._owned[key] = (spec.service.namespace, spec.service.name)
+            else:  # observed from now on: never written again, not even emptied
+                self._owned.pop(key, None)
+        # A pool whose Service still exists but yields no pool this round (a routing
+        # annotation mistyped, a cloud LB id missing for a while) is left as it is (fail static).
+        direct = {(s.namespace, s.name) for s in services if direct_mode(s)[0]}
+        kept = {k for k, owner in self._owned.items() if k not in by_key and owner in direct}
+        if kept:
+            self.metrics.fail_static("service_unrouted")
+        return by_key, kept, findings
 
     def _observe(self, keys: set[PoolKey]) -> tuple[Observed, set[str]]:
         """provider -> instance -> pool -> state for the reachable instances; and the
@@ -397,7 +400,7 @@ class Leader:
             hint = (
                 " (an HAProxy backend must be in its configuration)" if provider == HAPROXY else ""
             )
-            self._finding(
+            self._findings.report(
                 Finding(
                     spec.service.namespace, spec.service.name, Problem.POOL_NOT_FOUND,
                     f"the {provider} LB {instance} has no pool {pool!r}{hint}",
@@ -546,36 +549,6 @@ class Leader:
             )
             return True
         return False
-
-    def _report_findings(
-        self, findings: list[Finding], services: Sequence[Service], pods: Mapping[PodKey, Pod]
-    ) -> None:
-        for f in findings:
-            self._finding(f, services, pods)
-
-    def _finding(
-        self, f: Finding, services: Sequence[Service], pods: Mapping[PodKey, Pod] | None = None
-    ) -> None:
-        self._round_findings.add(f)
-        if f in self._findings:
-            return  # reported last round already
-        self.metrics.finding(f.problem.value)
-        log.warning("leader: %s %s/%s: %s", f.kind, f.namespace, f.name, f.message)
-        uid = ""
-        if f.kind == "Service":
-            svc = next(
-                (s for s in services if (s.namespace, s.name) == (f.namespace, f.name)), None
-            )
-            uid = svc.uid if svc else ""
-        elif pods is not None:
-            pod = pods.get(PodKey(f.namespace, f.name))
-            uid = pod.uid if pod else ""
-        try:
-            self.events.emit_object_event(
-                f.kind, f.namespace, f.name, uid, "Warning", f.problem.value, f.message
-            )
-        except PodlbError as exc:
-            log.warning("leader: event not recorded: %s", exc)
 
     def _log_desired(self, pools: list[PoolSpec]) -> None:
         now = {p.pool: frozenset(b.server for b in p.backends.values()) for p in pools}

@@ -633,3 +633,13 @@ def test_an_lb_restart_wakes_a_round_at_once_and_probes_are_fenced() -> None:
     assert ld.probe_lbs() is None and lb.probes == probes and not ld._wake.is_set()
     plain, _ = leader([], [], FakeLB({"h1": {POOL: {}}}))
     assert plain.probe_lbs() is False  # a provider that cannot tell is not probed
+
+
+def test_findings_are_reported_once_with_no_lb_provider_too() -> None:
+    """With no LB provider the leader only logs the desired state; a problem it finds is
+    still an Event once while it lasts (it was one per round)."""
+    bad = replace(SVC, name="bad", selector=None)
+    ld, sink = leader([], [], None, services=[bad])
+    for _ in range(3):
+        assert ld.round() is False
+    assert sink.events == [("bad", "Warning", "NoSelector")]
