@@ -136,12 +136,12 @@ def _exchange_one(ep: Endpoint, cmd: str, timeout: float) -> str:
         with ep.connect(timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(cmd.encode() + b"\n")
-            chunks = []
-            while data := sock.recv(1 << 20):
-                chunks.append(data)
+            answer = bytearray()  # grows in place: no list of pieces joined into a copy
+            while data := sock.recv(1 << 16):
+                answer += data
     except OSError as e:
         raise _Incomplete([], e) from e
-    return b"".join(chunks).decode(errors="replace")
+    return answer.decode(errors="replace")
 
 
 @fenced_call("HAProxy runtime API commands")
