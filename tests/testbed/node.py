@@ -99,6 +99,7 @@ from tests.testbed.podstatus import (
     resource_version,
 )
 from tests.testbed.probing import ProbeSpec, ProbeWorker
+from tests.testbed.starts import StartWatcher
 
 __all__ = ["Kubelet", "PodRecord", "kubelet", "make_pod", "pod_ready_condition", "random_suffix"]
 
@@ -150,6 +151,7 @@ class Kubelet:
         self.sync_latency = sync_latency
         self.delete_latency = DELETE_LATENCY
         self._run_dir = Path(tempfile.mkdtemp(prefix="podlb-kubelet-"))
+        self._starts = StartWatcher(self._run_dir)
         self.started_at = time.monotonic()  # relists tick from here (set again by start())
         self.watch_timeout = watch_timeout
         self.register_nodes = register_nodes
@@ -440,13 +442,12 @@ class Kubelet:
         """When the containers run: the app's interpreter start stands in for the container
         runtime's start (1-3 s from creation on the real node), so the kubelet sees a
         container once its app listens (at most ``START_TIMEOUT`` s; an app that exits or
-        never listens is left to its probe)."""
-        deadline = time.monotonic() + START_TIMEOUT
+        never listens is left to its probe). :class:`~tests.testbed.starts.StartWatcher`
+        looks for every pod at once."""
         procs = [c.proc for c in rt.containers if c.proc is not None]
-        while time.monotonic() < deadline and not self._stop.is_set() and not rt.terminating:
-            if all(f.exists() for f in ready_files) or any(p.poll() is not None for p in procs):
-                break
-            time.sleep(0.01)
+        self._starts.wait(
+            ready_files, procs, START_TIMEOUT, lambda: self._stop.is_set() or rt.terminating
+        )
         for f in ready_files:
             f.unlink(missing_ok=True)
         return time.monotonic()
