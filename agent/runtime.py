@@ -214,6 +214,7 @@ def leader_work(
             ),
             resync_s=settings.leader_resync_s,
             drain_timeout_s=settings.lb_drain_timeout_s,
+            freeze_gc=True,
         )
         leader_ref.append(leader)
         try:

@@ -27,8 +27,10 @@ come back empty while pods it selects still exist.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import time
 from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Executor, Future
@@ -67,6 +69,21 @@ P = ParamSpec("P")
 PoolKey = tuple[str, str]  # (provider, pool)
 RETIRING = frozenset({Op.DRAIN, Op.REMOVE})  # actions that take servers out
 Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
+
+
+def _freeze_gc() -> bool:
+    """Collect once, then move every object left to the collector's permanent generation: a
+    full pass of a leader holding 30,000 pods took 0.2 s (one every few rounds), over objects
+    that live for the term. Objects frozen are still freed when no longer referenced; only
+    cycles among them are not collected."""
+    t0 = time.monotonic()
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "leader: %d objects exempted from full garbage collections (%.2fs)",
+        gc.get_freeze_count(), time.monotonic() - t0,
+    )  # fmt: skip
+    return True
 
 
 class LiveAddresses(Container[str]):
@@ -132,6 +149,11 @@ class Leader:
     # how often while it cannot be reached (a restart in progress: wake as soon as it is back).
     lb_probe_s: float = 1.0
     lb_probe_down_s: float = 0.1
+    # After the first full round, exempt what exists then (the informers' objects: 30,000
+    # pods, say) from the garbage collector's full passes (gc.freeze); the process does so, not
+    # tests sharing an interpreter.
+    freeze_gc: bool = False
+    _full_rounds: int = 0  # rounds run on synced informers
     _term: Term | None = None  # fences every LB call of the term this leader runs in
     _futures: set[Future[None]] = field(default_factory=set)
     _wake: threading.Event = field(default_factory=threading.Event)
@@ -208,6 +230,7 @@ class Leader:
             "leader: reconciling LB pools with %s",
             ", ".join(self.providers) or "no LB provider (desired state logged only)",
         )
+        frozen = False
         try:
             period = self.fast_period_s
             while not scope.wait(0):
@@ -216,6 +239,8 @@ class Leader:
                     raise RuntimeError("a leader worker failed") from failed[0]
                 self._wake.clear()
                 busy = self.round()
+                if self.freeze_gc and not frozen and self._full_rounds:
+                    frozen = _freeze_gc()
                 period = self.fast_period_s if busy else self.resync_s
                 self.clock.wait(self._wake, period)
                 if scope.stopped.is_set():
@@ -274,6 +299,7 @@ class Leader:
             self.metrics.fail_static("informers_not_synced")
             log.debug("leader: informers not synced yet: nothing applied")
             return True
+        self._full_rounds += 1
         # The informer's keys are (namespace, name) tuples, which PodKeys equal.
         pods = cast(Mapping[PodKey, Pod], self.pods.snapshot())
         services = self.services.items()

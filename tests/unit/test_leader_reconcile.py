@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
+import pytest
+
 from agent.clock import FakeClock
 from agent.errors import TransientError
 from agent.lb.base import (
@@ -643,3 +645,45 @@ def test_findings_are_reported_once_with_no_lb_provider_too() -> None:
     for _ in range(3):
         assert ld.round() is False
     assert sink.events == [("bad", "Warning", "NoSelector")]
+
+
+def test_the_garbage_collector_is_frozen_after_the_first_full_round_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leader's informers hold tens of thousands of objects for the whole term: once the
+    first round on synced informers has run, they are exempted from full collections (once);
+    not while the informers are still listing, and not by leaders built for tests."""
+    import time
+
+    from agent.clock import Clock
+    from agent.leader import reconcile
+    from agent.leader.scope import LeaderScope
+
+    frozen: list[int] = []
+
+    def freeze() -> bool:
+        frozen.append(1)
+        return True
+
+    monkeypatch.setattr(reconcile, "_freeze_gc", freeze)
+    lb = FakeLB({"h1": {POOL: {}}})
+    ld, _ = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb, synced=False)
+    ld.freeze_gc, ld.clock, ld.fast_period_s = True, Clock(), 0.01
+    scope = LeaderScope("a", Clock(), time.monotonic() + 60)
+    thread = threading.Thread(target=ld.run, args=(scope,), daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        assert frozen == []  # the informers have not synced: no full round yet
+        for cache in (ld.services, ld.slices, ld.pods):
+            cache.synced.set()
+        deadline = time.monotonic() + 5
+        while ld._full_rounds < 3 and time.monotonic() < deadline:
+            ld.poke()
+            time.sleep(0.02)
+        assert ld._full_rounds >= 3 and frozen == [1]
+    finally:
+        scope.stopped.set()
+        thread.join(5)
+    built, _ = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
+    assert built.freeze_gc is False
