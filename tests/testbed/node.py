@@ -139,6 +139,7 @@ class Kubelet:
         watch_timeout: int = 2,
         register_nodes: bool = True,
         pool_prefix: str = "kl",
+        finalize_via_api: bool = False,
     ) -> None:
         if relist_period <= 0:
             raise ValueError(f"relist_period must be > 0, not {relist_period}")
@@ -146,6 +147,8 @@ class Kubelet:
         self.core = client.CoreV1Api(api_client)
         self.nodes = list(nodes)
         self.finalize_delete = finalize_delete
+        if finalize_via_api:
+            self.finalize_delete = self._delete_now
         self.host_ip = host_ip
         self.relist_period = relist_period
         self.sync_latency = sync_latency
@@ -169,8 +172,13 @@ class Kubelet:
 
     @classmethod
     def for_api(cls, api: Any, nodes: Sequence[str] = ("node-a",), **kw: Any) -> Kubelet:
-        """From a ``KubeAPIServer``: admin client and ``api.store.finalize_delete``."""
-        return cls(api.api_client(), nodes, finalize_delete=api.store.finalize_delete, **kw)
+        """From a ``KubeAPIServer``: admin client and ``api.store.finalize_delete``; from a
+        ``KubeAPIProcess`` (no store to reach into): the real kubelet's final delete, a
+        DELETE with grace period 0 and the pod's uid as precondition."""
+        store = getattr(api, "store", None)
+        if store is None:
+            return cls(api.api_client(), nodes, finalize_via_api=True, **kw)
+        return cls(api.api_client(), nodes, finalize_delete=store.finalize_delete, **kw)
 
     def start(self) -> Kubelet:
         self.started_at = time.monotonic()
@@ -620,6 +628,19 @@ class Kubelet:
             except Exception as e:
                 log.debug("finalize %s/%s: %r", rt.ns, rt.name, e)
         rt.record.finalized_at = time.monotonic()
+
+    def _delete_now(self, resource: str, ns: str, name: str) -> None:
+        """The kubelet's status manager's last word on a pod that has terminated: delete it
+        with grace period 0 (and its uid as precondition)."""
+        uid = self.records[f"{ns}/{name}"].uid
+        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid} if uid else None}
+        try:
+            self.core.delete_namespaced_pod(
+                name, ns, body=body, _request_timeout=10, _preload_content=False
+            )
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
 
     def _remove(self, rt: PodRuntime) -> None:
         if rt.pod is not None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from kubernetes import client
 
 from tests.testbed.kubeapi import KubeAPIServer, Rule
+from tests.testbed.kubeapi.process import KubeAPIProcess
 
 AGENT_NAMESPACE = "podlb-system"
 AGENT_TOKEN = "podlb-system:podlb-agent"
@@ -43,7 +44,19 @@ def agent_cluster(*namespaces: str) -> Iterator[KubeAPIServer]:
     """An API double with the agent's token, its namespace and ``namespaces`` created."""
     with KubeAPIServer(port=0) as api:
         api.add_token(AGENT_TOKEN, AGENT_RULES)
-        core = client.CoreV1Api(api.api_client())
-        for ns in (AGENT_NAMESPACE, *namespaces):
-            core.create_namespace({"metadata": {"name": ns}})
+        _namespaces(api, namespaces)
         yield api
+
+
+@contextlib.contextmanager
+def agent_cluster_process(*namespaces: str) -> Iterator[KubeAPIProcess]:
+    """The same in a process of its own (:mod:`tests.testbed.kubeapi.process`)."""
+    with KubeAPIProcess({AGENT_TOKEN: AGENT_RULES}) as api:
+        _namespaces(api, namespaces)
+        yield api
+
+
+def _namespaces(api: KubeAPIServer | KubeAPIProcess, namespaces: tuple[str, ...]) -> None:
+    core = client.CoreV1Api(api.api_client())
+    for ns in (AGENT_NAMESPACE, *namespaces):
+        core.create_namespace({"metadata": {"name": ns}})

@@ -15,9 +15,11 @@ of new connections and keep-alive requests through HAProxy, goes through a full 
   and deregisters the pods. podlb only reads the CLB (``--lb tencent-clb``, observe mode)
   for the gate and the drain, with the same ``httpGet`` hook as ``podlb``.
 
-The LB's API answers after ``lb_delay_s`` (:mod:`tests.testbed.slowlb`; in ``observe`` the
-CLB's task delay), as a cloud LB's does: local HAProxy reacts in microseconds, which would hide
-the race podlb exists to remove.
+The API server double runs in a process of its own (:mod:`tests.testbed.kubeapi.process`),
+beside the simulated kubelet, as a real API server does. The LB's API answers after
+``lb_delay_s`` (:mod:`tests.testbed.slowlb`; in ``observe`` the CLB's task delay), as a cloud
+LB's does: local HAProxy reacts in microseconds, which would hide the race podlb exists to
+remove.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from tests.testbed.deploy import RollingUpdate
 from tests.testbed.haproxy import HAProxy
 from tests.testbed.load import LoadGenerator, LoadResult
 from tests.testbed.node import Kubelet
-from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
+from tests.testbed.rbac import AGENT_TOKEN, agent_cluster_process
 from tests.testbed.slowlb import SlowRuntimeProxy
 
 POOL = "shop.web.http"
@@ -230,7 +232,7 @@ def run_scenario(
     # exec hooks call one agent's URL: keep that mode's pods on one node.
     nodes = NODES[:1] if mode == "exec" else NODES
     with (
-        agent_cluster("shop") as api,
+        agent_cluster_process("shop") as api,
         Kubelet.for_api(api, nodes) as kubelet,
         HAProxy(
             backends=(POOL,),

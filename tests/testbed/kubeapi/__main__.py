@@ -1,4 +1,5 @@
-"""``python -m tests.testbed.kubeapi --listen 127.0.0.1:PORT [--token NAME]...``"""
+"""``python -m tests.testbed.kubeapi --listen 127.0.0.1:PORT [--token NAME]...
+[--token-rules NAME=JSON]...``"""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="add a bearer token NAME with full rights (repeatable)",
     )
+    p.add_argument(
+        "--token-rules",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="add a bearer token NAME limited to the rules in JSON, a list of objects with "
+        "verbs, resources, and optionally namespaces and api_groups (repeatable)",
+    )
     p.add_argument("--watch-window", type=int, default=1000)
     p.add_argument("--bookmark-interval", type=float, default=1.0)
     args = p.parse_args(argv)
@@ -33,12 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in args.token:
         api.add_token(name, [Rule({"*"}, {"*"})])
+    for spec in args.token_rules:
+        name, _, rules = spec.partition("=")
+        try:
+            api.add_token(name, [Rule(**r) for r in json.loads(rules)])
+        except (ValueError, TypeError) as e:
+            p.error(f"--token-rules {name}: {e}")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     with api:
         print(
-            json.dumps({"url": api.url, "admin_token": api.admin_token, "tokens": args.token}),
+            json.dumps(
+                {
+                    "url": api.url,
+                    "admin_token": api.admin_token,
+                    "tokens": [*args.token, *(t.partition("=")[0] for t in args.token_rules)],
+                }
+            ),
             flush=True,
         )
         done.wait()

@@ -119,13 +119,7 @@ class KubeAPIServer:
         return name
 
     def configuration(self, token: str | None = None) -> Any:
-        from kubernetes import client
-
-        cfg = client.Configuration()
-        cfg.host = self.url
-        cfg.api_key = {"authorization": token or self.admin_token}
-        cfg.api_key_prefix = {"authorization": "Bearer"}
-        return cfg
+        return client_configuration(self.url, token or self.admin_token)
 
     def api_client(self, token: str | None = None) -> Any:
         from kubernetes import client
@@ -143,3 +137,14 @@ class KubeAPIServer:
                 info.verb, res, info.subresource, info.namespace, info.name, code, info.user
             )
         )
+
+
+def client_configuration(url: str, token: str) -> Any:
+    """The official client's configuration for ``url`` with bearer ``token``."""
+    from kubernetes import client
+
+    cfg = client.Configuration()
+    cfg.host = url
+    cfg.api_key = {"authorization": token}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    return cfg
