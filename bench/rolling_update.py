@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 
@@ -134,16 +135,21 @@ def register_breakdown(results: list[ScenarioResult]) -> list[str]:
     ]
 
 
+LOADS: dict[str, tuple[float, float]] = {}  # mode -> 1-minute load average before, after
+
+
 def run_on_testbed(modes: list[str], args: argparse.Namespace) -> list[ScenarioResult]:
     results = []
     for mode in modes:
         say(f"running {mode} ...")
+        before = os.getloadavg()[0]
         results.append(
             run_scenario(
                 mode, replicas=args.replicas, sleep_s=args.sleep, lb_delay_s=args.lb_delay,
                 log=say, max_surge=args.max_surge, server_options=args.server_options,
             )
         )  # fmt: skip
+        LOADS[mode] = (before, os.getloadavg()[0])
     return results
 
 
@@ -245,6 +251,8 @@ def main() -> int:
         print(table(results, args.sleep))
         for line in drain_endings(results) + register_breakdown(results):
             print(line)
+        for mode, (before, after) in LOADS.items():
+            print(f"{mode}: load average (1 min) {before:.1f} before, {after:.1f} after")
         for key, value in summary.items():
             print(f"{key}: {value}")
     return 0

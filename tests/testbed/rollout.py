@@ -17,9 +17,9 @@ of new connections and keep-alive requests through HAProxy, goes through a full 
 
 The API server double runs in a process of its own (:mod:`tests.testbed.kubeapi.process`),
 beside the simulated kubelet, as a real API server does. The LB's API answers after
-``lb_delay_s`` (:mod:`tests.testbed.slowlb`; in ``observe`` the CLB's task delay), as a cloud
-LB's does: local HAProxy reacts in microseconds, which would hide the race podlb exists to
-remove.
+``lb_delay_s`` (:mod:`tests.testbed.slowlb`, also a process of its own; in ``observe`` the
+CLB's task delay), as a cloud LB's does: local HAProxy reacts in microseconds, which would hide
+the race podlb exists to remove.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from tests.testbed.haproxy import HAProxy
 from tests.testbed.load import LoadGenerator, LoadResult
 from tests.testbed.node import Kubelet
 from tests.testbed.rbac import AGENT_TOKEN, agent_cluster_process
-from tests.testbed.slowlb import SlowRuntimeProxy
+from tests.testbed.slowlb import SlowRuntimeProcess
 
 POOL = "shop.web.http"
 NODES = ("node-a", "node-b")
@@ -331,7 +331,7 @@ def _lb_api(
 ) -> Iterator[tuple[list[str], dict[str, str]]]:
     """The LB API podlb talks to, and the agent flags and environment for it."""
     if mode != "observe":
-        with SlowRuntimeProxy(lb.socket_path, delay_s) as slow:
+        with SlowRuntimeProcess(lb.socket_path, delay_s) as slow:
             yield [
                 "--lb", "haproxy", "--haproxy-server-options", server_options,
                 "--haproxy-runtime", f"unix:{slow.socket_path}",

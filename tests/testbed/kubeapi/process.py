@@ -64,12 +64,7 @@ class KubeAPIProcess:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
         if proc.stdout is not None:
             proc.stdout.close()
 
@@ -86,6 +81,16 @@ class KubeAPIProcess:
         from kubernetes import client
 
         return client.ApiClient(self.configuration(token))
+
+
+def stop_process(proc: subprocess.Popen[Any], wait_s: float) -> None:
+    """SIGTERM, and SIGKILL after ``wait_s`` seconds if it is still there."""
+    proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _rule_json(r: Rule) -> dict[str, Any]:
