@@ -643,8 +643,11 @@ class Kubelet:
                 raise
 
     def _remove(self, rt: PodRuntime) -> None:
-        if rt.pod is not None:
-            self.pool.remove(rt.pod.name)
+        with rt.lock:
+            pod, rt.pod = rt.pod, None  # once: a freed IP may be someone else's by now
+        if pod is not None:
+            self.pool.remove(pod.name)
+            self.net.free_ip(rt.node, pod.ip)
         key = f"{rt.ns}/{rt.name}"
         with self._lock:
             if self._pods.get(key) is rt:

@@ -4,7 +4,8 @@ A free ``/24`` of ``10.244.0.0/16`` per node (or the given ones), claimed with a
 ``unreachable`` route: like a real node (Calico installs a blackhole route for its block) the
 host routes the whole ``/24`` locally, under the pods' own ``/32`` routes, so a connection to
 a deleted pod's IP fails at once ("no route to host") instead of leaving through the default
-route. Pod IPs are handed out from it (``.1`` is the "gateway"); pods' namespaces come from a
+route. Pod IPs are handed out from it (``.1`` is the "gateway") and come back when their pod is
+removed; pods' namespaces come from a
 :class:`~tests.testbed.netns.NetnsPool`. :meth:`NodeNetwork.close` removes the namespaces and
 the routes it added.
 """
@@ -38,6 +39,9 @@ class NodeNetwork:
         for cidr in self.pod_cidrs.values():
             if cidr not in self._routes and _route_unreachable(cidr):
                 self._routes.append(cidr)
+        self._init_ips()
+
+    def _init_ips(self) -> None:
         self._lock = threading.Lock()
         self._ip_free: dict[str, list[str]] = {
             n: [str(h) for h in ipaddress.ip_network(c).hosts()][1:]
@@ -64,7 +68,18 @@ class NodeNetwork:
 
     def alloc_ip(self, node: str) -> str:
         with self._lock:
-            return self._ip_free[node].pop(0)
+            free = self._ip_free[node]
+            if not free:
+                raise RuntimeError(f"{node}: no free pod IP in {self.pod_cidrs[node]}")
+            return free.pop(0)
+
+    def free_ip(self, node: str, addr: str) -> None:
+        """A removed pod's IP goes back, at the end of the line: handed out again only after
+        every other free one, as host-local IPAM goes round its range (a node's /24 holds 253
+        pods over its life otherwise: a 300-pod rollout on two nodes ran out)."""
+        with self._lock:
+            if addr not in self._ip_free[node]:
+                self._ip_free[node].append(addr)
 
     def close(self) -> None:
         self.pool.close()
