@@ -4,7 +4,8 @@ Deciders call :meth:`ConditionReporter.set_desired`; a small pool of writer thre
 desired condition with what the pod carries now (from the informer cache), skips no-op writes,
 moves ``lastTransitionTime`` only when the status flips, writes under one shared token-bucket
 rate limit and emits an Event per transition (Normal or Warning as ``agent.events`` classifies
-it). A 404 means the pod is gone; transient errors retry with backoff.
+it) from a thread of its own, so that a pod's next write never waits for the last one's
+Event. A 404 means the pod is gone; transient errors retry with backoff.
 
 Several writers, because one status patch is a round trip (10-50 ms, more on a busy API server):
 one thread could not reach the rate the bucket allows, and a burst of verdicts (a leader
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +73,16 @@ class TokenBucket:
 
 
 WRITE_S = 0.1  # a status patch and its Event, ~50 ms each on a busy API server
+EVENT_BACKLOG = 1000  # Events waiting to be sent; beyond it one is dropped (and logged)
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    key: PodKey
+    pod: Pod
+    type: str  # Normal / Warning
+    reason: str
+    message: str
 MAX_WRITERS = 8
 
 
@@ -121,6 +133,9 @@ class ConditionReporter:
         self._desired: dict[PodKey, Desired] = {}
         self._pending = PendingWrites()
         self._wakes: list[threading.Event] = []  # one per running writer
+        # Events of the transitions written, sent by their own thread while the writers run
+        self._events: queue.Queue[_Event] = queue.Queue(EVENT_BACKLOG)
+        self._events_async = False
 
     # -- deciders' side -------------------------------------------------------------------
     def set_desired(self, key: PodKey, desired: Desired) -> None:
@@ -208,10 +223,19 @@ class ConditionReporter:
             threading.Thread(target=writer, args=(wake,), name=f"{name}-{i}", daemon=True)
             for i, wake in enumerate(self._wakes)
         ]
+        events = threading.Thread(
+            target=self._send_events, args=(halt,), name=f"{name}-events", daemon=True
+        )
+        self._events_async = True
+        events.start()
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        finally:
+            self._events_async = False
+        events.join(timeout=5)
         if failed:
             raise failed[0]
 
@@ -335,23 +359,48 @@ class ConditionReporter:
     def _emit_event(
         self, key: PodKey, pod: Pod, desired: Desired, current: Condition | None
     ) -> None:
+        """The transition's Event: handed to the Event thread while the writers run (the
+        pod's next write need not wait for it), else sent at once."""
         flipped = current is None or current.status != desired.status
         if not (flipped or (current is not None and current.reason != desired.reason)):
             return
+        event = _Event(
+            key,
+            pod,
+            event_type(
+                self.condition_type,
+                desired.reason,
+                was_ready=current is not None and current.status == "True",
+                stopping=pod.leaving,
+            ),
+            _event_reason(self.condition_type, desired),
+            f"{self.condition_type}={desired.status} ({desired.reason}): {desired.message}",
+        )
+        if not self._events_async:
+            self._send(event)
+            return
         try:
-            self.sink.emit_event(
-                pod,
-                event_type(
-                    self.condition_type,
-                    desired.reason,
-                    was_ready=current is not None and current.status == "True",
-                    stopping=pod.leaving,
-                ),
-                _event_reason(self.condition_type, desired),
-                f"{self.condition_type}={desired.status} ({desired.reason}): {desired.message}",
-            )
+            self._events.put_nowait(event)
+        except queue.Full:
+            log.warning(
+                "pod=%s: event %s not recorded: %d Events already wait to be sent",
+                key, event.reason, EVENT_BACKLOG,
+            )  # fmt: skip
+
+    def _send(self, event: _Event) -> None:
+        try:
+            self.sink.emit_event(event.pod, event.type, event.reason, event.message)
         except PodlbError as exc:
-            log.warning("pod=%s: event not recorded: %s", key, exc)
+            log.warning("pod=%s: event not recorded: %s", event.key, exc)
+
+    def _send_events(self, halt: threading.Event) -> None:
+        """The Event thread: sends the writers' Events in order until ``halt``."""
+        while not halt.is_set():
+            try:
+                event = self._events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._send(event)
 
 
 def _event_reason(condition_type: str, desired: Desired) -> str:

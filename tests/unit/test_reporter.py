@@ -281,3 +281,28 @@ def test_a_write_the_cache_did_not_show_yet_is_put_right_when_the_pod_is_marked_
     reporter.mark_dirty(key("a"))
     reporter.write_queued()
     assert written(sink, "a") == [HEALTHY, REGISTERING]
+
+
+def test_a_slow_event_does_not_hold_the_pods_next_write() -> None:
+    """A transition's Event is a second request: sent by a thread of its own, so the pod's
+    next condition (Registering, then Healthy a round later) does not wait for it (under churn
+    at 30,000 pods the Event held each pod's next write behind it)."""
+    release = threading.Event()
+
+    class SlowEvents(FakeStatusSink):
+        def emit_event(self, pod: Pod, event_type: str, reason: str, message: str) -> None:
+            release.wait(10)
+            super().emit_event(pod, event_type, reason, message)
+
+    sink = SlowEvents({key("a"): pod("a", NOT_REGISTERED)})
+    reporter = ConditionReporter(LB_READY, sink, sink.lookup, Clock(), rate_per_s=100)
+    with running(reporter):
+        reporter.set_desired(key("a"), want("a", REGISTERING))
+        wait_for(lambda: written(sink, "a") == [REGISTERING], 5, "Registering written")
+        reporter.set_desired(key("a"), want("a", HEALTHY))
+        wait_for(lambda: len(written(sink, "a")) == 2, 3, "Healthy written, Event pending")
+        assert sink.events == []  # the first Event is still on its way
+        release.set()
+        wait_for(lambda: len(sink.events) == 2, 5, "both Events sent, in order")
+    assert [r for _, _, r in sink.events] == ["LbReadyRegistering", "LbReadyTrue"]
+    assert written(sink, "a") == [REGISTERING, HEALTHY]
