@@ -14,7 +14,8 @@ while its objects (Service, EndpointSlices, pods) are the very ones of last roun
 (agent.leader.desired.DesiredPools), and a pool's verdicts while its spec is and the LB shows
 the same of it (agent.leader.verdicts); HAProxy's servers are re-read only where their lines
 changed (agent.lb.haproxy_state.PoolReader). At 30,000 pods and 10,000 backends a round where
-a few pods changed takes a tenth of what recomputing everything did.
+a few pods changed takes 0.15 s of CPU in one process, against 0.53 s recomputing everything
+(before reading HAProxy: 0.1 s, against 0.25 s).
 
 LB changes are applied asynchronously: a slow LB API (a cloud's takes seconds) must not hold the
 next round, so one pod's drain never delays another's registration. A server with a change in
