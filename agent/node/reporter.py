@@ -72,7 +72,8 @@ class TokenBucket:
             return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
-WRITE_S = 0.1  # a status patch and its Event, ~50 ms each on a busy API server
+WRITE_S = 0.1  # a status patch, 50-100 ms on a busy API server (its Event goes out apart)
+MAX_WRITERS = 8
 EVENT_BACKLOG = 1000  # Events waiting to be sent; beyond it one is dropped (and logged)
 
 
@@ -83,7 +84,6 @@ class _Event:
     type: str  # Normal / Warning
     reason: str
     message: str
-MAX_WRITERS = 8
 
 
 def writers_for(rate_per_s: float) -> int:
