@@ -57,3 +57,14 @@ def test_kubelet_deletes_a_terminated_pod_through_the_api() -> None:
         while core.list_namespaced_pod("default").items:
             assert time.monotonic() - t0 < 10, "the pod stayed in the API server"
             time.sleep(0.1)
+
+
+def test_the_accept_queue_holds_a_burst_of_connections() -> None:
+    """socketserver listens with a queue of 5; hundreds of kubelet threads connecting at once
+    then got resets. The kernel reports a listening socket's queue length as its Send-Q."""
+    with KubeAPIProcess() as api:
+        port = api.url.rsplit(":", 1)[1]
+        out = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert int(out[2]) >= 1024, out

@@ -24,6 +24,10 @@ class HTTPServer(ThreadingHTTPServer):
     open connection (:meth:`close_all`)."""
 
     daemon_threads = True
+    # The accept queue (socketserver's default is 5): hundreds of kubelet and agent threads
+    # connect at once in a 300-pod rollout, and connections past a full queue were reset
+    # (kube-apiserver listens with the kernel's somaxconn, 4096 here).
+    request_queue_size = 1024
     allow_reuse_address = True
     block_on_close = False
 
