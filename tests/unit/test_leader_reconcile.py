@@ -6,7 +6,7 @@ import threading
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -687,3 +687,41 @@ def test_the_garbage_collector_is_frozen_after_the_first_full_round_only(
         thread.join(5)
     built, _ = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
     assert built.freeze_gc is False
+
+
+def test_a_pools_verdicts_are_recomputed_only_when_what_they_read_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Remembered verdicts (agent.leader.verdicts): a round where nothing a verdict reads
+    changed computes none, session counts alone change nothing, and a failing health check is
+    seen at once."""
+    from agent.leader import verdicts
+
+    computed: list[str] = []
+    real = verdicts.pool_verdicts
+
+    def counting(spec: Any, states: Any, admitted: Any) -> Any:
+        computed.append(spec.pool)
+        return real(spec, states, admitted)
+
+    monkeypatch.setattr(verdicts, "pool_verdicts", counting)
+    lb = FakeLB({"h1": {POOL: {}}})
+    ld, sink = leader([pod("a"), pod("b")], [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], lb)
+    for _ in range(3):  # added; seen UP; the pool's spec made again with what the LB has
+        ld.round()
+    assert reasons(ld, sink) == {"a": "Healthy", "b": "Healthy"}
+    computed.clear()
+    ld.round()
+    assert computed == []  # nothing changed
+    servers = lb.pools["h1"][POOL]
+    servers[A] = replace(servers[A], sessions=7)
+    ld.round()
+    assert computed == [POOL]  # has sessions now (what a drain's verdict reads)
+    computed.clear()
+    servers[A] = replace(servers[A], sessions=9)
+    ld.round()
+    assert computed == []  # busier, not different
+    servers[A] = replace(servers[A], health=Health.DOWN)
+    ld.round()
+    assert computed == [POOL]
+    assert reasons(ld, sink) == {"a": "Unhealthy", "b": "Healthy"}
