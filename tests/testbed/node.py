@@ -81,6 +81,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -116,6 +117,7 @@ SYNC_LATENCY = 0.05
 # From a deleted pod's final status to its removal from the API server: 0.36-0.75 s on the
 # real node (the status manager deletes it once the pod worker has cleaned up).
 DELETE_LATENCY = 0.5
+STATUS_TRIES = 5  # a status write that does not reach the API server, tried this many times
 START_TIMEOUT = 10.0  # how long a container may take to start (see Kubelet._wait_started)
 
 
@@ -533,17 +535,27 @@ class Kubelet:
             rt.note_ready()
 
     def _patch_status(self, rt: PodRuntime, status: Obj) -> None:
-        """Strategic merge patch of ``pods/status`` (conditions merge by ``type``)."""
-        try:
-            # The answer as JSON, not the client's models (a V1Pod took milliseconds to build
-            # and to turn back into a dict: at 300 pods, seconds of the kubelet's time).
-            resp = self.core.patch_namespaced_pod_status(
-                rt.name, rt.ns, {"status": status}, _request_timeout=10, _preload_content=False
-            )
-        except ApiException as e:
-            if e.status != 404:
-                self._err(f"patch status {rt.ns}/{rt.name}: {e.status} {e.reason}")
-            return
+        """Strategic merge patch of ``pods/status`` (conditions merge by ``type``). A write that
+        does not reach the API server (connection reset, timeout) is tried again, up to
+        ``STATUS_TRIES`` times, as the status manager retries: a lost ContainersReady left its
+        pod unready for good."""
+        for attempt in range(1, STATUS_TRIES + 1):
+            try:
+                # The answer as JSON, not the client's models (a V1Pod took milliseconds to
+                # build and to turn back into a dict: at 300 pods, seconds of the kubelet's).
+                resp = self.core.patch_namespaced_pod_status(
+                    rt.name, rt.ns, {"status": status}, _request_timeout=10,
+                    _preload_content=False,
+                )  # fmt: skip
+                break
+            except ApiException as e:
+                if e.status != 404:
+                    self._err(f"patch status {rt.ns}/{rt.name}: {e.status} {e.reason}")
+                return
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                if attempt == STATUS_TRIES or self._stop.wait(0.5):
+                    self._err(f"patch status {rt.ns}/{rt.name}: {e!r}")
+                    return
         obj = json.loads(resp.data)
         with rt.obj_lock:
             if resource_version(obj) >= resource_version(rt.obj):
