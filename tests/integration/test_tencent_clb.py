@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
@@ -295,14 +296,20 @@ def test_throttled_calls_are_retried(clb: ClbDouble) -> None:
 
 
 def test_real_rate_limit_is_waited_out() -> None:
-    # One DescribeTargets a second: of three quick observes two share a second (whatever the
-    # phase of the clock), so at least one is refused and then retried into the next second.
+    # One DescribeTargets a (calendar) second: three observes started together, just after a
+    # second began, cannot all have their own second, so at least one is refused and then
+    # retried into the next one. (Three in a row could: on a loaded machine an observe took
+    # over half a second, and the three fell into three seconds.)
     with ClbDouble(rate_limit_per_s=1, health_fn=lambda ip, port: True) as d:
         d.add_lb(LB)
         d.add_listener(LB, "TCP", 80)
         p = provider(d, backoff_s=0.2)
-        for _ in range(3):
-            assert p.observe(d.region, f"{LB}/TCP:80").servers == {}
+        p.observe(d.region, f"{LB}/TCP:80")  # listeners cached; the SDK warmed up
+        time.sleep(1.05 - time.monotonic() % 1)  # the double counts monotonic seconds
+        d.calls.clear()
+        with ThreadPoolExecutor(3) as pool:
+            seen = list(pool.map(lambda _: p.observe(d.region, f"{LB}/TCP:80"), range(3)))
+        assert [s.servers for s in seen] == [{}, {}, {}]
         codes = [c.code for c in d.calls if c.action == "DescribeTargets"]
         assert codes.count("ok") == 3
         assert "RequestLimitExceeded" in codes
