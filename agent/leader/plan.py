@@ -11,7 +11,7 @@ does not count sessions) its pod is gone.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 
 from agent.lb.base import Action, AdminState, Health, ObservedServer, Op, PoolState, server_name
 from agent.model import PodKey, Verdict
@@ -118,7 +118,7 @@ _IN_ROTATION = "in rotation, LB health checks pass"
 
 
 def lb_verdicts(
-    pools: Iterable[PoolSpec], observed: Observed, admitted: Collection[PodKey] = frozenset()
+    pools: Iterable[PoolSpec], observed: Observed, admitted: Container[PodKey] = frozenset()
 ) -> dict[PodKey, LBVerdict]:
     """``podlb.io/lb-ready`` for every pod behind a direct Service.
 
@@ -148,7 +148,7 @@ def combine_verdicts(per_pod: Mapping[PodKey, list[LBVerdict]]) -> dict[PodKey, 
 
 
 def pool_verdicts(
-    spec: PoolSpec, states: Sequence[PoolState | None], admitted: Collection[PodKey]
+    spec: PoolSpec, states: Sequence[PoolState | None], admitted: Container[PodKey]
 ) -> list[tuple[PodKey, LBVerdict]]:
     """:func:`lb_verdicts` of one pool: ``states`` holds what each instance of its provider
     reported of it (None: that instance lacks the pool)."""
@@ -210,7 +210,7 @@ def pool_verdicts(
 
 
 def lost_servers(
-    pools: Iterable[PoolSpec], observed: Observed, admitted: Collection[PodKey]
+    pools: Iterable[PoolSpec], observed: Observed, admitted: Container[PodKey]
 ) -> dict[tuple[str, str, str], frozenset[str]]:
     """(provider, instance, pool) -> servers of pods in rotation (``admitted``, not draining)
     that the instance's pool lacks: lost on the LB side (a restart or reload drops HAProxy's

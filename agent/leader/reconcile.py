@@ -72,7 +72,7 @@ RETIRING = frozenset({Op.DRAIN, Op.REMOVE})  # actions that take servers out
 Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
 
 
-def _freeze_gc() -> bool:
+def _freeze_gc() -> None:
     """Collect once, then move every object left to the collector's permanent generation: a
     full pass of a leader holding 30,000 pods took 0.2 s (one every few rounds), over objects
     that live for the term. Objects frozen are still freed when no longer referenced; only
@@ -84,7 +84,6 @@ def _freeze_gc() -> bool:
         "leader: %d objects exempted from full garbage collections (%.2fs)",
         gc.get_freeze_count(), time.monotonic() - t0,
     )  # fmt: skip
-    return True
 
 
 class LiveAddresses(Container[str]):
@@ -241,7 +240,8 @@ class Leader:
                 self._wake.clear()
                 busy = self.round()
                 if self.freeze_gc and not frozen and self._full_rounds:
-                    frozen = _freeze_gc()
+                    _freeze_gc()
+                    frozen = True
                 period = self.fast_period_s if busy else self.resync_s
                 self.clock.wait(self._wake, period)
                 if scope.stopped.is_set():

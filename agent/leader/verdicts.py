@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.clock import Clock
@@ -70,12 +70,6 @@ class Admitted:
             and mine.reason != unconfirmed
         )
 
-    def __iter__(self) -> Iterator[PodKey]:  # the pods looked up so far that are admitted
-        return (k for k, v in self._known.items() if v and isinstance(k, PodKey))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
 
 class _Asking:
     """``admitted``, noting each pod asked about and the answer (what a verdict relied on)."""
@@ -89,12 +83,6 @@ class _Asking:
         if isinstance(key, PodKey):
             self.asked[key] = got
         return got
-
-    def __iter__(self) -> Iterator[PodKey]:
-        return iter(self.asked)
-
-    def __len__(self) -> int:
-        return len(self.asked)
 
 
 View = tuple[tuple[str, AdminState, Health, bool], ...] | None

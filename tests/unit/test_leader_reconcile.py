@@ -661,9 +661,8 @@ def test_the_garbage_collector_is_frozen_after_the_first_full_round_only(
 
     frozen: list[int] = []
 
-    def freeze() -> bool:
+    def freeze() -> None:
         frozen.append(1)
-        return True
 
     monkeypatch.setattr(reconcile, "_freeze_gc", freeze)
     lb = FakeLB({"h1": {POOL: {}}})
