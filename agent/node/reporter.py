@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from agent.clock import Clock
 from agent.errors import NotFound, PodlbError, TransientError
 from agent.events import KINDS, Kind, event_type
 from agent.model import Condition, Pod, PodKey
+from agent.node.eventqueue import EventQueue
 from agent.node.pending import PendingWrites, Priority, priority
 
 log = logging.getLogger(__name__)
@@ -74,16 +74,7 @@ class TokenBucket:
 
 WRITE_S = 0.1  # a status patch, 50-100 ms on a busy API server (its Event goes out apart)
 MAX_WRITERS = 8
-EVENT_BACKLOG = 1000  # Events waiting to be sent; beyond it one is dropped (and logged)
-
-
-@dataclass(frozen=True, slots=True)
-class _Event:
-    key: PodKey
-    pod: Pod
-    type: str  # Normal / Warning
-    reason: str
-    message: str
+EVENT_BACKLOG = 1000  # Events waiting to be sent; beyond it the oldest is dropped (and logged)
 
 
 def writers_for(rate_per_s: float) -> int:
@@ -133,9 +124,8 @@ class ConditionReporter:
         self._desired: dict[PodKey, Desired] = {}
         self._pending = PendingWrites()
         self._wakes: list[threading.Event] = []  # one per running writer
-        # Events of the transitions written, sent by their own thread while the writers run
-        self._events: queue.Queue[_Event] = queue.Queue(EVENT_BACKLOG)
-        self._events_async = False
+        # Events of the transitions written, sent by their own worker while the writers run
+        self._events: EventQueue | None = None
 
     # -- deciders' side -------------------------------------------------------------------
     def set_desired(self, key: PodKey, desired: Desired) -> None:
@@ -223,19 +213,22 @@ class ConditionReporter:
             threading.Thread(target=writer, args=(wake,), name=f"{name}-{i}", daemon=True)
             for i, wake in enumerate(self._wakes)
         ]
-        events = threading.Thread(
-            target=self._send_events, args=(halt,), name=f"{name}-events", daemon=True
+        events = EventQueue(self.sink.emit_event, self.clock, size=EVENT_BACKLOG)
+        events_done = threading.Event()
+        sender = threading.Thread(
+            target=events.run, args=(events_done,), name=f"{name}-events", daemon=True
         )
-        self._events_async = True
-        events.start()
+        self._events = events
+        sender.start()
         for t in threads:
             t.start()
         try:
             for t in threads:
                 t.join()
         finally:
-            self._events_async = False
-        events.join(timeout=5)
+            self._events = None
+            events_done.set()  # what is queued goes out for up to flush_s more
+        sender.join(timeout=5)
         if failed:
             raise failed[0]
 
@@ -364,8 +357,7 @@ class ConditionReporter:
         flipped = current is None or current.status != desired.status
         if not (flipped or (current is not None and current.reason != desired.reason)):
             return
-        event = _Event(
-            key,
+        event = (
             pod,
             event_type(
                 self.condition_type,
@@ -376,31 +368,14 @@ class ConditionReporter:
             _event_reason(self.condition_type, desired),
             f"{self.condition_type}={desired.status} ({desired.reason}): {desired.message}",
         )
-        if not self._events_async:
-            self._send(event)
+        events = self._events
+        if events is not None:
+            events.emit(*event)
             return
         try:
-            self._events.put_nowait(event)
-        except queue.Full:
-            log.warning(
-                "pod=%s: event %s not recorded: %d Events already wait to be sent",
-                key, event.reason, EVENT_BACKLOG,
-            )  # fmt: skip
-
-    def _send(self, event: _Event) -> None:
-        try:
-            self.sink.emit_event(event.pod, event.type, event.reason, event.message)
+            self.sink.emit_event(*event)
         except PodlbError as exc:
-            log.warning("pod=%s: event not recorded: %s", event.key, exc)
-
-    def _send_events(self, halt: threading.Event) -> None:
-        """The Event thread: sends the writers' Events in order until ``halt``."""
-        while not halt.is_set():
-            try:
-                event = self._events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            self._send(event)
+            log.warning("pod=%s: event not recorded: %s", key, exc)
 
 
 def _event_reason(condition_type: str, desired: Desired) -> str:
