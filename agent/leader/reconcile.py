@@ -62,7 +62,7 @@ from .findings import Findings
 from .plan import plan_pool
 from .routing import HAPROXY, Problem
 from .sinks import EventSink, LeaderMetrics
-from .verdicts import VerdictWriter
+from .verdicts import REGISTERING_HOLD_S, VerdictWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,6 +153,8 @@ class Leader:
     # pods, say) from the garbage collector's full passes (gc.freeze); the process does so, not
     # tests sharing an interpreter.
     freeze_gc: bool = False
+    # A pod's Registering is written once it has waited this long (VerdictWriter).
+    registering_hold_s: float = REGISTERING_HOLD_S
     _full_rounds: int = 0  # rounds run on synced informers
     _term: Term | None = None  # fences every LB call of the term this leader runs in
     _futures: set[Future[None]] = field(default_factory=set)
@@ -177,7 +179,13 @@ class Leader:
 
     def __post_init__(self) -> None:
         self._desired = DesiredPools(self.default_provider)
-        self._verdicts = VerdictWriter(self.reporter, self.events, self.clock, self.metrics)
+        self._verdicts = VerdictWriter(
+            self.reporter,
+            self.events,
+            self.clock,
+            self.metrics,
+            registering_hold_s=self.registering_hold_s,
+        )
         self._findings = Findings(self.events, self.metrics)
 
     def poke(self, key: object = None) -> None:

@@ -37,6 +37,7 @@ from .sinks import EventSink, LeaderMetrics
 
 log = logging.getLogger(__name__)
 _POLL = (LBReason.REGISTERING, LBReason.DRAINING)  # verdicts that change without an event
+REGISTERING_HOLD_S = 2.0  # VerdictWriter.registering_hold_s
 
 
 class Admitted:
@@ -113,6 +114,10 @@ class VerdictWriter:
     events: EventSink
     clock: Clock
     metrics: LeaderMetrics = field(default_factory=LeaderMetrics)
+    # A pod's Registering is handed over only once it has waited this long at the gate: most
+    # admissions land within a round or two, and the write in between (with its Event) was
+    # half the lb-ready writes under churn, queued before the Healthy that unblocks the pod.
+    registering_hold_s: float = REGISTERING_HOLD_S
     # (provider, instance, pool) -> servers of pods in rotation it lacked last round
     _lost: dict[tuple[str, str, str], frozenset[str]] = field(default_factory=dict)
     # pods waiting at the gate: pod -> (uid, since when, monotonic); timeouts counted already
@@ -151,6 +156,7 @@ class VerdictWriter:
         )
         handed: dict[PodKey, tuple[str, LBVerdict]] = {}
         last_handed = self._handed
+        now = self.clock.monotonic()
         for key, v in gated.items():
             last = last_handed.get(key)
             if last is not None and last[1] is v:  # a remembered verdict: handed over already
@@ -159,11 +165,21 @@ class VerdictWriter:
             pod = pods.get(key)
             if pod is None:
                 continue
+            if v.reason is LBReason.REGISTERING and self._held(key, pod, now):
+                if last is not None:  # what it has stays, and is compared again next round
+                    handed[key] = last
+                continue
             handed[key] = (pod.uid, v)
             self.reporter.set_desired(key, Desired(pod.uid, v.status, v.reason.value, v.message))
         self._handed = handed
         self.metrics.backends(Counter[str](v.reason for v in gated.values()))  # StrEnums
         return busy
+
+    def _held(self, key: PodKey, pod: Pod, now: float) -> bool:
+        """Whether a pod's Registering is held back: it has waited at the gate for less than
+        :attr:`registering_hold_s` (the round's busy flag looks again soon)."""
+        uid, since = self._gate_since.get(key, ("", now))
+        return uid == pod.uid and now - since < self.registering_hold_s
 
     def _verdicts(
         self, pools: list[PoolSpec], observed: Observed, admitted: Admitted

@@ -22,6 +22,7 @@ from agent.leader.gate import (
 )
 from agent.leader.plan import LBReason, gate_verdict
 from agent.leader.reconcile import Leader
+from agent.leader.verdicts import REGISTERING_HOLD_S
 from agent.model import Condition, Service, Verdict
 from tests.fakes import FakeStatusSink
 from tests.unit.test_leader_reconcile import (
@@ -125,7 +126,10 @@ class NeverUpLB(FakeLB):
 
 def gated(service: Service) -> tuple[Leader, FakeStatusSink, NeverUpLB, list[tuple[str, str, str]]]:
     lb = NeverUpLB({"h1": {POOL: {}}})
-    ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb, [service])
+    ld, sink = leader(
+        [pod("a")], [slice_for({"a": "10.0.0.1"})], lb, [service],
+        registering_hold_s=REGISTERING_HOLD_S,
+    )  # fmt: skip
     timeouts: list[tuple[str, str, str]] = []
     ld.metrics.gate_timeout = lambda ns, s, policy: timeouts.append((ns, s, policy))
     return ld, sink, lb, timeouts
@@ -145,8 +149,10 @@ def step(ld: Leader, sink: FakeStatusSink, advance: float = 0.0) -> tuple[str, s
 
 def test_hold_keeps_the_pod_out_and_says_so() -> None:
     ld, sink, lb, timeouts = gated(svc(**{GATE_TIMEOUT: "5s"}))
-    step(ld, sink)
-    assert step(ld, sink, 1.0)[:2] == ("False", "Registering")
+    # Registering is written once the pod has waited REGISTERING_HOLD_S (2 s) at the gate.
+    assert step(ld, sink) == ("", "", "")
+    assert step(ld, sink, REGISTERING_HOLD_S - 0.1) == ("", "", "")
+    assert step(ld, sink, 0.1)[:2] == ("False", "Registering")
     status, reason, message = step(ld, sink, 4.5)
     assert (status, reason) == ("False", "GateTimeout")
     assert "held out of rotation" in message and "waiting for health checks" in message
@@ -161,7 +167,7 @@ def test_hold_keeps_the_pod_out_and_says_so() -> None:
 def test_admit_sets_lb_ready_with_a_distinct_reason() -> None:
     ld, sink, lb, timeouts = gated(svc(**{GATE_TIMEOUT: "5s", GATE_ON_TIMEOUT: "admit"}))
     step(ld, sink)
-    assert step(ld, sink, 1.0)[:2] == ("False", "Registering")
+    assert step(ld, sink, 2.0)[:2] == ("False", "Registering")
     status, reason, message = step(ld, sink, 5.0)
     assert (status, reason) == ("True", "GateTimeoutAdmitted")
     assert "admitted without the LB's confirmation" in message

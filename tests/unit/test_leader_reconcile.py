@@ -144,6 +144,7 @@ def leader(
     lb: FakeLB | None,
     services: list[Service] | None = None,
     synced: bool = True,
+    registering_hold_s: float = 0.0,  # Registering written at once: verdicts round by round
 ) -> tuple[Leader, FakeStatusSink]:
     sink = FakeStatusSink()
     pod_cache = FakeCache(pods, synced)
@@ -156,6 +157,7 @@ def leader(
             slices=FakeCache(slices, synced), pods=pod_cache, providers={lb.name: lb} if lb else {},
             reporter=reporter,
             events=sink, clock=FakeClock(),
+            registering_hold_s=registering_hold_s,
         ),
         sink,
     )  # fmt: skip
@@ -185,6 +187,20 @@ def test_round_registers_on_every_instance_then_reports_healthy() -> None:
     lb.applied.clear()
     ld.round()
     assert lb.applied == []  # nothing changes: no LB command
+
+
+def test_an_admission_within_the_hold_is_one_write() -> None:
+    """Registering is held back while a pod has waited less than the hold: an admission that
+    lands within it writes Healthy alone (under churn, the write in between was half the
+    lb-ready writes, queued ahead of the Healthy that unblocks the pod)."""
+    lb = FakeLB({"h1": {POOL: {}}})
+    ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb, registering_hold_s=2.0)
+    assert ld.round() is True  # added; the verdict (from before the add) is Registering
+    write_all(ld)
+    ld.clock.advance(0.5)  # type: ignore[attr-defined]
+    ld.round()
+    write_all(ld)
+    assert [(k.name, c.reason) for k, c in sink.writes] == [("a", "Healthy")]
 
 
 def test_terminating_pod_drains_then_is_deregistered() -> None:
