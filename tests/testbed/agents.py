@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,8 @@ def free_port() -> int:
 
 
 class AgentProcess:
-    """One agent process. Logs go to a file (``log_text()``); always stopped by the owner."""
+    """One agent process. Logs go to a file (``log_text()``); always stopped by the owner. Its
+    directory (token, log) is removed once the object is gone, or at the interpreter's exit."""
 
     def __init__(
         self,
@@ -44,6 +47,8 @@ class AgentProcess:
         self.identity = identity or f"agent-{node}"
         self.port = port or free_port()  # a restarted agent may take its predecessor's
         self.dir = tempfile.mkdtemp(prefix="podlb-agent-")
+        # Its token and log go when the object does (or at exit): the log is read after stop().
+        weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
         token_file = Path(self.dir, "token")
         token_file.write_text(token)
         self.log_path = Path(self.dir, "agent.log")
