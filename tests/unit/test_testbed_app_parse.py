@@ -1,0 +1,72 @@
+"""The pod app's request parser: complete, incomplete and refused requests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.testbed.app import BadRequest, parse_request, query
+
+
+def test_a_complete_request_and_its_size() -> None:
+    buf = b"GET /x?a=1 HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\n"
+    req = parse_request(buf)
+    assert req is not None
+    assert (req.method, req.target, req.keep_alive) == ("GET", "/x?a=1", True)
+    assert buf[req.size :] == b"GET / HTTP/1.1\r\n"  # the next (pipelined) one stays
+
+
+@pytest.mark.parametrize(
+    "buf",
+    [b"", b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"],
+)
+def test_incomplete_requests_wait(buf: bytes) -> None:
+    assert parse_request(buf) is None
+
+
+def test_a_body_is_counted_and_skipped() -> None:
+    buf = b"GET / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcdGET"
+    req = parse_request(buf)
+    assert req is not None and buf[req.size :] == b"GET"
+
+
+@pytest.mark.parametrize(
+    ("version", "connection", "keep_alive"),
+    [
+        ("HTTP/1.1", "", True),
+        ("HTTP/1.1", "close", False),
+        ("HTTP/1.1", "Close", False),
+        ("HTTP/1.0", "", False),
+        ("HTTP/1.0", "keep-alive", True),
+    ],
+)
+def test_keep_alive_by_version_and_connection(
+    version: str, connection: str, keep_alive: bool
+) -> None:
+    head = f"GET / {version}\r\n" + (f"Connection: {connection}\r\n" if connection else "")
+    req = parse_request(head.encode() + b"\r\n")
+    assert req is not None and req.keep_alive is keep_alive
+
+
+@pytest.mark.parametrize(
+    ("buf", "code"),
+    [
+        (b"GET /\r\n\r\n", 400),
+        (b"hello\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET /" + b"a" * 70000, 414),
+        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 12000, 431),
+    ],
+)
+def test_refused_requests(buf: bytes, code: int) -> None:
+    with pytest.raises(BadRequest) as e:
+        parse_request(buf)
+    assert e.value.code == code
+
+
+def test_query_first_value_wins() -> None:
+    assert query("/?delay_ms=5&ok=0&ok=1&flag") == {"delay_ms": "5", "ok": "0", "flag": ""}
+    assert query("/") == query("/?&") == {}
