@@ -649,6 +649,8 @@ class Backends:
     pending: dict[tuple[str, str], float] = field(default_factory=dict)
     armed: set[tuple[str, str]] = field(default_factory=set)  # lb-ready False seen since unready
     latencies: list[float] = field(default_factory=list)
+    # per sample: pod, wall-clock time ContainersReady was sent, seconds to lb-ready=True seen
+    samples: list[tuple[str, float, float]] = field(default_factory=list)
     readying: set[tuple[str, str]] = field(default_factory=set)  # Ready=True being written
     rv: str = ""
 
@@ -703,7 +705,9 @@ class Backends:
             if not lb:
                 self.armed.add(key)
             elif key in self.pending:
-                self.latencies.append(now - self.pending.pop(key))
+                took = now - self.pending.pop(key)
+                self.latencies.append(took)
+                self.samples.append((f"{key[0]}/{key[1]}", time.time() - took, took))
                 self.armed.discard(key)
             if not (cr and lb and not rd) or key in self.readying:
                 return
@@ -1047,6 +1051,7 @@ def measure(s: Setup, agent_dir: Path, out: dict[str, Any]) -> None:
     args = s.args
     pools = [f"bench-{i % NAMESPACES}.svc-{i:04d}.http" for i in range(args.services)]
     s.backends.latencies.clear()
+    s.backends.samples.clear()
     agents: list[Agent] = []
     with HAProxy(
         backends=pools, frontends={pools[0]: 0}, health_check=None, server_options=SERVER_OPTIONS
@@ -1082,11 +1087,21 @@ def measure(s: Setup, agent_dir: Path, out: dict[str, Any]) -> None:
             out["lb_ready_p50_s"] = percentile(lat, 0.5)
             out["lb_ready_p99_s"] = percentile(lat, 0.99)
             out["lb_ready_samples"] = len(lat)
+            # Each sample beside the agents' logs (which carry milliseconds), to follow a slow
+            # one through the leader: pod, ContainersReady sent (local time), seconds to lb-ready.
+            with (s.work / f"lb-ready-{int(time.time())}.tsv").open("w") as f:
+                for pod, sent, took in s.backends.samples:
+                    stamp = time.strftime("%H:%M:%S", time.localtime(sent))
+                    f.write(f"{pod}\t{stamp}.{int(sent % 1 * 1000):03d}\t{took:.3f}\n")
             with contextlib.suppress(OSError):  # the leader's own view of its lb-ready writes
                 text = leader.metrics()
                 for q in (0.5, 0.99):
                     out[f"write_wait_p{q * 100:.0f}_s"] = histogram_bound(
                         text, "podlb_condition_write_wait_seconds", q, condition=GATE
+                    )
+                for q in (0.5, 0.99):  # every round of the leader's term so far
+                    out[f"round_p{q * 100:.0f}_s"] = histogram_bound(
+                        text, "podlb_leader_reconcile_duration_seconds", q, outcome="ok"
                     )
                 out["lb_ready_writes"] = metric_sum(
                     text, "podlb_condition_writes_total", condition=GATE, outcome="written"
@@ -1261,6 +1276,10 @@ def report(args: argparse.Namespace, facts: dict[str, Any], runs: list[dict[str,
             f"{r.get('write_wait_p50_s')} / {r.get('write_wait_p99_s')} "
             f"({r.get('lb_ready_writes')})"
         ),
+    )
+    row(
+        "leader's rounds, p50 / p99 bucket bound, s",
+        lambda r: f"{r.get('round_p50_s')} / {r.get('round_p99_s')}",
     )
     row("leader API requests/s at rest", lambda r: str(r.get("leader_requests_per_s")))
     row("leader CPU at rest, % of a core", lambda r: str(r.get("leader_cpu_pct")))
