@@ -23,17 +23,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 
 from agent.datapath import Inspector, InspectorConfig  # noqa: E402
-from bench._setup import prepare  # noqa: E402
+from bench._setup import CHILD_EHASH, child_ehash, prepare  # noqa: E402
 from tests.testbed.netns import NetnsPool, socket_in_netns  # noqa: E402
 
 TARGET_MS_200 = 100.0
@@ -56,29 +54,6 @@ def shell_scan(names: list[str]) -> float:
         subprocess.run(["ip", "-n", name, "-j", "-d", "-s", "link", "show"], capture_output=True)
         subprocess.run(["ss", "-N", name, "-tan"], capture_output=True)
     return time.perf_counter() - t0
-
-
-CHILD_EHASH = "/proc/sys/net/ipv4/tcp_child_ehash_entries"
-
-
-@contextlib.contextmanager
-def child_ehash(entries: int) -> Iterator[None]:
-    """Namespaces created inside get a TCP hash table of their own (Linux >= 6.1).
-
-    By default every namespace shares the host's established-socket hash (here 262144
-    buckets), and each sock_diag dump walks all of it, whatever the namespace holds: that walk
-    is about half of a scan. The sysctl is restored on exit; it only affects namespaces
-    created while it is set.
-    """
-    if entries <= 0:
-        yield
-        return
-    old = Path(CHILD_EHASH).read_text().strip()
-    Path(CHILD_EHASH).write_text(str(entries))
-    try:
-        yield
-    finally:
-        Path(CHILD_EHASH).write_text(old)
 
 
 def bench_size(n: int, repeat: int, ehash: int = 0) -> dict[str, float | int]:

@@ -42,7 +42,7 @@ import statistics
 import sys
 
 from agent.report import format_table
-from bench._setup import prepare
+from bench._setup import CHILD_EHASH, child_ehash, prepare
 from tests.cluster.cluster import running_cluster
 from tests.cluster.images import agent_image, app_image, pause_image
 from tests.cluster.podlb import Podlb, node_haproxy
@@ -192,6 +192,14 @@ def main() -> int:
         choices=("rotation", "checked"),
         help="the Service's podlb.io/gate-admit (real node; default: the annotation unset)",
     )
+    parser.add_argument(
+        "--tcp-child-ehash",
+        type=int,
+        default=0,
+        metavar="N",
+        help="give each pod namespace a TCP hash of N buckets (net.ipv4.tcp_child_ehash_entries, "
+        "restored after; testbed; 0: they share the host's, as on a default node)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--cluster", action="store_true", help="on the real single-node cluster (tests/cluster)"
@@ -204,7 +212,13 @@ def main() -> int:
     for m in modes:
         if m not in allowed:
             parser.error(f"unknown mode {m!r} (choose from {', '.join(allowed)})")
-    results = run_on_cluster(modes, args) if args.cluster else run_on_testbed(modes, args)
+    if args.tcp_child_ehash and (args.cluster or not os.path.exists(CHILD_EHASH)):
+        parser.error("--tcp-child-ehash: testbed only, on Linux 6.1 or later")
+    if args.cluster:
+        results = run_on_cluster(modes, args)
+    else:
+        with child_ehash(args.tcp_child_ehash):
+            results = run_on_testbed(modes, args)
     by_mode = {r.mode: r for r in results}
     summary: dict[str, object] = {}
     if "podlb" in by_mode and "nohook" in by_mode:
@@ -245,6 +259,8 @@ def main() -> int:
         )
         if args.gate_admit:
             surge += f", podlb.io/gate-admit: {args.gate_admit}"
+        if args.tcp_child_ehash:
+            surge += f", pod TCP hash {args.tcp_child_ehash} buckets"
         print(
             f"{where}: {args.replicas} replicas{surge}, LB API latency {args.lb_delay:g}s, "
             f"load: {load}"
