@@ -17,7 +17,7 @@ from agent.leader.election import ElectionConfig
 from tests.cluster.cluster import NODE, NODE_IP, Cluster
 from tests.cluster.hoststate import CGROUP_NAME
 from tests.cluster.podlb import AGENT_NS, RUNTIME_PORT, NodeLB, Podlb, until
-from tests.testbed.app import wait_listening
+from tests.testbed.appproc import wait_listening
 
 # The first test of a run also builds the images (minutes when cold) and starts the cluster.
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(900)]

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 
 from tests.testbed.agents import AgentProcess, agents, leaders
-from tests.testbed.app import app_argv
+from tests.testbed.appproc import app_argv
 from tests.testbed.kubeapi import KubeAPIServer
 from tests.testbed.node import Kubelet, make_pod
 from tests.testbed.rbac import AGENT_TOKEN, agent_cluster

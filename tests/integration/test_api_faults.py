@@ -153,7 +153,7 @@ def datapath(core: client.CoreV1Api, name: str) -> dict[str, Any] | None:
 @pytest.mark.netns
 def test_a_wedged_leader_steps_down_is_replaced_and_recovers() -> None:
     from tests.testbed.agents import AgentProcess, leaders
-    from tests.testbed.app import app_argv
+    from tests.testbed.appproc import app_argv
     from tests.testbed.node import Kubelet, make_pod
     from tests.testbed.rbac import AGENT_NAMESPACE, AGENT_RULES, agent_cluster
 

@@ -25,7 +25,7 @@ from agent.lb.haproxy import HAProxyProvider
 from agent.leader.desired import Backend, PoolSpec
 from agent.leader.plan import plan_pool
 from agent.model import PodKey
-from tests.testbed.app import spawn_in_pod
+from tests.testbed.appproc import spawn_in_pod
 from tests.testbed.haproxy import HAProxy, haproxy_version, supports_dynamic_servers
 from tests.testbed.load import LoadGenerator
 from tests.testbed.netns import NetnsPool, Pod, ip

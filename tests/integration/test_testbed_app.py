@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.app import app_argv, spawn_local, wait_listening
+from tests.testbed.appproc import app_argv, spawn_local, wait_listening
 from tests.testbed.haproxy import free_port
 
 pytestmark = pytest.mark.timeout(30)

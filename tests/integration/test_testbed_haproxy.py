@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.testbed.app import spawn_in_pod
+from tests.testbed.appproc import spawn_in_pod
 from tests.testbed.haproxy import HAProxy, haproxy_version, supports_dynamic_servers
 from tests.testbed.netns import NetnsPool
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.testbed.app import spawn_local
+from tests.testbed.appproc import spawn_local
 from tests.testbed.haproxy import HAProxy, free_port, supports_dynamic_servers
 from tests.testbed.load import (
     ERROR_KINDS,

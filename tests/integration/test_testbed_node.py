@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.testbed.app import spawn_local
+from tests.testbed.appproc import spawn_local
 from tests.testbed.deploy import RollingUpdate, is_ready, template_hash
 from tests.testbed.haproxy import free_port
 from tests.testbed.load import run_load

@@ -33,7 +33,6 @@ each probed by the kubelet and health-checked by the LB every second.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import heapq
 import os
@@ -42,19 +41,27 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from http import HTTPStatus
-from typing import TYPE_CHECKING
 
+# Not typing.TYPE_CHECKING: importing typing (or http, for its status phrases) costs each pod
+# milliseconds of CPU at start; type checkers treat this name alike.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
-
-    from tests.testbed.netns import Pod
+    from collections.abc import Sequence
+    from typing import NoReturn
 
 _STARTED = time.monotonic()  # "started" of GET /probes: this module's import
 
 MAX_LINE = 65536  # a longer request line is refused with 414
 MAX_HEAD = 65536  # longer headers are refused with 431
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
 
 
 class Request:
@@ -325,7 +332,7 @@ class AppServer:
     ) -> bytes:
         """The status line and headers of an answer with ``body``."""
         return (
-            f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\nContent-Type: {ctype}\r\n"
+            f"HTTP/1.1 {code} {REASONS[code]}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nX-Pod: {self.pod_name}\r\n"
             + ("Connection: close\r\n" if close else "")
             + "\r\n"
@@ -381,18 +388,62 @@ class AppServer:
                 self._close(conn)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tests.testbed.app", description=__doc__.split("\n")[0])
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--name", default=os.environ.get("POD_NAME", "app"))
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--delay-ms", type=int, default=int(os.environ.get("APP_DELAY_MS", "0")))
-    p.add_argument("--ready-file", default=None)
-    p.add_argument(
-        "--drain-timeout", type=float, default=None, help="give up on in-flight requests after"
-    )
-    args = p.parse_args(argv)
+USAGE = (
+    "usage: tests.testbed.app --port P [--name POD] [--host ADDR] [--delay-ms N]\n"
+    "                         [--ready-file PATH] [--drain-timeout S]"
+)
 
+
+class Options:
+    """The command line (parsed by hand: ``argparse`` and the ``re`` it imports cost each pod
+    about 14 ms of CPU at start). ``--name`` defaults to ``$POD_NAME``, ``--delay-ms`` to
+    ``$APP_DELAY_MS``."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.name = os.environ.get("POD_NAME", "app")
+        self.host = "0.0.0.0"
+        self.delay_ms = int(os.environ.get("APP_DELAY_MS", "0"))
+        self.ready_file: str | None = None
+        self.drain_timeout: float | None = None  # give up on in-flight requests after
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """``--opt VALUE`` or ``--opt=VALUE``; ``-h``/``--help`` prints usage and exits 0, a bad
+    command line prints usage and the error and exits 2 (as ``argparse`` does)."""
+    opts = Options()
+    convert = {"--port": int, "--name": str, "--host": str, "--delay-ms": int,
+               "--ready-file": str, "--drain-timeout": float}  # fmt: skip
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            print(f"{USAGE}\n\n{__doc__}")
+            raise SystemExit(0)
+        flag, eq, value = arg.partition("=")
+        if flag not in convert:
+            _usage_error(f"unrecognized argument {arg!r}")
+        if not eq:
+            if not args:
+                _usage_error(f"{flag}: expected a value")
+            value = args.pop(0)
+        try:
+            setattr(opts, flag[2:].replace("-", "_"), convert[flag](value))
+        except ValueError:
+            _usage_error(f"{flag}: invalid value {value!r}")
+    if opts.port is None:
+        _usage_error("--port is required")
+    return opts
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(f"{USAGE}\ntests.testbed.app: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    assert args.port is not None  # parse_args refuses a command line without it
     srv = AppServer(args.host, args.port, args.name, args.delay_ms)
     signal.set_wakeup_fd(srv.wake_w.fileno())
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -405,100 +456,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.serve(args.drain_timeout)
     sys.stdout.flush()
     return 0
-
-
-# -- spawning helpers (used by tests, the node simulator and benches) -----------------------
-# They import what they need when called, so that the app itself starts with little.
-def app_argv(port: int, name: str, *, delay_ms: int = 0, host: str = "0.0.0.0") -> list[str]:
-    """The app's command line: ``-S`` skips ``site`` (the virtualenv's packages and their
-    import hooks, which the app does not use: a third of its start-up); ``PYTHONPATH`` (see
-    :func:`_env`) or the working directory finds ``tests``."""
-    argv = [sys.executable, "-S", "-m", "tests.testbed.app", "--port", str(port), "--name", name]
-    argv += ["--host", host]
-    if delay_ms:
-        argv += ["--delay-ms", str(delay_ms)]
-    return argv
-
-
-def wait_listening(
-    host: str,
-    port: int,
-    timeout: float = 5.0,
-    proc: subprocess.Popen[bytes] | None = None,
-    netns: str | None = None,
-) -> None:
-    """Poll until ``host:port`` accepts a TCP connection (from inside ``netns`` if given)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"app exited with {proc.returncode} before listening")
-        try:
-            if netns:
-                from tests.testbed.netns import socket_in_netns
-
-                s = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
-                s.settimeout(0.5)
-                with s:
-                    s.connect((host, port))
-            else:
-                socket.create_connection((host, port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{host}:{port} not listening after {timeout}s") from None
-            time.sleep(0.01)
-
-
-def spawn_local(
-    port: int, name: str, *, delay_ms: int = 0, host: str = "127.0.0.1", timeout: float = 5.0
-) -> subprocess.Popen[bytes]:
-    """Run the app on the host (``127.0.0.1``) and wait until it listens."""
-    import subprocess
-
-    proc = subprocess.Popen(
-        app_argv(port, name, delay_ms=delay_ms, host=host), cwd=_repo_root(), env=_env()
-    )
-    try:
-        wait_listening(host, port, timeout, proc)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc
-
-
-def spawn_in_pod(
-    pod: Pod, port: int, name: str | None = None, *, delay_ms: int = 0, timeout: float = 5.0
-) -> subprocess.Popen[bytes]:
-    """Run the app inside a :class:`~tests.testbed.netns.Pod` and wait until it listens on the
-    pod IP. The process is also killed when the pool closes."""
-    proc = pod.popen(
-        app_argv(port, name or pod.name, delay_ms=delay_ms), cwd=_repo_root(), env=_env()
-    )
-    try:
-        wait_listening(pod.ip, port, timeout, proc, netns=pod.name)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc
-
-
-def _repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _env() -> dict[str, str]:
-    """The app's environment: ``PYTHONPATH`` finds ``tests``; its bytecode is cached outside
-    the tree (``PYTHONPYCACHEPREFIX``) even where ``PYTHONDONTWRITEBYTECODE`` is set, since
-    compiling the module again costs each pod about 10 ms of CPU at start."""
-    env = dict(os.environ)
-    root = _repo_root()
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    tmp = env.get("TMPDIR") or "/tmp"
-    env.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tmp, "podlb-testbed-pycache"))
-    return env
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def agent_demo() -> None:
     from kubernetes import client
 
     from tests.testbed.agents import AgentProcess
-    from tests.testbed.app import app_argv
+    from tests.testbed.appproc import app_argv
     from tests.testbed.node import Kubelet, make_pod
     from tests.testbed.rbac import AGENT_TOKEN, agent_cluster
 

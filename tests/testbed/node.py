@@ -86,7 +86,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.testbed import handlers
-from tests.testbed.app import _env, _repo_root, app_argv
+from tests.testbed.appproc import app_argv, app_env, repo_root
 from tests.testbed.netns import Pod
 from tests.testbed.nodenet import NodeNetwork
 from tests.testbed.podruntime import Container, PodRecord, PodRuntime
@@ -412,12 +412,12 @@ class Kubelet:
                 args = [str(a) for a in cont.spec.get("args") or []]
                 if args and args[0].startswith("--"):
                     argv += args
-                env = _env()
+                env = app_env()
                 env.update(rt.env(cont.spec))
                 with rt.lock:
                     if rt.terminating:
                         break
-                    cont.proc = pod.popen(argv, cwd=_repo_root(), env=env)
+                    cont.proc = pod.popen(argv, cwd=repo_root(), env=env)
             cont.started_at = now_iso()
         started = self._wait_started(rt, ready_files)
         rt.record.running_at = started

@@ -1,10 +1,10 @@
-"""The pod app's request parser: complete, incomplete and refused requests."""
+"""The pod app's request parser and command line: complete, incomplete and refused input."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.testbed.app import BadRequest, parse_request, query
+from tests.testbed.app import BadRequest, parse_args, parse_request, query
 
 
 def test_a_complete_request_and_its_size() -> None:
@@ -70,3 +70,31 @@ def test_refused_requests(buf: bytes, code: int) -> None:
 def test_query_first_value_wins() -> None:
     assert query("/?delay_ms=5&ok=0&ok=1&flag") == {"delay_ms": "5", "ok": "0", "flag": ""}
     assert query("/") == query("/?&") == {}
+
+
+def test_command_line_forms_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "from-env")
+    monkeypatch.setenv("APP_DELAY_MS", "7")
+    opts = parse_args(["--port", "8080", "--drain-timeout=1.5", "--host", "::"])
+    assert (opts.port, opts.name, opts.host, opts.delay_ms) == (8080, "from-env", "::", 7)
+    assert (opts.drain_timeout, opts.ready_file) == (1.5, None)
+    opts = parse_args(["--port=1", "--name", "p", "--delay-ms", "50", "--ready-file", "/r"])
+    assert (opts.name, opts.delay_ms, opts.ready_file) == ("p", 50, "/r")
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        ([], "--port is required"),
+        (["--port", "x"], "--port: invalid value 'x'"),
+        (["--port", "1", "--name"], "--name: expected a value"),
+        (["--port", "1", "--delay", "5"], "unrecognized argument '--delay'"),
+    ],
+)
+def test_bad_command_lines_exit_2(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    assert f"error: {error}\n" in capsys.readouterr().err
