@@ -62,7 +62,8 @@ class ObservedServer:
     admin: AdminState
     health: Health
     # Current sessions (connections) on this server; None when the LB does not report them
-    # (cloud LBs): a drained server is then taken as deregistered once its weight is 0.
+    # (cloud LBs): a drained server is then taken as deregistered once its weight is 0. HAProxy
+    # reads them only of servers out of rotation or down (PoolReader): None for the others.
     sessions: int | None
     # The server has a health check but it is switched off (an add cut short before its
     # ``enable health``): the plan enables it again. False where the LB has no such state.

@@ -7,11 +7,14 @@ every state: UP with sessions, no check, DOWN, maint, drain, just added, just en
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import replace
+
 import pytest
 
 from agent.clock import Clock
 from agent.errors import TransientError
-from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound
+from agent.lb.base import Action, AdminState, Health, Op, PoolNotFound, PoolState
 from agent.lb.haproxy import (
     FAILURES,
     HAProxyProvider,
@@ -36,6 +39,7 @@ from agent.lb.haproxy import (
     split_batches,
     streams_by_server,
 )
+from agent.lb.haproxy_state import out_of_rotation_pools
 
 # `show servers state be`: up (2 sessions), nochk (no `check`), dead (refused), maint
 # (`set server .. state maint` after UP), drain, v6 (added, never enabled), fresh (enabled,
@@ -304,6 +308,34 @@ def test_the_pool_reader_reads_what_build_pools_does_and_rereads_what_changed() 
         reader.read("No such proxy.\n\n", STAT_ALL)
 
 
+def test_the_pool_reader_asks_show_stat_only_of_backends_with_servers_out_of_rotation() -> None:
+    """`show stat` is 4 MB at 10,000 servers, read every round for the few being drained: it is
+    asked only of the backends with a server drained, in maintenance or down."""
+    rows = STATE.splitlines()
+    # backend "ok": the same servers as "up" and "fresh" (READY, running), nothing out
+    ok_rows = [r.replace("3 be ", "4 ok ", 1) for r in rows if r.startswith(("3 be 1 ", "3 be 7 "))]
+    state = "\n".join([*rows[:-1], *ok_rows, "", ""])
+    asked: list[set[str]] = []
+
+    def stat_of(pools: Collection[str]) -> list[str]:
+        asked.append(set(pools))
+        return [STAT_ALL]  # (more than asked: what was not asked is not read)
+
+    got = PoolReader().read(state, stat_of, ["be", "ok", "empty"])
+    assert asked == [{"be"}] == [out_of_rotation_pools(state)]
+    full = build_pools(parse_servers_state(state), parse_stat_csv(STAT_ALL), ["empty"])
+    assert got["be"] == full["be"] and got["empty"] == PoolState("empty")
+    assert got["be"].servers["up"].sessions == 2  # read: its backend has servers out
+    assert {n: s.sessions for n, s in got["ok"].servers.items()} == {"up": None, "fresh": None}
+    assert {n: replace(s, sessions=0) for n, s in got["ok"].servers.items()} == {
+        n: replace(s, sessions=0) for n, s in full["ok"].servers.items()
+    }
+    # nothing out of rotation anywhere: no `show stat` at all
+    all_in = "\n".join([*rows[:2], *ok_rows, "", ""])
+    asked.clear()
+    assert set(PoolReader().read(all_in, stat_of)) == {"ok"} and asked == []
+
+
 # -- answers ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("cmd", "text", "ok", "reason"),
@@ -401,6 +433,19 @@ def test_classify_answer(cmd: str, text: str, ok: bool, reason: str) -> None:
     answer = classify_answer(cmd, text)
     assert (answer.ok, answer.reason) == (ok, reason)
     assert answer.text == text.strip()
+
+
+def test_a_show_answer_fails_only_on_its_first_line() -> None:
+    """A check's text inside `show stat` (``last_chk``, an agent's answer) can hold any words:
+    a failure is what HAProxy says on the first line, and a 4 MB answer is not searched nine
+    times."""
+    row = STAT_ALL.splitlines()[2].replace("Layer7 check passed", "Permission denied")
+    answer = classify_answer("show stat -1 4 -1", "\n".join([STAT_ALL.splitlines()[0], row]))
+    assert (answer.ok, answer.reason) == (True, "ok")
+    assert classify_answer("show stat nope 4 -1", "No such proxy.\n\n").reason == "no_backend"
+    assert classify_answer("set server be/s1 state ready", "No such server.\n").reason == (
+        "no_server"
+    )
 
 
 def test_failure_reasons_are_bounded() -> None:
