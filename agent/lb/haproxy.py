@@ -256,6 +256,10 @@ class HAProxyProvider:
         """agent.lb.base.IndependentWrites: each server's commands stand alone."""
         return True
 
+    def observes_quickly(self) -> bool:
+        """agent.lb.base.QuickObserve: one backend is two short commands."""
+        return True
+
     def stages(self) -> bool:
         """Staging (agent.lb.base.Staging) helps only when servers have health checks."""
         return "check" in self.server_options.split()

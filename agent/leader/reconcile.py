@@ -32,7 +32,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -48,6 +48,7 @@ from agent.lb.base import (
     Mode,
     Op,
     PoolState,
+    QuickObserve,
     RestartAware,
     Staging,
     canonical_ip,
@@ -155,6 +156,9 @@ class Leader:
     freeze_gc: bool = False
     # A pod's Registering is written once it has waited this long (VerdictWriter).
     registering_hold_s: float = REGISTERING_HOLD_S
+    # How long a round waits for its ENABLEs on a QuickObserve LB to land, to read their pools
+    # back and write the admitted pods' lb-ready in the same round (0: never).
+    admit_wait_s: float = 0.25
     _full_rounds: int = 0  # rounds run on synced informers
     _term: Term | None = None  # fences every LB call of the term this leader runs in
     _futures: set[Future[None]] = field(default_factory=set)
@@ -169,6 +173,8 @@ class Leader:
     _round_no: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _failed: list[BaseException] = field(default_factory=list)
+    # this round's ENABLE batches on QuickObserve LBs: (future, provider, instance, pool)
+    _admitting: list[tuple[Future[None], str, str, str]] = field(default_factory=list)
     _last_desired: dict[str, frozenset[str]] = field(default_factory=dict)
     _registered: dict[str, frozenset[str]] = field(default_factory=dict)
     # (provider, instance) -> its process id at the last probe; None: not reachable then
@@ -345,6 +351,8 @@ class Leader:
                             name, instance, key[1], want, per_pool[key[1]], pods, services,
                             round_no, live,
                         )  # fmt: skip
+        if self._admitting:
+            self._read_back_admissions(by_key.values(), complete, pods, services)
         self._findings.end_round()
         outcome = "ok" if len(reachable) == len(self.providers) else "lb_error"
         self.metrics.reconcile(self.clock.monotonic() - t0, outcome)
@@ -352,6 +360,39 @@ class Leader:
             busy |= bool(self._in_flight)
             self._done_in = {k: n for k, n in self._done_in.items() if n >= round_no}
         return busy
+
+    def _read_back_admissions(
+        self,
+        pools: Iterable[PoolSpec],
+        observed: Observed,
+        pods: Mapping[PodKey, Pod],
+        services: Sequence[Service],
+    ) -> None:
+        """The pools this round admitted servers to (ENABLE), read again once those changes
+        landed (at most :attr:`admit_wait_s`), and every pod's lb-ready decided again with them:
+        an admitted pod turns Healthy in this round, not in the next one, which at 10,000
+        servers starts most of a second later. Only on QuickObserve LBs; what has not landed
+        in time, or cannot be read, is left to the next round."""
+        admitting, self._admitting = self._admitting, []
+        done, _ = futures.wait([f for f, *_ in admitting], timeout=self.admit_wait_s)
+        fresh = {k: v for k, v in observed.items()}  # provider -> instance -> pool -> state
+        read = False
+        for future, provider, instance, pool in admitting:
+            if future not in done or provider not in fresh or instance not in fresh[provider]:
+                continue
+            try:
+                state = self.providers[provider].observe(instance, pool)
+            except PodlbError as exc:
+                log.debug("leader: %s %s/%s not read back: %s", provider, instance, pool, exc)
+                continue
+            if fresh[provider] is observed[provider]:
+                fresh[provider] = dict(observed[provider])
+            if fresh[provider][instance] is observed[provider][instance]:
+                fresh[provider][instance] = dict(observed[provider][instance])
+            fresh[provider][instance][pool] = state
+            read = True
+        if read:
+            self._verdicts.write(pools, fresh, pods, services)
 
     def _desired_pools(
         self, services: Sequence[Service], pods: Mapping[PodKey, Pod]
@@ -505,6 +546,13 @@ class Leader:
                 if not future.done():
                     self._futures.add(future)
             future.add_done_callback(self._forget_future)
+            if (
+                self.admit_wait_s > 0
+                and isinstance(lb, QuickObserve)
+                and lb.observes_quickly()
+                and any(a.op is Op.ENABLE for a in batch)
+            ):
+                self._admitting.append((future, provider, instance, pool))
         return True
 
     def _forget_future(self, future: Future[None]) -> None:

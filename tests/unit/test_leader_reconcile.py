@@ -203,6 +203,45 @@ def test_an_admission_within_the_hold_is_one_write() -> None:
     assert [(k.name, c.reason) for k, c in sink.writes] == [("a", "Healthy")]
 
 
+class QuickLB(FakeLB):
+    """A FakeLB read one pool at a time at once (agent.lb.base.QuickObserve), like HAProxy."""
+
+    def observes_quickly(self) -> bool:
+        return True
+
+
+def test_an_admission_is_read_back_and_written_in_its_own_round() -> None:
+    """On a QuickObserve LB the round reads back the pools it ENABLEd servers in and writes
+    Healthy at once; a round at 10,000 servers takes most of a second, so waiting for the next
+    one was half of a pod's time to lb-ready under churn."""
+    staged = ObservedServer(A, "10.0.0.1", 8080, 100, AdminState.DRAIN, Health.UP, 0)
+    for lb, rounds in (
+        (FakeLB({"h1": {POOL: {A: staged}}}), 2),
+        (QuickLB({"h1": {POOL: {A: staged}}}), 1),
+    ):
+        ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
+        for _ in range(rounds):
+            ld.round()
+        write_all(ld)
+        assert [op for _i, _p, op, _s in lb.applied] == [Op.ENABLE]
+        assert [(k.name, c.reason) for k, c in sink.writes] == [("a", "Healthy")], lb
+        ld.round()
+        write_all(ld)
+        assert len(sink.writes) == 1 and [op for _i, _p, op, _s in lb.applied] == [Op.ENABLE]
+    # an LB that could not be read back: the next round sees it, as before
+    lb = QuickLB({"h1": {POOL: {A: staged}}})
+    ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
+    real = lb.observe
+    lb.observe = lambda i, p: (_ for _ in ()).throw(TransientError("gone"))  # type: ignore[method-assign]
+    ld.round()
+    write_all(ld)
+    assert sink.writes == []
+    lb.observe = real  # type: ignore[method-assign]
+    ld.round()
+    write_all(ld)
+    assert [(k.name, c.reason) for k, c in sink.writes] == [("a", "Healthy")]
+
+
 def test_terminating_pod_drains_then_is_deregistered() -> None:
     lb = FakeLB({"h1": {POOL: {}}})
     pods = [pod("a"), pod("b")]
