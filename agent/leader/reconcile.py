@@ -20,6 +20,9 @@ a few pods changed takes 0.15 s of CPU in one process, against 0.53 s recomputin
 LB changes are applied asynchronously: a slow LB API (a cloud's takes seconds) must not hold the
 next round, so one pod's drain never delays another's registration. A server with a change in
 flight is left out of the plans until the change is done and the LB has been observed again.
+On an LB read cheaply one pool at a time (QuickObserve: HAProxy), a round waits up to
+``admit_wait_s`` for its ENABLEs to land, reads those pools back and decides lb-ready again, so
+an admitted pod turns Healthy in its own round rather than the next.
 
 Fail static (DESIGN.md): nothing is drained or removed while an informer is not synced, when an
 LB instance cannot be observed (lb-ready is then left as it is), or when a Service's endpoints
