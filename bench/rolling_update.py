@@ -19,13 +19,17 @@ a cloud LB's API. Mode ``observe`` is TKE's direct mode against the CLB API doub
 cloud's controller (a stand-in) registers the pods, podlb only reads the CLB.
 
     .venv/bin/python -m bench.rolling_update [--modes podlb,nohook,sleep,observe] [--sleep 40]
-        [--replicas 6] [--max-surge 1] [--server-options OPTIONS] [--lb-delay 1.0] [--json]
+        [--replicas 6] [--max-surge 1] [--server-options OPTIONS] [--lb-delay 1.0]
+        [--tcp-child-ehash N] [--json]
 
 At scale (the issue's 300-pod case: maxSurge 25 %, HAProxy checks every second, 2 to rise;
-375 pods' processes load both cores for about ten minutes a mode, so under the cluster lock):
+375 pods and their probes, checks and agents load both cores for three to four minutes a mode,
+so under the cluster lock; ``--tcp-child-ehash 1024`` spares the agents' drain looks the walk of
+the host's whole TCP hash, as the README advises for nodes):
 
     flock /tmp/podlb-cluster.lock .venv/bin/python -m bench.rolling_update --replicas 300 \
-        --max-surge 25% --server-options "check inter 1s fall 2 rise 2"
+        --max-surge 25% --lb-delay 1 --server-options "check inter 1s fall 2 rise 2" \
+        --tcp-child-ehash 1024 --modes podlb,nohook,sleep
 
 ``--cluster`` runs the same comparison on the real single-node cluster of the tests
 (tests/cluster/: real kube-apiserver, controllers, kubelet, containerd, preStop hooks and
