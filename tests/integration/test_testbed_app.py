@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.testbed.app import AppServer
 from tests.testbed.appproc import app_argv, spawn_local, wait_listening
 from tests.testbed.haproxy import free_port
 
@@ -188,3 +189,53 @@ def test_one_thread_that_sleeps_while_idle(app: tuple[subprocess.Popen[bytes], i
     finally:
         for conn in conns:
             conn.close()
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_a_request_received_but_unread_at_sigterm_is_answered_then_closed() -> None:
+    """The drain reads what idle connections already hold: a request there gets its answer,
+    with ``Connection: close``, instead of a reset."""
+    srv = AppServer("127.0.0.1", 0, "pod-d", 0)
+    port = srv.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        deadline = time.monotonic() + 5
+        while not srv.conns and time.monotonic() < deadline:
+            srv._tick(0.1)  # one turn of the loop: accepts the connection, reads nothing yet
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        time.sleep(0.05)  # in the server's receive queue, not read by the app
+        srv.request_stop()
+        assert srv.serve(drain_timeout=2)
+        answer = _read_to_eof(client)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\npod-d")
+    assert b"Connection: close\r\n" in answer
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_request_stop_from_another_thread_wakes_the_loop() -> None:
+    srv = AppServer("127.0.0.1", 0, "pod-t", 0)
+    done = threading.Event()
+    loop = threading.Thread(target=lambda: done.set() if srv.serve(2) else None, daemon=True)
+    loop.start()
+    with socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=5) as idle:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert idle.recv(4096).endswith(b"\r\n\r\nok")
+        time.sleep(0.2)  # the loop waits on its sockets again, with nothing due
+        srv.request_stop()
+        assert done.wait(2), "serve() still waiting"
+        assert _read_to_eof(idle) == b""  # the idle keep-alive connection was closed
+
+
+def test_sigterm_ends_an_idle_app_at_once(app: tuple[subprocess.Popen[bytes], int]) -> None:
+    """Nothing to wake the loop but the signal (no connection, no delayed answer)."""
+    proc, _ = app
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(2) == 0

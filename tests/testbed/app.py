@@ -34,6 +34,7 @@ each probed by the kubelet and health-checked by the LB every second.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import os
 import selectors
@@ -185,15 +186,18 @@ class AppServer:
         self.listening_at = time.monotonic()
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.socket, selectors.EVENT_READ, None)
-        self._wake_r, self.wake_w = socket.socketpair()  # see :meth:`request_stop`
-        for s in (self._wake_r, self.wake_w):
+        self._wake_r, self._wake_w = socket.socketpair()  # see :meth:`request_stop`
+        for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
 
     def request_stop(self) -> None:
-        """Ask :meth:`serve` to drain and return (a signal handler may call it: the signal's
-        wakeup fd, :attr:`wake_w`, wakes the loop)."""
+        """Ask :meth:`serve` to drain and return; a signal handler or another thread may call
+        it (a byte on the wake-up socket ends the loop's wait: after a signal Python retries an
+        interrupted ``epoll_wait``)."""
         self.stop_requested = True
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+            self._wake_w.send(b"x")
 
     def probes(self) -> bytes:
         import json  # only for GET /probes: every pod pays for what it imports at start
@@ -445,7 +449,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     assert args.port is not None  # parse_args refuses a command line without it
     srv = AppServer(args.host, args.port, args.name, args.delay_ms)
-    signal.set_wakeup_fd(srv.wake_w.fileno())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: srv.request_stop())
     if args.ready_file:
