@@ -232,7 +232,9 @@ def test_no_provider_writes_nothing_to_any_lb(
     core.create_namespaced_pod("shop", web_pod("web-0"))
     with agents(api.url, AGENT_TOKEN, ["node-a"]) as procs:
         procs[0].wait_ready()
-        wait_for(lambda: "desired shop.web.http: 1 backends" in procs[0].log_text(), 20, "logged")
+        wait_for(
+            lambda: "desired shop.web.http: 1 backends" in procs[0].log_text(None), 20, "logged"
+        )
         assert servers(lb) == {}
         assert conditions(api, "web-0").get(GATE) is None
 

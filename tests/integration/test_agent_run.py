@@ -170,7 +170,7 @@ def test_sigterm_stops_cleanly(api: KubeAPIServer) -> None:
         assert proc.proc is not None
         assert proc.proc.wait(15) == 0, proc.log_text()
         assert time.monotonic() - t0 < 12
-        assert "stopped cleanly" in proc.log_text()
+        assert "stopped cleanly" in proc.log_text(None)
     finally:
         proc.stop()
 

@@ -101,9 +101,12 @@ class AgentProcess:
             time.sleep(0.05)
         raise AssertionError(f"agent on {self.node} not ready in {timeout}s:\n{self.log_text()}")
 
-    def log_text(self) -> str:
+    def log_text(self, tail: int | None = 8000) -> str:
+        """The agent's log: its last ``tail`` characters (for a failure's message), or all of
+        it (``tail=None``: to look for a line, which a debug log pushes out of any tail)."""
         try:
-            return self.log_path.read_text(errors="replace")[-8000:]
+            text = self.log_path.read_text(errors="replace")
+            return text if tail is None else text[-tail:]
         except OSError:
             return ""
 
