@@ -170,6 +170,8 @@ class Leader:
     _owned: dict[PoolKey, tuple[str, str]] = field(default_factory=dict)
     # (provider, instance, pool) -> server -> when it was first seen not taking new traffic
     _drain_since: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
+    # (provider, instance, pool) -> the spec and state it last had nothing to do with
+    _settled: dict[tuple[str, str, str], tuple[PoolSpec, PoolState]] = field(default_factory=dict)
     # (provider, instance, pool, server): a change in flight, or the round it finished in
     _in_flight: set[tuple[str, str, str, str]] = field(default_factory=set)
     _done_in: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # round no.
@@ -178,7 +180,7 @@ class Leader:
     _failed: list[BaseException] = field(default_factory=list)
     # this round's ENABLE batches on QuickObserve LBs: (future, provider, instance, pool)
     _admitting: list[tuple[Future[None], str, str, str]] = field(default_factory=list)
-    _last_desired: dict[str, frozenset[str]] = field(default_factory=dict)
+    _last_desired: dict[str, tuple[PoolSpec, frozenset[str]]] = field(default_factory=dict)
     _registered: dict[str, frozenset[str]] = field(default_factory=dict)
     # (provider, instance) -> its process id at the last probe; None: not reachable then
     _lb_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
@@ -378,7 +380,7 @@ class Leader:
         in time, or cannot be read, is left to the next round."""
         admitting, self._admitting = self._admitting, []
         done, _ = futures.wait([f for f, *_ in admitting], timeout=self.admit_wait_s)
-        fresh = {k: v for k, v in observed.items()}  # provider -> instance -> pool -> state
+        fresh = dict(observed)  # provider -> instance -> pool -> state, copied where read again
         read = False
         for future, provider, instance, pool in admitting:
             if future not in done or provider not in fresh or instance not in fresh[provider]:
@@ -500,9 +502,13 @@ class Leader:
         round_no: int,
         live: LiveAddresses,
     ) -> bool:
+        key = (provider, instance, pool)
+        settled = self._settled.get(key)
+        if settled is not None and settled[0] is spec and settled[1] == state:
+            return False  # as last round, when there was nothing to do: nothing to do
         now = self.clock.monotonic()
         ages: dict[str, float] = {}
-        since = self._drain_since.setdefault((provider, instance, pool), {})
+        since = self._drain_since.setdefault(key, {})
         for name in [n for n in since if n not in state.servers]:
             del since[name]  # gone: an address reused later starts afresh
         for name, srv in state.servers.items():
@@ -515,6 +521,12 @@ class Leader:
             spec, state, drain_age_s=ages, drain_timeout_s=self.drain_timeout_s,
             fail_static=fail_static, live_addresses=live,
         )  # fmt: skip
+        # Nothing to do, every server in rotation (no drain clock runs), backends wanted (no
+        # fail-static question): the same spec and state plan the same nothing next round.
+        if not planned and spec is not None and (spec.backends or spec.others) and not ages:
+            self._settled[key] = (spec, state)
+        else:
+            self._settled.pop(key, None)
         # Staged servers stay out of rotation until their pod is ready: not a drain to watch.
         staged = spec.staged if spec is not None else {}
         draining = any(
@@ -525,8 +537,8 @@ class Leader:
             actions = [
                 a
                 for a in planned
-                if (key := (provider, instance, pool, a.server)) not in self._in_flight
-                and self._done_in.get(key, 0) < round_no
+                if (at := (provider, instance, pool, a.server)) not in self._in_flight
+                and self._done_in.get(at, 0) < round_no
             ]
             self._in_flight |= {(provider, instance, pool, a.server) for a in actions}
         if not actions:
@@ -637,9 +649,18 @@ class Leader:
         return False
 
     def _log_desired(self, pools: list[PoolSpec]) -> None:
-        now = {p.pool: frozenset(b.server for b in p.backends.values()) for p in pools}
-        for pool in sorted(set(now) | set(self._last_desired)):
-            before, after = self._last_desired.get(pool, frozenset()), now.get(pool, frozenset())
+        """Each pool's change of backends, logged; a spec remembered from last round
+        (DesiredPools) is not looked at again."""
+        last = self._last_desired
+        now = {
+            p.pool: got if (got := last.get(p.pool)) is not None and got[0] is p else
+            (p, frozenset(b.server for b in p.backends.values()))
+            for p in pools
+        }  # fmt: skip
+        changed = {pool for pool, got in now.items() if last.get(pool) is not got}
+        nothing: tuple[None, frozenset[str]] = (None, frozenset())
+        for pool in sorted(changed | (last.keys() - now.keys())):
+            before, after = last.get(pool, nothing)[1], now.get(pool, nothing)[1]
             if before != after:
                 log.info(
                     "leader: desired %s: %d backends (+%s -%s)",

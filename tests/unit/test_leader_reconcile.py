@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -240,6 +241,59 @@ def test_an_admission_is_read_back_and_written_in_its_own_round() -> None:
     ld.round()
     write_all(ld)
     assert [(k.name, c.reason) for k, c in sink.writes] == [("a", "Healthy")]
+
+
+def test_changes_of_desired_backends_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    lb = FakeLB({"h1": {POOL: {}}})
+    ld, _sink = leader([pod("a"), pod("b")], [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], lb)
+    caplog.set_level(logging.INFO, logger="agent.leader.reconcile")
+
+    def logged() -> list[str]:
+        got = [r.getMessage() for r in caplog.records if "desired" in r.getMessage()]
+        caplog.clear()
+        return got
+
+    ld.round()
+    assert logged() == [f"leader: desired {POOL}: 2 backends (+{A},{B} -none)"]
+    ld.round()
+    assert logged() == []
+    ld.slices = FakeCache([slice_for({"a": "10.0.0.1"})])
+    ld.round()
+    assert logged() == [f"leader: desired {POOL}: 1 backends (+none -{B})"]
+    ld.services = FakeCache([])
+    ld.round()
+    assert logged() == [f"leader: desired {POOL}: 0 backends (+none -{A})"]
+
+
+def test_a_settled_pool_is_not_planned_again_until_its_spec_or_state_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool with nothing to do and every server in rotation is not planned again while its
+    spec is the same object and the LB shows the same of it (1,000 pools a round)."""
+    from agent.leader import reconcile
+
+    planned: list[str] = []
+    real = reconcile.plan_pool
+
+    def counting(spec: Any, state: PoolState, **kw: Any) -> Any:
+        planned.append(state.pool)
+        return real(spec, state, **kw)
+
+    monkeypatch.setattr(reconcile, "plan_pool", counting)
+    lb = FakeLB({"h1": {POOL: {}}})
+    ld, _sink = leader([pod("a"), pod("b")], [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], lb)
+    ld.round()  # adds
+    ld.round()  # nothing to do
+    ld.round()  # nothing to do (a new spec: what the LB has changed), settled
+    assert len(planned) == 3
+    ld.round()
+    assert len(planned) == 3  # not planned again
+    lb.pools["h1"][POOL][A] = replace(lb.pools["h1"][POOL][A], health=Health.DOWN)
+    ld.round()
+    assert len(planned) == 4  # the LB shows something else: planned (nothing to do again)
+    ld.slices = FakeCache([slice_for({"a": "10.0.0.1"})])
+    ld.round()
+    assert len(planned) == 5 and lb.pools["h1"][POOL][B].admin is AdminState.DRAIN
 
 
 def test_terminating_pod_drains_then_is_deregistered() -> None:
