@@ -17,12 +17,13 @@ changed (agent.lb.haproxy_state.PoolReader). At 30,000 pods and 10,000 backends 
 a few pods changed takes 0.15 s of CPU in one process, against 0.53 s recomputing everything
 (before reading HAProxy: 0.1 s, against 0.25 s).
 
-LB changes are applied asynchronously: a slow LB API (a cloud's takes seconds) must not hold the
-next round, so one pod's drain never delays another's registration. A server with a change in
-flight is left out of the plans until the change is done and the LB has been observed again.
-On an LB read cheaply one pool at a time (QuickObserve: HAProxy), a round waits up to
-``admit_wait_s`` for its ENABLEs to land, reads those pools back and decides lb-ready again, so
-an admitted pod turns Healthy in its own round rather than the next.
+LB changes are applied asynchronously (agent.leader.applier.PoolApplier): a slow LB API (a
+cloud's takes seconds) must not hold the next round, so one pod's drain never delays another's
+registration. A server with a change in flight is left out of the plans until the change is
+done and the LB has been observed again. On an LB read cheaply one pool at a time
+(QuickObserve: HAProxy), a round waits up to ``admit_wait_s`` for its ENABLEs to land, reads
+those pools back and decides lb-ready again, so an admitted pod turns Healthy in its own round
+rather than the next.
 
 Fail static (DESIGN.md): nothing is drained or removed while an informer is not synced, when an
 LB instance cannot be observed (lb-ready is then left as it is), or when a Service's endpoints
@@ -36,22 +37,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
-from concurrent import futures
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from agent.clock import Clock
 from agent.errors import PodlbError
 from agent.lb.base import (
-    Action,
-    AdminState,
-    IndependentWrites,
     LBProvider,
     Mode,
-    Op,
     PoolState,
-    QuickObserve,
     RestartAware,
     Staging,
     canonical_ip,
@@ -60,10 +56,10 @@ from agent.lb.fence import Term, TermEnded, bound
 from agent.model import EndpointSlice, Pod, PodKey, Service, direct_mode
 from agent.node.reporter import ConditionReporter
 
+from .applier import PoolApplier
 from .desired import DesiredPools, Finding, Limits, PoolSpec
 from .election import LeaderScope
 from .findings import Findings
-from .plan import plan_pool
 from .routing import HAPROXY, Problem
 from .sinks import EventSink, LeaderMetrics
 from .verdicts import REGISTERING_HOLD_S, VerdictWriter
@@ -72,7 +68,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 P = ParamSpec("P")
 PoolKey = tuple[str, str]  # (provider, pool)
-RETIRING = frozenset({Op.DRAIN, Op.REMOVE})  # actions that take servers out
 Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
 
 
@@ -164,22 +159,10 @@ class Leader:
     admit_wait_s: float = 0.25
     _full_rounds: int = 0  # rounds run on synced informers
     _term: Term | None = None  # fences every LB call of the term this leader runs in
-    _futures: set[Future[None]] = field(default_factory=set)
     _wake: threading.Event = field(default_factory=threading.Event)
     # Pools this leader has managed, and the Service that asked for each.
     _owned: dict[PoolKey, tuple[str, str]] = field(default_factory=dict)
-    # (provider, instance, pool) -> server -> when it was first seen not taking new traffic
-    _drain_since: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
-    # (provider, instance, pool) -> the spec and state it last had nothing to do with
-    _settled: dict[tuple[str, str, str], tuple[PoolSpec, PoolState]] = field(default_factory=dict)
-    # (provider, instance, pool, server): a change in flight, or the round it finished in
-    _in_flight: set[tuple[str, str, str, str]] = field(default_factory=set)
-    _done_in: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # round no.
-    _round_no: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _failed: list[BaseException] = field(default_factory=list)
-    # this round's ENABLE batches on QuickObserve LBs: (future, provider, instance, pool)
-    _admitting: list[tuple[Future[None], str, str, str]] = field(default_factory=list)
+    _failed: list[BaseException] = field(default_factory=list)  # in a worker, unexpected
     _last_desired: dict[str, tuple[PoolSpec, frozenset[str]]] = field(default_factory=dict)
     _registered: dict[str, frozenset[str]] = field(default_factory=dict)
     # (provider, instance) -> its process id at the last probe; None: not reachable then
@@ -187,6 +170,7 @@ class Leader:
     _desired: DesiredPools = field(init=False)  # the desired pools, remembered per Service
     _verdicts: VerdictWriter = field(init=False)  # every pod's lb-ready
     _findings: Findings = field(init=False)  # problems found, as Events
+    _applier: PoolApplier = field(init=False)  # each pool's plan, applied
 
     def __post_init__(self) -> None:
         self._desired = DesiredPools(self.default_provider)
@@ -198,6 +182,11 @@ class Leader:
             registering_hold_s=self.registering_hold_s,
         )
         self._findings = Findings(self.events, self.metrics)
+        self._applier = PoolApplier(
+            self.apply_executor, self.clock, self._wake.set, self.metrics,
+            drain_timeout_s=self.drain_timeout_s, admit_wait_s=self.admit_wait_s,
+            failed=self._failed,
+        )  # fmt: skip
 
     def poke(self, key: object = None) -> None:
         del key
@@ -206,7 +195,7 @@ class Leader:
     # -- lifetime ---------------------------------------------------------------------------
     def run(self, scope: LeaderScope) -> None:
         """Leader work: informers, the condition writer and rounds, until the scope stops."""
-        self._term = scope.term
+        self._term = self._applier.term = scope.term
         caches: list[Cache[Any]] = [self.services, self.slices, self.pods]
         failed = self._failed
 
@@ -268,13 +257,7 @@ class Leader:
         finally:
             for c in caches:
                 c.stop_watch()
-            # Changes queued are dropped; those running send no further request (the term
-            # fences each one) and may finish the request they are in. The election releases
-            # the Lease only once none of them can still land (agent.lb.fence).
-            self.apply_executor.shutdown(wait=False, cancel_futures=True)
-            with self._lock:
-                pending = list(self._futures)
-            futures.wait(pending, timeout=self.stop_apply_timeout_s)
+            self._applier.stop(self.stop_apply_timeout_s)
             for t in threads:
                 t.join(timeout=5)
 
@@ -312,9 +295,7 @@ class Leader:
     def round(self) -> bool:
         """One full reconcile. Returns True when something is in flight (poll again soon)."""
         t0 = self.clock.monotonic()
-        with self._lock:
-            self._round_no += 1
-            round_no = self._round_no
+        round_no = self._applier.begin_round()
         if not all(c.synced.is_set() for c in (self.services, self.slices, self.pods)):
             self.metrics.fail_static("informers_not_synced")
             log.debug("leader: informers not synced yet: nothing applied")
@@ -352,38 +333,35 @@ class Leader:
                     ):
                         continue
                     if want is None or want.mode is Mode.MANAGE:  # gone or ours
-                        busy |= self._apply(
-                            name, instance, key[1], want, per_pool[key[1]], pods, services,
-                            round_no, live,
+                        state = per_pool[key[1]]
+                        busy |= self._applier.apply(
+                            (name, instance, key[1]), self.providers[name], want, state,
+                            round_no, live=live,
+                            fail_static=partial(self._fail_static, want, state, pods, services),
                         )  # fmt: skip
-        if self._admitting:
-            self._read_back_admissions(by_key.values(), complete, pods, services)
+        if admitted := self._applier.admissions():
+            self._read_back(admitted, by_key.values(), complete, pods, services)
         self._findings.end_round()
         outcome = "ok" if len(reachable) == len(self.providers) else "lb_error"
         self.metrics.reconcile(self.clock.monotonic() - t0, outcome)
-        with self._lock:
-            busy |= bool(self._in_flight)
-            self._done_in = {k: n for k, n in self._done_in.items() if n >= round_no}
-        return busy
+        return self._applier.end_round(round_no) or busy
 
-    def _read_back_admissions(
+    def _read_back(
         self,
+        admitted: list[tuple[str, str, str]],
         pools: Iterable[PoolSpec],
         observed: Observed,
         pods: Mapping[PodKey, Pod],
         services: Sequence[Service],
     ) -> None:
-        """The pools this round admitted servers to (ENABLE), read again once those changes
-        landed (at most :attr:`admit_wait_s`), and every pod's lb-ready decided again with them:
-        an admitted pod turns Healthy in this round, not in the next one, which at 10,000
-        servers starts most of a second later. Only on QuickObserve LBs; what has not landed
-        in time, or cannot be read, is left to the next round."""
-        admitting, self._admitting = self._admitting, []
-        done, _ = futures.wait([f for f, *_ in admitting], timeout=self.admit_wait_s)
+        """The pools this round admitted servers in (their changes landed: PoolApplier.
+        admissions), read again, and every pod's lb-ready decided again with them: an admitted
+        pod turns Healthy in this round, not in the next. A pool that cannot be read is left
+        to the next round."""
         fresh = dict(observed)  # provider -> instance -> pool -> state, copied where read again
         read = False
-        for future, provider, instance, pool in admitting:
-            if future not in done or provider not in fresh or instance not in fresh[provider]:
+        for provider, instance, pool in admitted:
+            if provider not in fresh or instance not in fresh[provider]:
                 continue
             try:
                 state = self.providers[provider].observe(instance, pool)
@@ -489,134 +467,6 @@ class Leader:
                 services,
             )  # fmt: skip
         return False
-
-    def _apply(
-        self,
-        provider: str,
-        instance: str,
-        pool: str,
-        spec: PoolSpec | None,
-        state: PoolState,
-        pods: Mapping[PodKey, Pod],
-        services: Sequence[Service],
-        round_no: int,
-        live: LiveAddresses,
-    ) -> bool:
-        key = (provider, instance, pool)
-        settled = self._settled.get(key)
-        if settled is not None and settled[0] is spec and settled[1] == state:
-            return False  # as last round, when there was nothing to do: nothing to do
-        now = self.clock.monotonic()
-        ages: dict[str, float] = {}
-        since = self._drain_since.setdefault(key, {})
-        for name in [n for n in since if n not in state.servers]:
-            del since[name]  # gone: an address reused later starts afresh
-        for name, srv in state.servers.items():
-            if srv.admin is AdminState.READY:
-                since.pop(name, None)
-            else:
-                ages[name] = now - since.setdefault(name, now)
-        fail_static = self._fail_static(spec, state, pods, services)
-        planned = plan_pool(
-            spec, state, drain_age_s=ages, drain_timeout_s=self.drain_timeout_s,
-            fail_static=fail_static, live_addresses=live,
-        )  # fmt: skip
-        # Nothing to do, every server in rotation (no drain clock runs), backends wanted (no
-        # fail-static question): the same spec and state plan the same nothing next round.
-        if not planned and spec is not None and (spec.backends or spec.others) and not ages:
-            self._settled[key] = (spec, state)
-        else:
-            self._settled.pop(key, None)
-        # Staged servers stay out of rotation until their pod is ready: not a drain to watch.
-        staged = spec.staged if spec is not None else {}
-        draining = any(
-            s.admin is not AdminState.READY and n not in staged for n, s in state.servers.items()
-        )
-        with self._lock:
-            # What this round saw of a server changed since (or is changing): plan it later.
-            actions = [
-                a
-                for a in planned
-                if (at := (provider, instance, pool, a.server)) not in self._in_flight
-                and self._done_in.get(at, 0) < round_no
-            ]
-            self._in_flight |= {(provider, instance, pool, a.server) for a in actions}
-        if not actions:
-            return draining or bool(planned)
-        # Where writes are independent, servers coming in and servers going out are separate
-        # batches on separate workers: a slow drain or removal never holds a registration of
-        # the same round, nor the reverse (each keeps the plan's order within it).
-        batches = [actions]
-        lb = self.providers[provider]
-        if isinstance(lb, IndependentWrites) and lb.independent_writes():
-            batches = [
-                [a for a in actions if a.op not in RETIRING],
-                [a for a in actions if a.op in RETIRING],
-            ]
-        for batch in batches:
-            if not batch:
-                continue
-            future = self.apply_executor.submit(self._apply_now, provider, instance, pool, batch)
-            with self._lock:
-                if not future.done():
-                    self._futures.add(future)
-            future.add_done_callback(self._forget_future)
-            if (
-                self.admit_wait_s > 0
-                and isinstance(lb, QuickObserve)
-                and lb.observes_quickly()
-                and any(a.op is Op.ENABLE for a in batch)
-            ):
-                self._admitting.append((future, provider, instance, pool))
-        return True
-
-    def _forget_future(self, future: Future[None]) -> None:
-        with self._lock:
-            self._futures.discard(future)
-
-    def _apply_now(self, provider: str, instance: str, pool: str, actions: list[Action]) -> None:
-        """One batch of LB changes, on an apply worker."""
-        try:
-            try:
-                with bound(self._term):
-                    result = self.providers[provider].apply(instance, pool, actions)
-            except TermEnded as exc:
-                log.info(
-                    "leader: %d actions on %s %s/%s left to the next leader: %s",
-                    len(actions), provider, instance, pool, exc,
-                )  # fmt: skip
-                return
-            except PodlbError as exc:
-                log.warning(
-                    "leader: applying %d actions to %s %s/%s failed: %s",
-                    len(actions), provider, instance, pool, exc,
-                )  # fmt: skip
-                for a in actions:
-                    self.metrics.lb_action(a.op.value, "error")
-                return
-            failed = {id(a) for a, _ in result.failed}
-            for a in actions:
-                self.metrics.lb_action(a.op.value, "error" if id(a) in failed else "ok")
-            for a, answer in result.failed:
-                log.warning(
-                    "leader: %s %s/%s on %s %s refused: %s",
-                    a.op.value, pool, a.server, provider, instance, answer,
-                )  # fmt: skip
-            log.info(
-                "leader: %s %s %s: %s",
-                provider, instance, pool, ", ".join(f"{a.op.value} {a.server}" for a in actions),
-            )  # fmt: skip
-        except BaseException as exc:  # unexpected: end the term (STYLE.md principle 7)
-            log.exception("leader: an apply worker failed")
-            self._failed.append(exc)
-        finally:
-            with self._lock:
-                for a in actions:
-                    key = (provider, instance, pool, a.server)
-                    self._in_flight.discard(key)
-                    # The round running now may have observed the LB before this change.
-                    self._done_in[key] = self._round_no
-            self._wake.set()
 
     def _fail_static(
         self,

@@ -270,16 +270,16 @@ def test_a_settled_pool_is_not_planned_again_until_its_spec_or_state_changes(
 ) -> None:
     """A pool with nothing to do and every server in rotation is not planned again while its
     spec is the same object and the LB shows the same of it (1,000 pools a round)."""
-    from agent.leader import reconcile
+    from agent.leader import applier
 
     planned: list[str] = []
-    real = reconcile.plan_pool
+    real = applier.plan_pool
 
     def counting(spec: Any, state: PoolState, **kw: Any) -> Any:
         planned.append(state.pool)
         return real(spec, state, **kw)
 
-    monkeypatch.setattr(reconcile, "plan_pool", counting)
+    monkeypatch.setattr(applier, "plan_pool", counting)
     lb = FakeLB({"h1": {POOL: {}}})
     ld, _sink = leader([pod("a"), pod("b")], [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], lb)
     ld.round()  # adds
@@ -473,7 +473,7 @@ class BlockingLB(FakeLB):
 def test_slow_lb_changes_run_beside_the_rounds_and_are_never_issued_twice() -> None:
     lb = BlockingLB({"h1": {POOL: {}}})
     ld, _ = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
-    ld.apply_executor = ThreadPoolExecutor(4)
+    ld = replace(ld, apply_executor=ThreadPoolExecutor(4))
     try:
         assert ld.round() is True  # ADD a handed to a worker
         assert lb.entered.acquire(timeout=5)
@@ -506,7 +506,7 @@ def test_registrations_and_drains_of_one_round_do_not_wait_for_each_other() -> N
     for lb, calls in ((IndependentBlockingLB({"h1": {POOL: {A: up}}}), 2),
                       (BlockingLB({"h1": {POOL: {A: up}}}), 1)):  # fmt: skip
         ld, _ = leader(pods, slices, lb)
-        ld.apply_executor = ThreadPoolExecutor(4)
+        ld = replace(ld, apply_executor=ThreadPoolExecutor(4))
         try:
             ld.round()
             # Each batch is inside the LB at once: neither waits for the other to return.
