@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.clock import Clock
 from agent.errors import PodlbError
@@ -97,10 +97,28 @@ def _view(state: PoolState | None) -> View:
     return tuple((n, s.admin, s.health, not s.sessions) for n, s in state.servers.items())
 
 
+def _same_view(was: Sequence[PoolState | None], now: Sequence[PoolState | None]) -> bool:
+    """Whether each instance shows the same of a pool (:func:`_view`): at once when the states
+    or their servers are the very objects (HAProxy's reader keeps a server that did not change,
+    and a round that reads a pool back hands the other pools' states again), else compared."""
+    if len(was) != len(now):
+        return False
+    for a, b in zip(was, now, strict=True):
+        if a is b:
+            continue
+        if a is None or b is None:
+            return False
+        if len(a.servers) != len(b.servers) or not all(
+            x is y for x, y in zip(a.servers.values(), b.servers.values(), strict=True)
+        ):
+            return all(_view(x) == _view(y) for x, y in zip(was, now, strict=True))
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class _PoolMemo:
     spec: PoolSpec
-    view: tuple[View, ...]  # per instance
+    states: tuple[PoolState | None, ...]  # per instance, as its verdicts read them
     asked: Mapping[PodKey, bool]  # admitted or not, of the pods the verdicts asked about
     verdicts: list[tuple[PodKey, LBVerdict]]
 
@@ -193,18 +211,19 @@ class VerdictWriter:
             by_instance = observed.get(spec.provider)
             if by_instance is None:
                 continue
-            states = [by_instance[i].get(spec.pool) for i in by_instance]
-            view = tuple(_view(s) for s in states)
+            states = tuple(by_instance[i].get(spec.pool) for i in by_instance)
             key = (spec.provider, spec.pool)
             last = self._memo.get(key)
             if (
                 last is None
                 or last.spec is not spec
-                or last.view != view
+                or not _same_view(last.states, states)
                 or any((pod in admitted) != was for pod, was in last.asked.items())
             ):
                 asking = _Asking(admitted)
-                last = _PoolMemo(spec, view, asking.asked, pool_verdicts(spec, states, asking))
+                last = _PoolMemo(spec, states, asking.asked, pool_verdicts(spec, states, asking))
+            elif any(a is not b for a, b in zip(last.states, states, strict=True)):
+                last = replace(last, states=states)  # the same view: keep the newest states
             memo[key] = last
             for pod, v in last.verdicts:
                 per_pod.setdefault(pod, []).append(v)

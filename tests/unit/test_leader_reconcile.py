@@ -797,6 +797,27 @@ def test_the_garbage_collector_is_frozen_after_the_first_full_round_only(
     assert built.freeze_gc is False
 
 
+def test_a_pool_shown_by_the_very_same_servers_is_not_compared_field_by_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """10,000 servers a round: where the states, or their servers, are the very objects of last
+    time (HAProxy's reader keeps unchanged servers), the view is not built to be compared."""
+    from agent.leader import verdicts
+
+    up = ObservedServer(A, "10.0.0.1", 8080, 100, AdminState.READY, Health.UP, None)
+    one, again = PoolState(POOL, {A: up}), PoolState(POOL, {A: up})
+    views: list[object] = []
+    real = verdicts._view
+    monkeypatch.setattr(verdicts, "_view", lambda st: views.append(st) or real(st))
+    assert verdicts._same_view((one, None), (one, None)) and views == []
+    assert verdicts._same_view((one,), (again,)) and views == []
+    quieter = PoolState(POOL, {A: replace(up, sessions=0)})  # another object, the same view
+    assert verdicts._same_view((one,), (quieter,)) and views == [one, quieter]
+    down = PoolState(POOL, {A: replace(up, health=Health.DOWN)})
+    assert not verdicts._same_view((one,), (down,))
+    assert not verdicts._same_view((one,), (None,)) and not verdicts._same_view((one,), ())
+
+
 def test_a_pools_verdicts_are_recomputed_only_when_what_they_read_changes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
