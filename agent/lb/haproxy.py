@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from agent.clock import Clock
@@ -325,7 +325,9 @@ class HAProxyProvider:
 
     # -- observe --------------------------------------------------------------------------
     def observe(self, instance: str, pool: str) -> PoolState:
-        """Servers of one backend: ``show servers state <pool>`` + ``show stat <pool> 4 -1``."""
+        """Servers of one backend: ``show servers state <pool>``, and ``show stat <pool> 4 -1``
+        when a server of it is out of rotation or down: what :meth:`observe_all` shows of it
+        (sessions read only there, ``None`` otherwise)."""
         if not valid_name(pool):
             raise PoolNotFound(f"{pool!r} cannot be an HAProxy backend name")
         state = self._query(instance, f"show servers state {pool}")
@@ -333,10 +335,17 @@ class HAProxyProvider:
             if state.reason == "no_backend":
                 raise PoolNotFound(f"HAProxy {instance}: no backend {pool!r}")
             raise PermanentError(f"HAProxy {instance}: show servers state: {state.text}")
-        stat = self._query(instance, f"show stat {pool} 4 -1")
-        if not stat.ok:  # the backend vanished between the two commands (a reload)
-            raise PoolNotFound(f"HAProxy {instance}: no backend {pool!r} ({stat.text})")
-        pools = self._build(instance, state.text, stat.text, [pool])
+
+        def stat_of(pools: Collection[str]) -> list[str]:
+            stat = self._query(instance, f"show stat {pool} 4 -1")
+            if not stat.ok:  # the backend vanished between the two commands (a reload)
+                raise PoolNotFound(f"HAProxy {instance}: no backend {pool!r} ({stat.text})")
+            return [stat.text]
+
+        try:
+            pools = PoolReader().read(state.text, stat_of, [pool])
+        except ValueError as e:
+            raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
         return pools.get(pool, PoolState(pool))
 
     def observe_all(self, instance: str) -> dict[str, PoolState]:
@@ -377,15 +386,6 @@ class HAProxyProvider:
         """Every backend in one round (three commands), narrowed to ``pools``."""
         wanted = set(pools)
         return {n: st for n, st in self.observe_all(instance).items() if n in wanted}
-
-    @staticmethod
-    def _build(
-        instance: str, state: str, stat: str, backends: Iterable[str]
-    ) -> dict[str, PoolState]:
-        try:
-            return build_pools(parse_servers_state(state), parse_stat_csv(stat), backends)
-        except ValueError as e:
-            raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
 
     def process_id(self, instance: str) -> str:
         """:func:`process_id` from one ``show info``, one attempt (a prober calls again soon),

@@ -396,8 +396,9 @@ class PoolReader:
             fields = _state_fields(ix, line)
             if fields is None:
                 continue
-            st = stats.get((fields[0], fields[1]))
             unread = asked is not None and fields[0] not in asked  # sessions not read
+            # (a backend not asked is not read even when `show stat` of all came back)
+            st = None if unread else stats.get((fields[0], fields[1]))
             # one string, not a tuple of 12 (10,000 of those held 8 MB between rounds)
             key = " ".join(fields + st if st is not None else (*fields, "-" if unread else ""))
             server = self._known.get(key)

@@ -323,6 +323,10 @@ def test_the_pool_reader_asks_show_stat_only_of_backends_with_servers_out_of_rot
 
     got = PoolReader().read(state, stat_of, ["be", "ok", "empty"])
     assert asked == [{"be"}] == [out_of_rotation_pools(state)]
+    # `show stat` of all (past the provider's limit of backends): "ok" is not read all the same
+    up_row = next(r for r in STAT_ALL.splitlines() if r.startswith("be,up,"))
+    with_ok = STAT_ALL.replace(up_row, f"{up_row}\n{up_row.replace('be,up,', 'ok,up,', 1)}")
+    assert PoolReader().read(state, lambda _p: [with_ok])["ok"].servers["up"].sessions is None
     full = build_pools(parse_servers_state(state), parse_stat_csv(STAT_ALL), ["empty"])
     assert got["be"] == full["be"] and got["empty"] == PoolState("empty")
     assert got["be"].servers["up"].sessions == 2  # read: its backend has servers out
