@@ -63,14 +63,21 @@ class PoolApplier:
     _settled: dict[PoolAt, tuple[PoolSpec, PoolState]] = field(default_factory=dict)
     # this round's ENABLE batches on QuickObserve LBs
     _admitting: list[tuple[Future[None], PoolAt]] = field(default_factory=list)
+    _seen: set[PoolAt] = field(default_factory=set)  # pools planned (or skipped) this round
 
     def begin_round(self) -> int:
+        self._seen = set()
         with self._lock:
             self._round_no += 1
             return self._round_no
 
     def end_round(self, round_no: int) -> bool:
-        """True while a change is in flight (the next round should come soon)."""
+        """True while a change is in flight (the next round should come soon). What is kept
+        of pools this round did not look at (gone, or their instance not observed) is dropped."""
+        for gone in self._settled.keys() - self._seen:
+            del self._settled[gone]
+        for gone in self._drain_since.keys() - self._seen:
+            del self._drain_since[gone]
         with self._lock:
             self._done_in = {k: n for k, n in self._done_in.items() if n >= round_no}
             return bool(self._in_flight)
@@ -89,6 +96,7 @@ class PoolApplier:
         """Plan pool ``at`` (on ``lb``, its provider) from what its LB instance showed this
         round and hand the changes to the workers. True while the pool is busy (changes, or a
         drain under way)."""
+        self._seen.add(at)
         settled = self._settled.get(at)
         if settled is not None and settled[0] is spec and settled[1] == state:
             return False  # as last round, when there was nothing to do: nothing to do

@@ -69,6 +69,7 @@ T = TypeVar("T")
 P = ParamSpec("P")
 PoolKey = tuple[str, str]  # (provider, pool)
 Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
+READ_BACK_EACH = 8  # pools read back one by one in a round; more: one observation of all
 
 
 def _freeze_gc() -> None:
@@ -358,23 +359,24 @@ class Leader:
         admissions), read again, and every pod's lb-ready decided again with them: an admitted
         pod turns Healthy in this round, not in the next. A pool that cannot be read is left
         to the next round."""
-        fresh = dict(observed)  # provider -> instance -> pool -> state, copied where read again
-        read = False
+        by_instance: dict[tuple[str, str], list[str]] = {}
         for provider, instance, pool in admitted:
-            if provider not in fresh or instance not in fresh[provider]:
-                continue
-            try:
-                state = self.providers[provider].observe(instance, pool)
+            if instance in observed.get(provider, {}):
+                by_instance.setdefault((provider, instance), []).append(pool)
+        fresh = dict(observed)  # provider -> instance -> pool -> state, copied where read again
+        for (provider, instance), names in by_instance.items():
+            lb = self.providers[provider]
+            try:  # a few pools one by one; past READ_BACK_EACH, all in one observation
+                got = (
+                    {n: lb.observe(instance, n) for n in names}
+                    if len(names) <= READ_BACK_EACH
+                    else lb.observe_pools(instance, names)
+                )
             except PodlbError as exc:
-                log.debug("leader: %s %s/%s not read back: %s", provider, instance, pool, exc)
+                log.debug("leader: %s %s not read back: %s", provider, instance, exc)
                 continue
-            if fresh[provider] is observed[provider]:
-                fresh[provider] = dict(observed[provider])
-            if fresh[provider][instance] is observed[provider][instance]:
-                fresh[provider][instance] = dict(observed[provider][instance])
-            fresh[provider][instance][pool] = state
-            read = True
-        if read:
+            fresh[provider] = {**fresh[provider], instance: {**fresh[provider][instance], **got}}
+        if fresh != observed:
             self._verdicts.write(pools, fresh, pods, services)
 
     def _desired_pools(

@@ -243,6 +243,36 @@ def test_an_admission_is_read_back_and_written_in_its_own_round() -> None:
     assert [(k.name, c.reason) for k, c in sink.writes] == [("a", "Healthy")]
 
 
+def test_many_admissions_are_read_back_in_one_observation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past READ_BACK_EACH pools, the read-back is one observation of all, not one per pool."""
+    from agent.leader import reconcile
+
+    monkeypatch.setattr(reconcile, "READ_BACK_EACH", 0)
+    staged = ObservedServer(A, "10.0.0.1", 8080, 100, AdminState.DRAIN, Health.UP, 0)
+    lb = QuickLB({"h1": {POOL: {A: staged}}})
+    calls: list[str] = []
+    real_one, real_all = lb.observe, lb.observe_pools
+    lb.observe = lambda i, p: calls.append("one") or real_one(i, p)  # type: ignore[method-assign]
+    lb.observe_pools = lambda i, ps: calls.append("all") or real_all(i, ps)  # type: ignore[method-assign]
+    ld, sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
+    ld.round()
+    write_all(ld)
+    assert [(k.name, c.reason) for k, c in sink.writes] == [("a", "Healthy")]
+    # the round's observation, then the read-back (the fake's observe_pools reads one by one)
+    assert calls == ["all", "one", "all", "one"]
+
+
+def test_what_is_kept_of_a_pool_goes_when_the_round_no_longer_sees_it() -> None:
+    lb = FakeLB({"h1": {POOL: {}}})
+    ld, _sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
+    for _ in range(3):
+        ld.round()
+    assert set(ld._applier._settled) == {("haproxy", "h1", POOL)}
+    lb.reachable = False  # not observed: nothing planned, nothing kept
+    ld.round()
+    assert ld._applier._settled == {} and ld._applier._drain_since == {}
+
+
 def test_changes_of_desired_backends_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     lb = FakeLB({"h1": {POOL: {}}})
     ld, _sink = leader([pod("a"), pod("b")], [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], lb)
