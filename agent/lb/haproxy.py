@@ -336,8 +336,8 @@ class HAProxyProvider:
                 raise PoolNotFound(f"HAProxy {instance}: no backend {pool!r}")
             raise PermanentError(f"HAProxy {instance}: show servers state: {state.text}")
 
-        def stat_of(pools: Collection[str]) -> list[str]:
-            stat = self._query(instance, f"show stat {pool} 4 -1")
+        def stat_of(pools: Collection[str]) -> list[str]:  # pools: this one
+            (stat,) = self._show_stat(instance, pools)
             if not stat.ok:  # the backend vanished between the two commands (a reload)
                 raise PoolNotFound(f"HAProxy {instance}: no backend {pool!r} ({stat.text})")
             return [stat.text]
@@ -362,18 +362,10 @@ class HAProxyProvider:
                 raise PermanentError(f"HAProxy {instance}: {a.reason}: {a.text}")
 
         def stat_of(pools: Collection[str]) -> list[str]:
-            if len(pools) > self.stat_per_backend_max:
-                cmds = ["show stat -1 4 -1"]
-            else:
-                cmds = [f"show stat {p} 4 -1" for p in sorted(pools)]
-            answers = [
-                classify_answer(cmd, text)
-                for cmd, text in zip(cmds, self._run(instance, cmds, interactive=True), strict=True)
-            ]
-            for cmd, a in zip(cmds, answers, strict=True):
-                self._note(instance, cmd, "ok" if a.ok else "rejected")
+            answers = self._show_stat(instance, pools)
+            for a in answers:
                 if not a.ok:  # a backend gone since `show servers state` (a reload)
-                    raise PermanentError(f"HAProxy {instance}: {cmd}: {a.reason}: {a.text}")
+                    raise PermanentError(f"HAProxy {instance}: show stat: {a.reason}: {a.text}")
             return [a.text for a in answers]
 
         reader = self._readers.setdefault(instance, PoolReader())
@@ -381,6 +373,20 @@ class HAProxyProvider:
             return reader.read(state.text, stat_of, parse_backends(backends.text))
         except ValueError as e:
             raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
+
+    def _show_stat(self, instance: str, pools: Collection[str]) -> list[Answer]:
+        """``show stat`` of the servers of ``pools``: one command per backend (on one connection
+        when there are several), or one of every backend past :attr:`stat_per_backend_max`;
+        each answer classified and counted."""
+        if len(pools) > self.stat_per_backend_max:
+            cmds = ["show stat -1 4 -1"]
+        else:
+            cmds = [f"show stat {p} 4 -1" for p in sorted(pools)]
+        texts = self._run(instance, cmds, interactive=len(cmds) > 1)
+        answers = [classify_answer(cmd, text) for cmd, text in zip(cmds, texts, strict=True)]
+        for cmd, a in zip(cmds, answers, strict=True):
+            self._note(instance, cmd, "ok" if a.ok else "rejected")
+        return answers
 
     def observe_pools(self, instance: str, pools: Collection[str]) -> dict[str, PoolState]:
         """Every backend in one round (three commands), narrowed to ``pools``."""

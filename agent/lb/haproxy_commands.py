@@ -59,7 +59,10 @@ def classify_answer(cmd: str, text: str) -> Answer:
     verb = command_verb(cmd)
     # A failure is said in the answer's first line: a `show` answer (4 MB of `show stat` at
     # 10,000 servers) is not searched through for each failure text.
-    said = body[: max(body.find("\n"), 0) or 512] if verb.startswith("show ") else body
+    said = body
+    if verb.startswith("show "):
+        nl = body.find("\n")
+        said = body[:nl] if nl > 0 else body[:512]
     for needle, reason in FAILURES:
         if needle in said:
             return Answer(False, reason, body)
