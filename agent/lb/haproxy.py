@@ -32,6 +32,7 @@ import selectors
 import socket
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from agent.clock import Clock
 from agent.errors import PermanentError, TransientError
@@ -61,6 +62,7 @@ from agent.lb.haproxy_state import (
     admin_of,
     build_pools,
     health_of,
+    join_states,
     parse_backends,
     parse_servers_state,
     parse_stat_csv,
@@ -245,6 +247,9 @@ class HAProxyProvider:
         self._on_command = on_command
         # per instance: its servers as last read (a leader reads all of them every round)
         self._readers: dict[str, PoolReader] = {}
+        self._few_readers: dict[str, PoolReader] = {}  # per instance: observe_pools' few
+        # observe_pools: up to this many backends read one by one, past it all at once
+        self.observe_each_max = 64
         # observe_all: past this many backends with servers out of rotation, one `show stat`
         # of all (each command costs a round trip; all of them, 4 MB at 10,000 servers)
         self.stat_per_backend_max = 64
@@ -325,28 +330,13 @@ class HAProxyProvider:
 
     # -- observe --------------------------------------------------------------------------
     def observe(self, instance: str, pool: str) -> PoolState:
-        """Servers of one backend: ``show servers state <pool>``, and ``show stat <pool> 4 -1``
-        when a server of it is out of rotation or down: what :meth:`observe_all` shows of it
-        (sessions read only there, ``None`` otherwise)."""
+        """Servers of one backend, read as :meth:`observe_pools` reads a few."""
         if not valid_name(pool):
             raise PoolNotFound(f"{pool!r} cannot be an HAProxy backend name")
-        state = self._query(instance, f"show servers state {pool}")
-        if not state.ok:
-            if state.reason == "no_backend":
-                raise PoolNotFound(f"HAProxy {instance}: no backend {pool!r}")
-            raise PermanentError(f"HAProxy {instance}: show servers state: {state.text}")
-
-        def stat_of(pools: Collection[str]) -> list[str]:  # pools: this one
-            (stat,) = self._show_stat(instance, pools)
-            if not stat.ok:  # the backend vanished between the two commands (a reload)
-                raise PoolNotFound(f"HAProxy {instance}: no backend {pool!r} ({stat.text})")
-            return [stat.text]
-
-        try:
-            pools = PoolReader().read(state.text, stat_of, [pool])
-        except ValueError as e:
-            raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
-        return pools.get(pool, PoolState(pool))
+        got = self.observe_pools(instance, [pool])
+        if pool not in got:
+            raise PoolNotFound(f"HAProxy {instance}: no backend {pool!r}")
+        return got[pool]
 
     def observe_all(self, instance: str) -> dict[str, PoolState]:
         """Every backend (empty ones too): one observation round. ``show stat`` is asked only
@@ -361,18 +351,22 @@ class HAProxyProvider:
             if not a.ok:
                 raise PermanentError(f"HAProxy {instance}: {a.reason}: {a.text}")
 
-        def stat_of(pools: Collection[str]) -> list[str]:
-            answers = self._show_stat(instance, pools)
-            for a in answers:
-                if not a.ok:  # a backend gone since `show servers state` (a reload)
-                    raise PermanentError(f"HAProxy {instance}: show stat: {a.reason}: {a.text}")
-            return [a.text for a in answers]
-
         reader = self._readers.setdefault(instance, PoolReader())
         try:
-            return reader.read(state.text, stat_of, parse_backends(backends.text))
+            return reader.read(
+                state.text, partial(self._stat_texts, instance), parse_backends(backends.text)
+            )
         except ValueError as e:
             raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
+
+    def _stat_texts(self, instance: str, pools: Collection[str]) -> list[str]:
+        """:meth:`_show_stat`'s answers; ``PermanentError`` when one is refused (a backend
+        gone since ``show servers state``: a reload)."""
+        answers = self._show_stat(instance, pools)
+        for a in answers:
+            if not a.ok:
+                raise PermanentError(f"HAProxy {instance}: show stat: {a.reason}: {a.text}")
+        return [a.text for a in answers]
 
     def _show_stat(self, instance: str, pools: Collection[str]) -> list[Answer]:
         """``show stat`` of the servers of ``pools``: one command per backend (on one connection
@@ -389,9 +383,36 @@ class HAProxyProvider:
         return answers
 
     def observe_pools(self, instance: str, pools: Collection[str]) -> dict[str, PoolState]:
-        """Every backend in one round (three commands), narrowed to ``pools``."""
+        """The backends ``pools`` names that exist. Up to :attr:`observe_each_max` of them,
+        each is read alone (``show servers state <backend>``, the commands on one connection,
+        and ``show stat`` as :meth:`observe_all` asks it); past that, every backend at once
+        (three commands), narrowed to ``pools``. A leader round reads the few pools that may
+        have changed since the last, and all of them every few seconds."""
         wanted = set(pools)
-        return {n: st for n, st in self.observe_all(instance).items() if n in wanted}
+        if len(wanted) > self.observe_each_max:
+            return {n: st for n, st in self.observe_all(instance).items() if n in wanted}
+        names = sorted(n for n in wanted if valid_name(n))
+        if not names:
+            return {}
+        cmds = [f"show servers state {n}" for n in names]
+        texts = self._run(instance, cmds, interactive=len(cmds) > 1)
+        found: list[str] = []
+        states: list[str] = []
+        for name, cmd, text in zip(names, cmds, texts, strict=True):
+            answer = classify_answer(cmd, text)
+            self._note(instance, cmd, "ok" if answer.ok else "rejected")
+            if answer.ok:
+                found.append(name)
+                states.append(answer.text)
+            elif answer.reason != "no_backend":
+                raise PermanentError(f"HAProxy {instance}: show servers state: {answer.text}")
+        if not found:
+            return {}
+        reader = self._few_readers.setdefault(instance, PoolReader())
+        try:
+            return reader.read(join_states(states), partial(self._stat_texts, instance), found)
+        except ValueError as e:
+            raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
 
     def process_id(self, instance: str) -> str:
         """:func:`process_id` from one ``show info``, one attempt (a prober calls again soon),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from agent.lb.base import AdminState, Health, ObservedServer, PoolState
@@ -102,6 +102,23 @@ def _state_lines(text: str) -> tuple[list[int], Iterator[str]]:
         return [cols[c] for c in _STATE_COLUMNS], lines
     except KeyError as e:
         raise ValueError(f"'show servers state': no column {e}") from None
+
+
+def join_states(answers: Sequence[str]) -> str:
+    """Answers of ``show servers state <backend>`` for several backends as one answer: the
+    first whole, the server lines of the others (each repeats the version and header lines).
+    ``ValueError`` when their headers differ."""
+    if not answers:
+        return ""
+    head = answers[0].split("\n", 2)[:2]
+    parts = [answers[0].rstrip("\n")]
+    for a in answers[1:]:
+        lines = a.split("\n", 2)
+        if lines[:2] != head:
+            raise ValueError(f"'show servers state': answers of different formats: {a[:80]!r}")
+        if len(lines) > 2 and lines[2].strip():
+            parts.append(lines[2].rstrip("\n"))
+    return "\n".join(parts) + "\n"
 
 
 def _state_fields(ix: list[int], line: str) -> tuple[str, ...] | None:

@@ -82,6 +82,12 @@ class PoolApplier:
             self._done_in = {k: n for k, n in self._done_in.items() if n >= round_no}
             return bool(self._in_flight)
 
+    def settled(self, at: PoolAt, spec: PoolSpec) -> bool:
+        """Whether pool ``at``, last planned with this very spec, had nothing to do (and
+        every server in rotation): :meth:`apply` with the same state does nothing."""
+        got = self._settled.get(at)
+        return got is not None and got[0] is spec
+
     def apply(
         self,
         at: PoolAt,

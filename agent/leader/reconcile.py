@@ -15,7 +15,11 @@ while its objects (Service, EndpointSlices, pods) are the very ones of last roun
 the same of it (agent.leader.verdicts); HAProxy's servers are re-read only where their lines
 changed (agent.lb.haproxy_state.PoolReader). At 30,000 pods and 10,000 backends a round where
 a few pods changed takes 0.15 s of CPU in one process, against 0.53 s recomputing everything
-(before reading HAProxy: 0.1 s, against 0.25 s).
+(before reading HAProxy: 0.1 s, against 0.25 s). Nor is all of an LB read every round: a
+QuickObserve LB (HAProxy) is read whole every ``full_read_s``, and a round in between reads
+only the pools that may have changed (backends changed, a change in flight, a server out of
+rotation or failing checks, a pod waiting for the LB) and takes the others as last read; a
+restarted instance, or one that could not be read, is read whole at the next round.
 
 LB changes are applied asynchronously (agent.leader.applier.PoolApplier): a slow LB API (a
 cloud's takes seconds) must not hold the next round, so one pod's drain never delays another's
@@ -45,9 +49,12 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast
 from agent.clock import Clock
 from agent.errors import PodlbError
 from agent.lb.base import (
+    AdminState,
+    Health,
     LBProvider,
     Mode,
     PoolState,
+    QuickObserve,
     RestartAware,
     Staging,
     canonical_ip,
@@ -69,7 +76,7 @@ T = TypeVar("T")
 P = ParamSpec("P")
 PoolKey = tuple[str, str]  # (provider, pool)
 Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
-READ_BACK_EACH = 8  # pools read back one by one in a round; more: one observation of all
+FULL_READ_S = 2.0  # Leader.full_read_s
 
 
 def _freeze_gc() -> None:
@@ -158,6 +165,9 @@ class Leader:
     # How long a round waits for its ENABLEs on a QuickObserve LB to land, to read their pools
     # back and write the admitted pods' lb-ready in the same round (0: never).
     admit_wait_s: float = 0.25
+    # A QuickObserve LB (HAProxy) is read whole at least this often; a round in between reads
+    # only the pools that may have changed since (see _quiet) and takes the others as read.
+    full_read_s: float = FULL_READ_S
     _full_rounds: int = 0  # rounds run on synced informers
     _term: Term | None = None  # fences every LB call of the term this leader runs in
     _wake: threading.Event = field(default_factory=threading.Event)
@@ -168,6 +178,11 @@ class Leader:
     _registered: dict[str, frozenset[str]] = field(default_factory=dict)
     # (provider, instance) -> its process id at the last probe; None: not reachable then
     _lb_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    # per QuickObserve provider: what the last round read of every pool, and when all was read
+    _last_read: Observed = field(default_factory=dict)
+    _read_whole_at: dict[str, float] = field(default_factory=dict)
+    _read_all: bool = False  # an LB instance restarted or is back: the next round reads all
+    _last_specs: Mapping[PoolKey, PoolSpec] = field(default_factory=dict)  # the round's pools
     _desired: DesiredPools = field(init=False)  # the desired pools, remembered per Service
     _verdicts: VerdictWriter = field(init=False)  # every pod's lb-ready
     _findings: Findings = field(init=False)  # problems found, as Events
@@ -197,6 +212,7 @@ class Leader:
     def run(self, scope: LeaderScope) -> None:
         """Leader work: informers, the condition writer and rounds, until the scope stops."""
         self._term = self._applier.term = scope.term
+        self._last_read.clear()  # another leader may have changed the LBs since: read all
         caches: list[Cache[Any]] = [self.services, self.slices, self.pods]
         failed = self._failed
 
@@ -287,6 +303,7 @@ class Leader:
                         "leader: %s %s restarted or reloaded (process %s, was %s): reconciling it",
                         name, instance, now, self._lb_ids[key] or "unreachable",
                     )  # fmt: skip
+                    self._read_all = True
                     self._wake.set()
                 self._lb_ids[key] = now
                 down |= now is None
@@ -311,7 +328,7 @@ class Leader:
             self._findings.end_round()
             self.metrics.reconcile(self.clock.monotonic() - t0, "ok")
             return False
-        observed, reachable = self._observe(set(by_key) | set(self._owned))
+        observed, reachable = self._observe(set(by_key) | set(self._owned), by_key)
         registered: dict[str, frozenset[str]] = {}
         for per_instance in observed.values():
             for per_pool in per_instance.values():
@@ -365,13 +382,8 @@ class Leader:
                 by_instance.setdefault((provider, instance), []).append(pool)
         fresh = dict(observed)  # provider -> instance -> pool -> state, copied where read again
         for (provider, instance), names in by_instance.items():
-            lb = self.providers[provider]
-            try:  # a few pools one by one; past READ_BACK_EACH, all in one observation
-                got = (
-                    {n: lb.observe(instance, n) for n in names}
-                    if len(names) <= READ_BACK_EACH
-                    else lb.observe_pools(instance, names)
-                )
+            try:
+                got = self.providers[provider].observe_pools(instance, names)
             except PodlbError as exc:
                 log.debug("leader: %s %s not read back: %s", provider, instance, exc)
                 continue
@@ -423,18 +435,34 @@ class Leader:
             self.metrics.fail_static("service_unrouted")
         return by_key, kept, findings
 
-    def _observe(self, keys: set[PoolKey]) -> tuple[Observed, set[str]]:
+    def _observe(
+        self, keys: set[PoolKey], specs: Mapping[PoolKey, PoolSpec]
+    ) -> tuple[Observed, set[str]]:
         """provider -> instance -> pool -> state for the reachable instances; and the
-        providers whose instances all were."""
+        providers whose instances all were. A QuickObserve provider read whole less than
+        :attr:`full_read_s` ago is read only where a pool may have changed (:meth:`_quiet`)."""
         out: Observed = {}
         reachable: set[str] = set()
+        now = self.clock.monotonic()
+        read_all, self._read_all = self._read_all, False
         for name, provider in self.providers.items():
             pools = {pool for prov, pool in keys if prov == name}
+            last = self._last_read.get(name)
+            if read_all or now - self._read_whole_at.get(name, now - self.full_read_s) >= (
+                self.full_read_s
+            ):
+                last = None
             out[name] = {}
             ok = True
             for instance in provider.instances():
+                seen = last.get(instance) if last is not None else None
+                if seen is not None:
+                    quiet = {p for p in pools if self._quiet(name, instance, p, seen, specs)}
+                    pools_read = pools - quiet
+                else:
+                    quiet, pools_read = set(), pools
                 try:
-                    out[name][instance] = provider.observe_pools(instance, pools) if pools else {}
+                    got = provider.observe_pools(instance, pools_read) if pools_read else {}
                 except PodlbError as exc:
                     ok = False
                     self.metrics.fail_static("lb_unreachable")
@@ -442,9 +470,44 @@ class Leader:
                         "leader: %s %s not observed: %s (its pools left as they are)",
                         name, instance, exc,
                     )  # fmt: skip
+                    continue
+                out[name][instance] = {p: seen[p] for p in quiet} | got if seen else got
             if ok:
                 reachable.add(name)
+            if ok and isinstance(provider, QuickObserve) and provider.observes_quickly():
+                self._last_read[name] = out[name]
+                if last is None:
+                    self._read_whole_at[name] = now
+            else:  # read whole next round
+                self._last_read.pop(name, None)
+        self._last_specs = specs
         return out, reachable
+
+    def _quiet(
+        self,
+        provider: str,
+        instance: str,
+        pool: str,
+        seen: Mapping[str, PoolState],
+        specs: Mapping[PoolKey, PoolSpec],
+    ) -> bool:
+        """Whether a pool can be taken as the last round read it: read then (and on the LB),
+        its spec the very one of then (no backend changed), every server in rotation and not
+        failing its checks, no pod of it waiting for the LB (Registering, Unhealthy,
+        Draining: what changes without an event), and nothing to do in it (settled). A change
+        made on the LB behind podlb's back (a check failing) is seen at the next whole read."""
+        key = (provider, pool)
+        state, spec = seen.get(pool), specs.get(key)
+        if state is None or spec is not self._last_specs.get(key) or self._verdicts.waits(key):
+            return False
+        for s in state.servers.values():
+            if s.admin is not AdminState.READY or s.health in (Health.DOWN, Health.UNKNOWN):
+                return False
+        if spec is None or not (spec.backends or spec.others):
+            return not state.servers  # pool gone, or no backend: nothing left to take out
+        return spec.mode is not Mode.MANAGE or self._applier.settled(
+            (provider, instance, pool), spec
+        )
 
     def _pool_found(
         self,

@@ -37,6 +37,8 @@ from .sinks import EventSink, LeaderMetrics
 
 log = logging.getLogger(__name__)
 _POLL = (LBReason.REGISTERING, LBReason.DRAINING)  # verdicts that change without an event
+# a pool with one of these verdicts may change on the LB without an event (checks, sessions)
+_WAITS = frozenset({LBReason.REGISTERING, LBReason.UNHEALTHY, LBReason.DRAINING})
 REGISTERING_HOLD_S = 2.0  # VerdictWriter.registering_hold_s
 
 
@@ -121,6 +123,7 @@ class _PoolMemo:
     states: tuple[PoolState | None, ...]  # per instance, as its verdicts read them
     asked: Mapping[PodKey, bool]  # admitted or not, of the pods the verdicts asked about
     verdicts: list[tuple[PodKey, LBVerdict]]
+    waits: bool  # a verdict in _WAITS: VerdictWriter.waits
 
 
 @dataclass
@@ -193,6 +196,12 @@ class VerdictWriter:
         self.metrics.backends(Counter[str](v.reason for v in gated.values()))  # StrEnums
         return busy
 
+    def waits(self, pool: tuple[str, str]) -> bool:
+        """Whether a pod of ``(provider, pool)`` waited for the LB at the last verdicts
+        (Registering, Unhealthy, Draining): its state may change without an event."""
+        memo = self._memo.get(pool)
+        return memo is not None and memo.waits
+
     def _held(self, key: PodKey, pod: Pod, now: float) -> bool:
         """Whether a pod's Registering is held back: it has waited at the gate for less than
         :attr:`registering_hold_s` (the round's busy flag looks again soon)."""
@@ -221,7 +230,9 @@ class VerdictWriter:
                 or any((pod in admitted) != was for pod, was in last.asked.items())
             ):
                 asking = _Asking(admitted)
-                last = _PoolMemo(spec, states, asking.asked, pool_verdicts(spec, states, asking))
+                got = pool_verdicts(spec, states, asking)
+                waits = any(v.reason in _WAITS for _, v in got)
+                last = _PoolMemo(spec, states, asking.asked, got, waits)
             elif any(a is not b for a, b in zip(last.states, states, strict=True)):
                 last = replace(last, states=states)  # the same view: keep the newest states
             memo[key] = last

@@ -136,6 +136,36 @@ def test_added_servers_turn_up_and_take_traffic(pods3: list[Pod]) -> None:
 
 
 @pytest.mark.netns
+def test_a_few_backends_read_one_by_one_read_as_all_at_once(pods3: list[Pod]) -> None:
+    """observe_pools of a few backends (``show servers state <backend>`` each, on one
+    connection) gives what observe_all gives of them: empty backends too, no unknown one, and
+    sessions where a server is out of rotation; past observe_each_max, one whole read."""
+    calls: list[tuple[str, str, str]] = []
+    with HAProxy(["be", "idle", "other"], server_options=OPTS) as lb:
+        p = provider(lb, on_command=lambda *a: calls.append(a))
+        (inst,) = p.instances()
+        p.apply(inst, "be", adds(pods3[:2]))
+        p.apply(inst, "other", adds(pods3[2:]))
+        wait_for(
+            "pools up",
+            lambda: p.observe_all(inst),
+            lambda a: all_up(a["be"]) and all_up(a["other"]),
+        )
+        p.apply(inst, "be", [Action(Op.DRAIN, "s0")])
+        calls.clear()
+        few = p.observe_pools(inst, ["be", "idle", "nope", "bad name;"])
+        assert [v for _, v, _ in calls] == ["show servers state"] * 3 + ["show stat"]
+        every = p.observe_all(inst)
+        assert few == {"be": every["be"], "idle": every["idle"]} and "other" in every
+        assert few["be"].servers["s0"].sessions == 0 and few["idle"] == PoolState("idle")
+        assert p.observe_pools(inst, []) == {}
+        p.observe_each_max = 1
+        calls.clear()
+        assert p.observe_pools(inst, ["be", "idle"]) == {"be": every["be"], "idle": every["idle"]}
+        assert [v for _, v, _ in calls][:2] == ["show backend", "show servers state"]
+
+
+@pytest.mark.netns
 def test_drain_keeps_existing_connection_then_remove(netns_pool: NetnsPool) -> None:
     """Mode tcp, so one client connection is one server session."""
     pods = serving(netns_pool, 2)

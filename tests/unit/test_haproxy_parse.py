@@ -39,7 +39,7 @@ from agent.lb.haproxy import (
     split_batches,
     streams_by_server,
 )
-from agent.lb.haproxy_state import out_of_rotation_pools
+from agent.lb.haproxy_state import join_states, out_of_rotation_pools
 
 # `show servers state be`: up (2 sessions), nochk (no `check`), dead (refused), maint
 # (`set server .. state maint` after UP), drain, v6 (added, never enabled), fresh (enabled,
@@ -694,3 +694,14 @@ def test_process_id_from_show_info() -> None:
 )
 def test_rising(status: str, going_up: bool) -> None:
     assert rising(status) is going_up
+
+
+def test_answers_of_several_backends_join_into_one() -> None:
+    head, *servers = STATE.strip("\n").split("\n")[:2], *STATE.strip("\n").split("\n")[2:]
+    first = "\n".join([*head, *servers[:2]]) + "\n\n"
+    second = "\n".join([*head, *servers[2:]]) + "\n\n"
+    empty = "\n".join(head) + "\n\n"
+    assert parse_servers_state(join_states([first, empty, second])) == parse_servers_state(STATE)
+    assert join_states([]) == ""
+    with pytest.raises(ValueError, match="different formats"):
+        join_states([first, "1\n# be_id be_name\n3 be\n"])
