@@ -124,6 +124,7 @@ class _PoolMemo:
     asked: Mapping[PodKey, bool]  # admitted or not, of the pods the verdicts asked about
     verdicts: list[tuple[PodKey, LBVerdict]]
     waits: bool  # a verdict in _WAITS: VerdictWriter.waits
+    by_pod: dict[PodKey, LBVerdict]  # the verdicts by pod (fewer: a pod twice in the pool)
 
 
 @dataclass
@@ -214,7 +215,8 @@ class VerdictWriter:
         """:func:`agent.leader.plan.lb_verdicts`, each pool's remembered from the last round
         while its spec is the same object (agent.leader.desired.DesiredPools), every instance
         shows the same of it (:func:`_view`) and the pods asked about are admitted as then."""
-        per_pod: dict[PodKey, list[LBVerdict]] = {}
+        combined: dict[PodKey, LBVerdict] = {}
+        shared: dict[PodKey, list[LBVerdict]] = {}  # pods with verdicts of several pools
         memo: dict[tuple[str, str], _PoolMemo] = {}
         for spec in pools:
             by_instance = observed.get(spec.provider)
@@ -232,14 +234,25 @@ class VerdictWriter:
                 asking = _Asking(admitted)
                 got = pool_verdicts(spec, states, asking)
                 waits = any(v.reason in _WAITS for _, v in got)
-                last = _PoolMemo(spec, states, asking.asked, got, waits)
+                last = _PoolMemo(spec, states, asking.asked, got, waits, dict(got))
             elif any(a is not b for a, b in zip(last.states, states, strict=True)):
                 last = replace(last, states=states)  # the same view: keep the newest states
             memo[key] = last
+            # Most pods are behind one pool: their verdicts are taken as they are, ten
+            # thousand of them in a few dict updates (plan.combine_verdicts for the others).
+            if len(last.by_pod) == len(last.verdicts) and combined.keys().isdisjoint(last.by_pod):
+                combined.update(last.by_pod)
+                continue
             for pod, v in last.verdicts:
-                per_pod.setdefault(pod, []).append(v)
+                if pod in shared:
+                    shared[pod].append(v)
+                elif pod in combined:
+                    shared[pod] = [combined[pod], v]
+                else:
+                    combined[pod] = v
         self._memo = memo
-        return combine_verdicts(per_pod)
+        combined.update(combine_verdicts(shared))
+        return combined
 
     def _gate(
         self,

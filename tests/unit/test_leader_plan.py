@@ -574,3 +574,36 @@ def test_desired_pools_are_remembered_per_service_until_an_input_changes() -> No
     web2 = replace(web, annotations=(("podlb.io/direct", "true"),))  # the Service updated
     assert check([web2, other], on_lb) == 1
     assert check([other], on_lb) == 0 and check([web2, other], on_lb) == 1  # gone, then back
+
+
+def test_the_verdict_writer_combines_a_pods_pools_as_lb_verdicts_does() -> None:
+    """VerdictWriter takes the verdicts of a pod behind one pool as they are and combines
+    those of a pod behind several (agent.leader.plan.combine_verdicts), as lb_verdicts does."""
+    from agent.clock import FakeClock
+    from agent.leader.verdicts import Admitted, VerdictWriter
+    from agent.model import LB_READY
+    from agent.node.reporter import ConditionReporter
+    from tests.fakes import FakeStatusSink
+
+    pods = pods_map(pod("a"), pod("b"), pod("c"))
+    [one], _ = desired_pools([svc()], [slice_of(("a", "10.0.0.1"), ("b", "10.0.0.2"))], pods)
+    [alone], _ = desired_pools([svc()], [slice_of(("c", "10.0.0.3"))], pods)
+    two, three = replace(one, pool="shop.two.http"), replace(alone, pool="shop.three.http")
+    observed = {
+        "haproxy": {
+            "h1": {
+                one.pool: state(obs(A), obs(B)),
+                two.pool: state(obs(A, health=Health.DOWN), obs(B)),
+                three.pool: state(obs(C)),
+            }
+        }
+    }
+    sink = FakeStatusSink()
+    reporter = ConditionReporter(LB_READY, sink, pods.get, FakeClock())
+    writer = VerdictWriter(reporter, sink, FakeClock())
+    for pools in ([one, three, two], [two, three, one], [two, three, one]):  # then remembered
+        got = writer._verdicts(pools, observed, Admitted(pods, reporter))
+        assert got == lb_verdicts(pools, observed)
+        assert [got[PodKey(NS, n)].reason for n in "abc"] == [
+            LBReason.UNHEALTHY, LBReason.HEALTHY, LBReason.HEALTHY,
+        ]  # fmt: skip
