@@ -225,6 +225,15 @@ class Pod:
     annotations: tuple[tuple[str, str], ...] = ()
     resource_version: str = ""
     creation_timestamp: str | None = None  # RFC 3339, as the API server stores it
+    # stopped_by_kubelet, decided once: a leader round looks at every pod of the cluster
+    _stopped: bool = field(init=False, repr=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        cond = self.condition(DISRUPTION_TARGET)
+        stopped = (
+            cond is not None and cond.status == "True" and cond.reason == TERMINATION_BY_KUBELET
+        )
+        object.__setattr__(self, "_stopped", stopped)
 
     @property
     def key(self) -> PodKey:
@@ -240,8 +249,7 @@ class Pod:
     def stopped_by_kubelet(self) -> bool:
         """kubelet stops the pod without an API deletion (eviction, node shutdown): it marks
         it ``DisruptionTarget=True`` reason ``TerminationByKubelet`` before the preStop hooks."""
-        cond = self.condition(DISRUPTION_TARGET)
-        return cond is not None and cond.status == "True" and cond.reason == TERMINATION_BY_KUBELET
+        return self._stopped
 
     @property
     def leaving(self) -> bool:
