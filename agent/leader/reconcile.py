@@ -40,7 +40,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -358,7 +358,7 @@ class Leader:
                             fail_static=partial(self._fail_static, want, state, pods, services),
                         )  # fmt: skip
         if admitted := self._applier.admissions():
-            self._read_back(admitted, by_key.values(), complete, pods, services)
+            self._read_back(admitted, by_key, complete, pods, services)
         self._findings.end_round()
         outcome = "ok" if len(reachable) == len(self.providers) else "lb_error"
         self.metrics.reconcile(self.clock.monotonic() - t0, outcome)
@@ -367,15 +367,15 @@ class Leader:
     def _read_back(
         self,
         admitted: list[tuple[str, str, str]],
-        pools: Iterable[PoolSpec],
+        specs: Mapping[PoolKey, PoolSpec],
         observed: Observed,
         pods: Mapping[PodKey, Pod],
         services: Sequence[Service],
     ) -> None:
         """The pools this round admitted servers in (their changes landed: PoolApplier.
-        admissions), read again, and every pod's lb-ready decided again with them: an admitted
-        pod turns Healthy in this round, not in the next. A pool that cannot be read is left
-        to the next round."""
+        admissions), read again, and their pods' lb-ready decided again with them: an
+        admitted pod turns Healthy in this round, not in the next. A pool that cannot be read
+        is left to the next round."""
         by_instance: dict[tuple[str, str], list[str]] = {}
         for provider, instance, pool in admitted:
             if instance in observed.get(provider, {}):
@@ -388,8 +388,16 @@ class Leader:
                 log.debug("leader: %s %s not read back: %s", provider, instance, exc)
                 continue
             fresh[provider] = {**fresh[provider], instance: {**fresh[provider][instance], **got}}
-        if fresh != observed:
-            self._verdicts.write(pools, fresh, pods, services)
+        again = {
+            (provider, pool)
+            for provider, per_instance in fresh.items()
+            for instance, per_pool in per_instance.items()
+            if per_pool is not observed[provider][instance]
+            for pool, state in per_pool.items()
+            if state is not observed[provider][instance].get(pool)
+        }
+        if again and not self._verdicts.write_again(again, specs, fresh, pods):
+            self._verdicts.write(specs.values(), fresh, pods, services)  # a pod of two pools
 
     def _desired_pools(
         self, services: Sequence[Service], pods: Mapping[PodKey, Pod]

@@ -147,6 +147,7 @@ class VerdictWriter:
     _gate_counted: set[tuple[PodKey, str]] = field(default_factory=set)
     _memo: dict[tuple[str, str], _PoolMemo] = field(default_factory=dict)  # (provider, pool)
     _handed: dict[PodKey, tuple[str, LBVerdict]] = field(default_factory=dict)  # uid, verdict
+    _alone: set[PodKey] = field(default_factory=set)  # pods behind one pool, at the last write
 
     def write(
         self,
@@ -176,7 +177,53 @@ class VerdictWriter:
         busy = any(v.reason in _POLL for v in verdicts.values()) or any(
             not gated[pod].ready for spec in pools for pod in spec.early if pod in gated
         )
-        handed: dict[PodKey, tuple[str, LBVerdict]] = {}
+        self._handed = self._hand_over(gated, pods, {})
+        self.metrics.backends(Counter[str](v.reason for v in gated.values()))  # StrEnums
+        return busy
+
+    def write_again(
+        self,
+        keys: Iterable[tuple[str, str]],
+        specs: Mapping[tuple[str, str], PoolSpec],
+        observed: Observed,
+        pods: Mapping[PodKey, Pod],
+    ) -> bool:
+        """After :meth:`write`, the verdicts of the pods of pools ``keys`` ((provider, pool),
+        read back since) decided again from ``observed`` and handed over where they changed:
+        a pass over those pools alone (a whole pass costs a pass over every pod). False, and
+        nothing done, when one of their pods is also behind another pool: :meth:`write`
+        then. What the pass leaves (gone pods, lost servers, the busy flag, the per-reason
+        count) is :meth:`write`'s next round."""
+        admitted = Admitted(pods, self.reporter)
+        changed: dict[PodKey, LBVerdict] = {}
+        again: list[tuple[tuple[str, str], _PoolMemo]] = []
+        for key in keys:
+            spec, by_instance = specs.get(key), observed.get(key[0])
+            if spec is None or by_instance is None or (was := self._memo.get(key)) is None:
+                continue
+            memo = self._pool(spec, tuple(x.get(spec.pool) for x in by_instance.values()), admitted)
+            if memo.verdicts is was.verdicts:
+                continue
+            if not self._alone.issuperset(memo.by_pod) or len(memo.by_pod) != len(memo.verdicts):
+                return False
+            again.append((key, memo))
+            changed.update(memo.by_pod)
+        for key, memo in again:
+            self._memo[key] = memo
+        if changed:
+            gated = self._gate([specs[k] for k, _ in again], changed, pods, every_pod=False)
+            self._handed = self._hand_over(gated, pods, self._handed)
+        return True
+
+    def _hand_over(
+        self,
+        gated: Mapping[PodKey, LBVerdict],
+        pods: Mapping[PodKey, Pod],
+        kept: dict[PodKey, tuple[str, LBVerdict]],
+    ) -> dict[PodKey, tuple[str, LBVerdict]]:
+        """Hand each verdict that changed to the writer; what was handed over, by pod, added
+        to ``kept`` (empty: these are all of them, the others are forgotten)."""
+        handed = kept
         last_handed = self._handed
         now = self.clock.monotonic()
         for key, v in gated.items():
@@ -193,9 +240,7 @@ class VerdictWriter:
                 continue
             handed[key] = (pod.uid, v)
             self.reporter.set_desired(key, Desired(pod.uid, v.status, v.reason.value, v.message))
-        self._handed = handed
-        self.metrics.backends(Counter[str](v.reason for v in gated.values()))  # StrEnums
-        return busy
+        return handed
 
     def waits(self, pool: tuple[str, str]) -> bool:
         """Whether a pod of ``(provider, pool)`` waited for the LB at the last verdicts
@@ -222,22 +267,8 @@ class VerdictWriter:
             by_instance = observed.get(spec.provider)
             if by_instance is None:
                 continue
-            states = tuple(by_instance[i].get(spec.pool) for i in by_instance)
-            key = (spec.provider, spec.pool)
-            last = self._memo.get(key)
-            if (
-                last is None
-                or last.spec is not spec
-                or not _same_view(last.states, states)
-                or any((pod in admitted) != was for pod, was in last.asked.items())
-            ):
-                asking = _Asking(admitted)
-                got = pool_verdicts(spec, states, asking)
-                waits = any(v.reason in _WAITS for _, v in got)
-                last = _PoolMemo(spec, states, asking.asked, got, waits, dict(got))
-            elif any(a is not b for a, b in zip(last.states, states, strict=True)):
-                last = replace(last, states=states)  # the same view: keep the newest states
-            memo[key] = last
+            states = tuple(x.get(spec.pool) for x in by_instance.values())
+            memo[(spec.provider, spec.pool)] = last = self._pool(spec, states, admitted)
             # Most pods are behind one pool: their verdicts are taken as they are, ten
             # thousand of them in a few dict updates (plan.combine_verdicts for the others).
             if len(last.by_pod) == len(last.verdicts) and combined.keys().isdisjoint(last.by_pod):
@@ -251,14 +282,37 @@ class VerdictWriter:
                 else:
                     combined[pod] = v
         self._memo = memo
+        self._alone = combined.keys() - shared.keys()
         combined.update(combine_verdicts(shared))
         return combined
+
+    def _pool(
+        self, spec: PoolSpec, states: tuple[PoolState | None, ...], admitted: Admitted
+    ) -> _PoolMemo:
+        """One pool's verdicts: remembered while its spec is the same object, every instance
+        shows the same of it and the pods asked about are admitted as then; else decided."""
+        last = self._memo.get((spec.provider, spec.pool))
+        if (
+            last is None
+            or last.spec is not spec
+            or not _same_view(last.states, states)
+            or any((pod in admitted) != was for pod, was in last.asked.items())
+        ):
+            asking = _Asking(admitted)
+            got = pool_verdicts(spec, states, asking)
+            waits = any(v.reason in _WAITS for _, v in got)
+            return _PoolMemo(spec, states, asking.asked, got, waits, dict(got))
+        if any(a is not b for a, b in zip(last.states, states, strict=True)):
+            return replace(last, states=states)  # the same view: keep the newest states
+        return last
 
     def _gate(
         self,
         pools: list[PoolSpec],
         verdicts: dict[PodKey, LBVerdict],
         pods: Mapping[PodKey, Pod],
+        *,
+        every_pod: bool = True,
     ) -> dict[PodKey, LBVerdict]:
         """The gate's bound over this round's verdicts (agent/leader/gate.py): waits are timed
         on the monotonic clock from the first round that saw the pod waiting; each timeout is
@@ -294,9 +348,10 @@ class VerdictWriter:
             service = min(policies[key], key=lambda ps: (ps[0].timeout_s, ps[1]))[1]
             self.metrics.gate_timeout(key.namespace, service, policy.on_timeout.value)
             log.warning("leader: pod %s: %s", key, gated.message)
-        for key in self._gate_since.keys() - waiting:
-            del self._gate_since[key]
-        self._gate_counted = {(k, u) for k, u in self._gate_counted if k in waiting}
+        if every_pod:  # (not only some pods': what the others' waits are stays)
+            for key in self._gate_since.keys() - waiting:
+                del self._gate_since[key]
+            self._gate_counted = {(k, u) for k, u in self._gate_counted if k in waiting}
         return out
 
     def _report_lost(

@@ -250,6 +250,42 @@ def test_an_admission_is_read_back_and_written_in_its_own_round() -> None:
     assert [(k.name, c.reason) for k, c in sink.writes][1:] == [("a", "Healthy")]
 
 
+def test_the_read_back_decides_again_only_the_pools_read_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read-back's verdicts are a pass over the pools read back (a whole pass goes over
+    every pod: 10,000 at scale); a pod also behind another pool gets a whole pass."""
+    from agent.leader.verdicts import VerdictWriter
+
+    passes: list[str] = []
+    whole = VerdictWriter.write
+    monkeypatch.setattr(
+        VerdictWriter, "write", lambda self, *a: passes.append("whole") or whole(self, *a)
+    )
+    staged = ObservedServer(A, "10.0.0.1", 8080, 100, AdminState.DRAIN, Health.UP, 0)
+    c = server_name("10.0.0.3", 8080)
+    up = ObservedServer(c, "10.0.0.3", 8080, 100, AdminState.READY, Health.UP, 0)
+    lb = QuickLB({"h1": {POOL: {A: staged}, API_POOL: {c: up}}})
+    ld, sink = two_pools(lb)
+    ld.round()
+    write_all(ld)
+    assert passes == ["whole"]  # the round's; the read-back's went over web alone
+    assert {(k.name, c.reason) for k, c in sink.writes} == {("a", "Healthy"), ("c", "Healthy")}
+    # pod a also behind a second Service of its own (pool both): a whole pass
+    both = replace(SVC, name="both", uid="s3")
+    lb = QuickLB({"h1": {POOL: {A: staged}, API_POOL: {c: up}, "shop.both.http": {A: staged}}})
+    ld, sink = two_pools(lb)
+    ld.services._items.append(both)  # type: ignore[attr-defined]
+    ld.slices._items.append(  # type: ignore[attr-defined]
+        replace(slice_for({"a": "10.0.0.1"}), name="both-x", service="both")
+    )
+    passes.clear()
+    ld.round()
+    write_all(ld)
+    assert passes == ["whole", "whole"]
+    assert sink.conditions[PodKey(NS, "a")].reason == "Healthy"
+
+
 class CountingLB(QuickLB):
     """A QuickLB that notes the pools each observation asked for."""
 
