@@ -152,6 +152,7 @@ def run_on_testbed(modes: list[str], args: argparse.Namespace) -> list[ScenarioR
             run_scenario(
                 mode, replicas=args.replicas, sleep_s=args.sleep, lb_delay_s=args.lb_delay,
                 log=say, max_surge=args.max_surge, server_options=args.server_options,
+                agent_args=args.agent_args.split(),
             )
         )  # fmt: skip
         LOADS[mode] = (before, os.getloadavg()[0])
@@ -204,6 +205,14 @@ def main() -> int:
         help="give each pod namespace a TCP hash of N buckets (net.ipv4.tcp_child_ehash_entries, "
         "restored after; testbed; 0: they share the host's, as on a default node)",
     )
+    parser.add_argument(
+        "--agent-args",
+        default="",
+        metavar="FLAGS",
+        help="more flags for the testbed's agents, e.g. --agent-args='--scan-interval 10 "
+        "--log-level info' "
+        "(the product's defaults; the testbed runs them with 0.5 and debug)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--cluster", action="store_true", help="on the real single-node cluster (tests/cluster)"
@@ -216,6 +225,8 @@ def main() -> int:
     for m in modes:
         if m not in allowed:
             parser.error(f"unknown mode {m!r} (choose from {', '.join(allowed)})")
+    if args.agent_args and args.cluster:
+        parser.error("--agent-args: testbed only (the real node runs the DaemonSet's flags)")
     if args.tcp_child_ehash and (args.cluster or not os.path.exists(CHILD_EHASH)):
         parser.error("--tcp-child-ehash: testbed only, on Linux 6.1 or later")
     if args.cluster:
@@ -265,6 +276,8 @@ def main() -> int:
             surge += f", podlb.io/gate-admit: {args.gate_admit}"
         if args.tcp_child_ehash:
             surge += f", pod TCP hash {args.tcp_child_ehash} buckets"
+        if args.agent_args:
+            surge += f", agents with {args.agent_args}"
         print(
             f"{where}: {args.replicas} replicas{surge}, LB API latency {args.lb_delay:g}s, "
             f"load: {load}"

@@ -28,7 +28,7 @@ import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,9 +222,11 @@ def run_scenario(
     log: Any = None,
     max_surge: str = "1",
     server_options: str = HAPROXY_SERVER_OPTIONS,
+    agent_args: Sequence[str] = (),
 ) -> ScenarioResult:
     """Set up everything, run the rollout under load (``max_surge``: a count or ``25%``;
-    ``server_options``: HAProxy's health checks), tear everything down."""
+    ``server_options``: HAProxy's health checks; ``agent_args``: more flags for the agents),
+    tear everything down."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {MODES}")
     say = log or (lambda msg: None)
@@ -243,7 +245,7 @@ def run_scenario(
     ):
         core = client.CoreV1Api(api.api_client())
         core.create_namespaced_service("shop", service(mode))
-        extra = ["--leader-resync", "2", "--lb-drain-timeout", str(grace), *lb_args]
+        extra = ["--leader-resync", "2", "--lb-drain-timeout", str(grace), *lb_args, *agent_args]
         with agents(api.url, AGENT_TOKEN, list(nodes), extra=extra, env=env) as procs:
             for p in procs:
                 p.wait_ready()
