@@ -5,7 +5,9 @@ desired condition with what the pod carries now (from the informer cache), skips
 moves ``lastTransitionTime`` only when the status flips, writes under one shared token-bucket
 rate limit and emits an Event per transition (Normal or Warning as ``agent.events`` classifies
 it) from a thread of its own, so that a pod's next write never waits for the last one's
-Event. A 404 means the pod is gone; transient errors retry with backoff.
+Event. A 404 means the pod is gone; transient errors retry with backoff. A write shows in the
+cache only with its watch event; until then (up to ``ECHO_S``) the pod is not written the same
+again on an earlier event of it, but looked at once more when the event should have come.
 
 Several writers, because one status patch is a round trip (10-50 ms, more on a busy API server):
 one thread could not reach the rate the bucket allows, and a burst of verdicts (a leader
@@ -75,6 +77,9 @@ class TokenBucket:
 WRITE_S = 0.1  # a status patch, 50-100 ms on a busy API server (its Event goes out apart)
 MAX_WRITERS = 8
 EVENT_BACKLOG = 1000  # Events waiting to be sent; beyond it the oldest is dropped (and logged)
+# How long a write may take to show in the informer's cache (its watch event). Until then the
+# pod's other events still show the condition from before, and would have it written again.
+ECHO_S = 2.0
 
 
 def writers_for(rate_per_s: float) -> int:
@@ -108,6 +113,7 @@ class ConditionReporter:
         on_write: Callable[[str, str], None] | None = None,  # (outcome, reason)
         on_wait: Callable[[float], None] | None = None,  # pending -> written, seconds
         retry_s: float = 1.0,
+        echo_s: float = ECHO_S,
     ) -> None:
         self.condition_type = condition_type
         self.sink = sink
@@ -120,8 +126,11 @@ class ConditionReporter:
         self.on_write = on_write or (lambda outcome, reason: None)
         self.on_wait = on_wait or (lambda seconds: None)
         self.retry_s = retry_s
+        self.echo_s = echo_s
         self._lock = threading.Lock()
         self._desired: dict[PodKey, Desired] = {}
+        # pod -> the condition last written and when, until the cache shows it (ECHO_S)
+        self._wrote: dict[PodKey, tuple[Desired, float]] = {}
         self._pending = PendingWrites()
         self._wakes: list[threading.Event] = []  # one per running writer
         # Events of the transitions written, sent by their own worker while the writers run
@@ -138,6 +147,7 @@ class ConditionReporter:
     def forget(self, key: PodKey) -> None:
         with self._lock:
             self._desired.pop(key, None)
+            self._wrote.pop(key, None)
             self._pending.remove(key)
 
     def mark_dirty(self, key: PodKey) -> None:
@@ -287,9 +297,22 @@ class ConditionReporter:
             return None  # pod gone or replaced by a namesake: the decider will say what it wants
         current = pod.condition(self.condition_type)
         if not needs_write(desired, current):
+            with self._lock:
+                self._wrote.pop(key, None)  # the cache shows it
             self.on_write("skipped", desired.reason)
             return None
         return desired, pod, current
+
+    def _echo_due(self, key: PodKey, desired: Desired) -> float | None:
+        """When the cache should show this very condition, written by us less than
+        :attr:`echo_s` ago (its watch event is on the way; the pod's other events show the
+        condition from before); None when it was not, or should show it by now."""
+        with self._lock:
+            wrote = self._wrote.get(key)
+        if wrote is None or wrote[0] != desired:
+            return None
+        at = wrote[1] + self.echo_s
+        return at if at > self.clock.monotonic() else None
 
     def write_one(
         self, key: PodKey, stop: threading.Event | None = None, since: float | None = None
@@ -298,6 +321,16 @@ class ConditionReporter:
         it became pending, for :attr:`on_wait`)."""
         planned = self._plan(key)
         if planned is None:
+            return
+        if (echo := self._echo_due(key, planned[0])) is not None:
+            # Not written twice: looked at again once its event should have come (if someone
+            # else changed the condition meanwhile, it is written then).
+            with self._lock:
+                cls = self._priority(planned[0], planned[1])
+                self._pending.retry(
+                    key, echo, self.clock.monotonic() if since is None else since, cls
+                )
+            self.on_write("skipped", planned[0].reason)
             return
         delay = self.bucket.delay()
         if delay > 0:
@@ -336,6 +369,8 @@ class ConditionReporter:
             self.on_write("error", desired.reason)
             log.error("pod=%s: writing %s refused: %s", key, self.condition_type, exc)
             return
+        with self._lock:
+            self._wrote[key] = (desired, self.clock.monotonic())
         self.on_write("written", desired.reason)
         if since is not None:
             self.on_wait(self.clock.monotonic() - since)

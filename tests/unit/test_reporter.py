@@ -15,7 +15,7 @@ from agent.clock import Clock, FakeClock
 from agent.errors import TransientError
 from agent.model import LB_READY, Condition, Pod, PodKey
 from agent.node.pending import Priority, priority
-from agent.node.reporter import ConditionReporter, Desired, writers_for
+from agent.node.reporter import ECHO_S, ConditionReporter, Desired, writers_for
 from tests.fakes import FakeStatusSink
 from tests.testbed.waiting import wait_for
 
@@ -306,3 +306,34 @@ def test_a_slow_event_does_not_hold_the_pods_next_write() -> None:
         wait_for(lambda: len(sink.events) == 2, 5, "both Events sent, in order")
     assert [r for _, _, r in sink.events] == ["LbReadyRegistering", "LbReadyTrue"]
     assert written(sink, "a") == [REGISTERING, HEALTHY]
+
+
+def test_a_write_is_not_written_again_while_its_watch_event_is_on_the_way() -> None:
+    """Until the cache shows a write, the pod's earlier events still show the condition from
+    before: marked dirty by one of them, the pod is not written again (twice the requests and
+    the Events under churn at 30,000 pods); looked at again once its event should have come,
+    and written then if the cache still differs (someone else changed it)."""
+    clock = FakeClock()
+    sink = FakeStatusSink()  # the API server: it keeps what was written
+    cache = {key("a"): pod("a", REGISTERING)}  # the informer, behind
+    reporter = ConditionReporter(LB_READY, sink, cache.get, clock)
+    reporter.set_desired(key("a"), want("a", HEALTHY))
+    reporter.write_queued()
+    reporter.mark_dirty(key("a"))  # an event from before the write
+    clock.advance(ECHO_S / 2)
+    reporter.write_queued()
+    assert written(sink, "a") == [HEALTHY] and len(sink.events) == 1
+    cache[key("a")] = pod("a", HEALTHY)  # its event came: nothing left to do
+    clock.advance(ECHO_S)
+    reporter.write_queued()
+    assert written(sink, "a") == [HEALTHY] and reporter.pending() == 0
+    # someone puts it back while our write is on its way: put right after ECHO_S
+    reporter.set_desired(key("a"), want("a", REGISTERING))
+    reporter.write_queued()
+    cache[key("a")] = pod("a", HEALTHY)  # another writer's, after ours
+    reporter.mark_dirty(key("a"))
+    reporter.write_queued()
+    assert written(sink, "a") == [HEALTHY, REGISTERING]
+    clock.advance(ECHO_S)
+    reporter.write_queued()
+    assert written(sink, "a") == [HEALTHY, REGISTERING, REGISTERING]
