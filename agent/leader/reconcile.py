@@ -183,6 +183,9 @@ class Leader:
     _read_whole_at: dict[str, float] = field(default_factory=dict)
     _read_all: bool = False  # an LB instance restarted or is back: the next round reads all
     _last_specs: Mapping[PoolKey, PoolSpec] = field(default_factory=dict)  # the round's pools
+    # (provider, instance, pool) -> its state last round, found with every server in rotation
+    _in_rotation: dict[tuple[str, str, str], PoolState] = field(default_factory=dict)
+    _rotating: dict[tuple[str, str, str], PoolState] = field(default_factory=dict)  # this round's
     _desired: DesiredPools = field(init=False)  # the desired pools, remembered per Service
     _verdicts: VerdictWriter = field(init=False)  # every pod's lb-ready
     _findings: Findings = field(init=False)  # problems found, as Events
@@ -489,6 +492,7 @@ class Leader:
             else:  # read whole next round
                 self._last_read.pop(name, None)
         self._last_specs = specs
+        self._in_rotation, self._rotating = self._rotating, {}
         return out, reachable
 
     def _quiet(
@@ -504,13 +508,15 @@ class Leader:
         failing its checks, no pod of it waiting for the LB (Registering, Unhealthy,
         Draining: what changes without an event), and nothing to do in it (settled). A change
         made on the LB behind podlb's back (a check failing) is seen at the next whole read."""
-        key = (provider, pool)
+        key, at = (provider, pool), (provider, instance, pool)
         state, spec = seen.get(pool), specs.get(key)
         if state is None or spec is not self._last_specs.get(key) or self._verdicts.waits(key):
             return False
-        for s in state.servers.values():
-            if s.admin is not AdminState.READY or s.health in (Health.DOWN, Health.UNKNOWN):
-                return False
+        if self._in_rotation.get(at) is not state:  # (the very state found so last round)
+            for s in state.servers.values():
+                if s.admin is not AdminState.READY or s.health in (Health.DOWN, Health.UNKNOWN):
+                    return False
+        self._rotating[at] = state
         if spec is None or not (spec.backends or spec.others):
             return not state.servers  # pool gone, or no backend: nothing left to take out
         return spec.mode is not Mode.MANAGE or self._applier.settled(
