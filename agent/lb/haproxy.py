@@ -245,7 +245,7 @@ class HAProxyProvider:
         self.remove_poll_s = remove_poll_s
         self._clock = clock or Clock()
         self._on_command = on_command
-        # per instance: its servers as last read (a leader reads all of them every round)
+        # per instance: its servers as last read whole (a leader reads all every few seconds)
         self._readers: dict[str, PoolReader] = {}
         self._few_readers: dict[str, PoolReader] = {}  # per instance: observe_pools' few
         # observe_pools: up to this many backends read one by one, past it all at once
@@ -330,7 +330,9 @@ class HAProxyProvider:
 
     # -- observe --------------------------------------------------------------------------
     def observe(self, instance: str, pool: str) -> PoolState:
-        """Servers of one backend, read as :meth:`observe_pools` reads a few."""
+        """Servers of one backend, read as :meth:`observe_pools` reads a few: ``PoolNotFound``
+        when there is no such backend (``PermanentError`` when it went between the two reads:
+        a reload)."""
         if not valid_name(pool):
             raise PoolNotFound(f"{pool!r} cannot be an HAProxy backend name")
         got = self.observe_pools(instance, [pool])

@@ -384,7 +384,7 @@ class PoolReader:
     """``build_pools(parse_servers_state(state), parse_stat_csv(stat), backends)``, the same
     answer, but each server read once while it stays as it was: the columns we read of its
     lines (not the timers and counters that change every second) key the server last built
-    from them. At 10,000 servers a leader reads every one every round; parsing them afresh
+    from them. At 10,000 servers a leader reads every one every few seconds; parsing them afresh
     took a quarter of a second of its CPU.
 
     ``stat`` is a ``show stat`` answer, or a :data:`StatSource` asked only for the backends

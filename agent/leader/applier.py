@@ -64,6 +64,9 @@ class PoolApplier:
     # this round's ENABLE batches on QuickObserve LBs
     _admitting: list[tuple[Future[None], PoolAt]] = field(default_factory=list)
     _seen: set[PoolAt] = field(default_factory=set)  # pools planned (or skipped) this round
+    # pools with changes in flight (how many), and those a change landed in since changing()
+    _pool_changes: dict[PoolAt, int] = field(default_factory=dict)
+    _landed: set[PoolAt] = field(default_factory=set)
 
     def begin_round(self) -> int:
         self._seen = set()
@@ -81,6 +84,14 @@ class PoolApplier:
         with self._lock:
             self._done_in = {k: n for k, n in self._done_in.items() if n >= round_no}
             return bool(self._in_flight)
+
+    def changing(self) -> set[PoolAt]:
+        """The pools with a change in flight, or one landed since the last call: what the LB
+        has of them is not what was read before (the leader reads them again)."""
+        with self._lock:
+            out = self._landed | self._pool_changes.keys()
+            self._landed = set()
+        return out
 
     def settled(self, at: PoolAt, spec: PoolSpec) -> bool:
         """Whether pool ``at``, last planned with this very spec, had nothing to do (and
@@ -140,6 +151,8 @@ class PoolApplier:
                 and self._done_in.get(key, 0) < round_no
             ]
             self._in_flight |= {(*at, a.server) for a in actions}
+            if actions:
+                self._pool_changes[at] = self._pool_changes.get(at, 0) + len(actions)
         if not actions:
             return draining or bool(planned)
         self._submit(at, lb, actions)
@@ -229,6 +242,10 @@ class PoolApplier:
                     self._in_flight.discard(key)
                     # The round running now may have observed the LB before this change.
                     self._done_in[key] = self._round_no
+                left = self._pool_changes.pop(at, 0) - len(actions)
+                if left > 0:
+                    self._pool_changes[at] = left
+                self._landed.add(at)
             self.wake()
 
     def stop(self, timeout_s: float) -> None:

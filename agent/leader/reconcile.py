@@ -181,7 +181,10 @@ class Leader:
     # per QuickObserve provider: what the last round read of every pool, and when all was read
     _last_read: Observed = field(default_factory=dict)
     _read_whole_at: dict[str, float] = field(default_factory=dict)
-    _read_all: bool = False  # an LB instance restarted or is back: the next round reads all
+    # LB instances found restarted or back by probe_lbs (its thread alone counts), and as
+    # many as the rounds have seen: the next round reads all when they differ
+    _restarts: int = 0
+    _restarts_read: int = 0
     _last_specs: Mapping[PoolKey, PoolSpec] = field(default_factory=dict)  # the round's pools
     # (provider, instance, pool) -> its state last round, found with every server in rotation
     _in_rotation: dict[tuple[str, str, str], PoolState] = field(default_factory=dict)
@@ -306,7 +309,7 @@ class Leader:
                         "leader: %s %s restarted or reloaded (process %s, was %s): reconciling it",
                         name, instance, now, self._lb_ids[key] or "unreachable",
                     )  # fmt: skip
-                    self._read_all = True
+                    self._restarts += 1
                     self._wake.set()
                 self._lb_ids[key] = now
                 down |= now is None
@@ -455,7 +458,9 @@ class Leader:
         out: Observed = {}
         reachable: set[str] = set()
         now = self.clock.monotonic()
-        read_all, self._read_all = self._read_all, False
+        restarts = self._restarts
+        read_all, self._restarts_read = restarts != self._restarts_read, restarts
+        changing = self._applier.changing()
         for name, provider in self.providers.items():
             pools = {pool for prov, pool in keys if prov == name}
             last = self._last_read.get(name)
@@ -468,7 +473,12 @@ class Leader:
             for instance in provider.instances():
                 seen = last.get(instance) if last is not None else None
                 if seen is not None:
-                    quiet = {p for p in pools if self._quiet(name, instance, p, seen, specs)}
+                    quiet = {
+                        p
+                        for p in pools
+                        if (name, instance, p) not in changing
+                        and self._quiet(name, instance, p, seen, specs)
+                    }
                     pools_read = pools - quiet
                 else:
                     quiet, pools_read = set(), pools
@@ -503,11 +513,12 @@ class Leader:
         seen: Mapping[str, PoolState],
         specs: Mapping[PoolKey, PoolSpec],
     ) -> bool:
-        """Whether a pool can be taken as the last round read it: read then (and on the LB),
-        its spec the very one of then (no backend changed), every server in rotation and not
-        failing its checks, no pod of it waiting for the LB (Registering, Unhealthy,
-        Draining: what changes without an event), and nothing to do in it (settled). A change
-        made on the LB behind podlb's back (a check failing) is seen at the next whole read."""
+        """Whether a pool can be taken as the last round read it (no change of podlb's is in
+        flight or landed since: the caller asks PoolApplier.changing): read then (and on the
+        LB), its spec the very one of then (no backend changed), every server in rotation and
+        none down, no pod of it waiting for the LB (Registering, Unhealthy, Draining: what
+        changes without an event), and nothing to do in it (settled). A change made on the LB
+        behind podlb's back (a check failing) is seen at the next whole read."""
         key, at = (provider, pool), (provider, instance, pool)
         state, spec = seen.get(pool), specs.get(key)
         if state is None or spec is not self._last_specs.get(key) or self._verdicts.waits(key):

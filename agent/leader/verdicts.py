@@ -101,8 +101,8 @@ def _view(state: PoolState | None) -> View:
 
 def _same_view(was: Sequence[PoolState | None], now: Sequence[PoolState | None]) -> bool:
     """Whether each instance shows the same of a pool (:func:`_view`): at once when the states
-    or their servers are the very objects (HAProxy's reader keeps a server that did not change,
-    and a round that reads a pool back hands the other pools' states again), else compared."""
+    or their servers are the very objects (HAProxy's readers keep a server that did not change,
+    and a round hands the states of the pools it did not read again), else compared."""
     if len(was) != len(now):
         return False
     for a, b in zip(was, now, strict=True):
@@ -170,6 +170,7 @@ class VerdictWriter:
             self.reporter.forget(gone)  # no longer behind a direct Service, or deleted
         if held:
             verdicts = {k: v for k, v in verdicts.items() if k not in held}
+            self._alone -= held  # (also behind a pool not observed: write_again leaves them)
         gated = self._gate(pools, verdicts, pods)
         # A pod admitted on its staged server's checks (gate-admit: checked) waits for no event
         # of its own: HAProxy turning the server UP is seen only by looking again, soon.
@@ -348,10 +349,15 @@ class VerdictWriter:
             service = min(policies[key], key=lambda ps: (ps[0].timeout_s, ps[1]))[1]
             self.metrics.gate_timeout(key.namespace, service, policy.on_timeout.value)
             log.warning("leader: pod %s: %s", key, gated.message)
-        if every_pod:  # (not only some pods': what the others' waits are stays)
-            for key in self._gate_since.keys() - waiting:
-                del self._gate_since[key]
+        # Pods not waiting (any more) are forgotten: all others, or of some pods' verdicts,
+        # those of them.
+        done = (self._gate_since.keys() if every_pod else verdicts.keys()) - waiting
+        for key in done & self._gate_since.keys():
+            del self._gate_since[key]
+        if every_pod:
             self._gate_counted = {(k, u) for k, u in self._gate_counted if k in waiting}
+        else:
+            self._gate_counted = {(k, u) for k, u in self._gate_counted if k not in done}
         return out
 
     def _report_lost(

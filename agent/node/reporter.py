@@ -370,7 +370,8 @@ class ConditionReporter:
             log.error("pod=%s: writing %s refused: %s", key, self.condition_type, exc)
             return
         with self._lock:
-            self._wrote[key] = (desired, self.clock.monotonic())
+            if self._desired.get(key) == desired:  # (not forgotten while it was written)
+                self._wrote[key] = (desired, self.clock.monotonic())
         self.on_write("written", desired.reason)
         if since is not None:
             self.on_wait(self.clock.monotonic() - since)

@@ -607,3 +607,48 @@ def test_the_verdict_writer_combines_a_pods_pools_as_lb_verdicts_does() -> None:
         assert [got[PodKey(NS, n)].reason for n in "abc"] == [
             LBReason.UNHEALTHY, LBReason.HEALTHY, LBReason.HEALTHY,
         ]  # fmt: skip
+
+
+def _writer(pods: dict[PodKey, Pod]) -> Any:
+    from agent.clock import FakeClock
+    from agent.leader.verdicts import VerdictWriter
+    from agent.model import LB_READY
+    from agent.node.reporter import ConditionReporter
+    from tests.fakes import FakeStatusSink
+
+    sink = FakeStatusSink()
+    reporter = ConditionReporter(LB_READY, sink, pods.get, FakeClock())
+    return VerdictWriter(reporter, sink, FakeClock(), registering_hold_s=0.0)
+
+
+def test_the_read_back_leaves_a_pod_held_behind_a_provider_not_observed() -> None:
+    """A pod behind an HAProxy pool and a pool of a provider that could not be observed keeps
+    its condition (fail static); the read-back of the HAProxy pool leaves it too (from a
+    review: write_again handed over the HAProxy pool's verdict alone)."""
+    pods = pods_map(pod("a"))
+    [spec], _ = desired_pools([svc()], [slice_of(("a", "10.0.0.1"))], pods)
+    other = replace(spec, provider="tencent", pool="lb-1")
+    writer = _writer(pods)
+    staged = {"haproxy": {"h1": {spec.pool: state(obs(A, AdminState.DRAIN))}}}
+    writer.write([spec, other], staged, pods, [])
+    assert writer.reporter.desired(PodKey(NS, "a")) is None  # held: not observed everywhere
+    read_back = {"haproxy": {"h1": {spec.pool: state(obs(A))}}}
+    assert not writer.write_again(  # declined: a whole pass (which holds it) instead
+        [("haproxy", spec.pool)], {("haproxy", spec.pool): spec}, read_back, pods
+    )
+    assert writer.reporter.desired(PodKey(NS, "a")) is None
+
+
+def test_a_pod_admitted_on_read_back_starts_its_next_gate_wait_afresh() -> None:
+    """The read-back forgets the gate clock of a pod it found in rotation, as a whole pass
+    does (from a review: a pod waiting again later timed out early on its old clock)."""
+    pods = pods_map(pod("a"))
+    [spec], _ = desired_pools([svc()], [slice_of(("a", "10.0.0.1"))], pods)
+    writer = _writer(pods)
+    staged = {"haproxy": {"h1": {spec.pool: state(obs(A, AdminState.DRAIN))}}}
+    writer.write([spec], staged, pods, [])
+    assert PodKey(NS, "a") in writer._gate_since  # waiting: Registering
+    read_back = {"haproxy": {"h1": {spec.pool: state(obs(A))}}}
+    writer.write_again([("haproxy", spec.pool)], {("haproxy", spec.pool): spec}, read_back, pods)
+    assert writer.reporter.desired(PodKey(NS, "a")).reason == "Healthy"
+    assert PodKey(NS, "a") not in writer._gate_since

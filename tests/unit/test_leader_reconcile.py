@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -353,6 +353,48 @@ def test_between_whole_reads_a_round_reads_only_the_pools_that_may_have_changed(
     assert lb.reads == [{POOL, API_POOL}, {API_POOL}]  # then api's, every round, while down
 
 
+class HeldExecutor(Executor):
+    """Runs what is submitted only on release(): LB changes in flight across rounds."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.held.append((future, fn, args))
+        return future
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for future, fn, args in held:
+            future.set_result(fn(*args))
+
+
+def test_a_pool_is_read_again_after_a_change_of_podlb_lands_in_it() -> None:
+    """A change can land after a round's read while the next plan has nothing to do (the pod
+    was deleted meanwhile): the pool is read again, not taken as last read (from a review:
+    its server stayed in rotation until the next whole read)."""
+    lb = CountingLB({"h1": {POOL: {}, API_POOL: {}}})
+    ld, _sink = two_pools(lb)
+    settle(ld, lb)
+    held = HeldExecutor()
+    ld._applier.executor = held
+    ld.pods._items.append(pod("b"))  # type: ignore[attr-defined]
+    ld.slices._items[0] = slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})  # type: ignore[attr-defined]
+    ld.round()  # B's add, in flight
+    ld.pods._items[-1] = pod("b", terminating=True)  # type: ignore[attr-defined]
+    ld.slices._items[0] = slice_for(  # type: ignore[attr-defined]
+        {"a": "10.0.0.1", "b": "10.0.0.2"}, terminating={"b"}
+    )
+    ld.round()  # B not on the LB yet: nothing to do
+    held.release()  # the add lands: B in rotation
+    lb.reads.clear()
+    ld.round()
+    assert lb.reads == [{POOL}]
+    held.release()
+    assert (B in lb.pools["h1"][POOL]) and lb.applied[-1][2:] == (Op.DRAIN, B)
+
+
 def test_a_pool_with_a_server_out_of_rotation_is_read_every_round() -> None:
     drained = ObservedServer(A, "10.0.0.1", 8080, 100, AdminState.DRAIN, Health.UP, 3)
     lb = CountingLB({"h1": {POOL: {A: drained}}})
@@ -375,7 +417,7 @@ def test_an_lb_restart_or_a_failed_read_makes_the_next_round_read_all() -> None:
     ld, _sink = two_pools(lb)
     settle(ld, lb)
     lb.reads.clear()
-    ld._read_all = True  # what probe_lbs sets when an instance restarted or is back
+    ld._restarts += 1  # what probe_lbs counts when an instance restarted or is back
     ld.round()
     ld.round()
     assert lb.reads == [{POOL, API_POOL}]

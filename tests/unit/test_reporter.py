@@ -337,3 +337,13 @@ def test_a_write_is_not_written_again_while_its_watch_event_is_on_the_way() -> N
     clock.advance(ECHO_S)
     reporter.write_queued()
     assert written(sink, "a") == [HEALTHY, REGISTERING, REGISTERING]
+
+
+def test_a_pod_forgotten_while_it_is_written_leaves_nothing_behind() -> None:
+    """(From a review: what was written was noted after the pod had been forgotten, and stayed.)"""
+    sink = FakeStatusSink({key("a"): pod("a")})
+    reporter = ConditionReporter(LB_READY, sink, sink.lookup, FakeClock())
+    sink.on_patch = lambda k, c: reporter.forget(k)  # deleted while its write is in flight
+    reporter.set_desired(key("a"), want("a", HEALTHY))
+    reporter.write_queued()
+    assert written(sink, "a") == [HEALTHY] and reporter._wrote == {}
