@@ -72,7 +72,8 @@ class Metrics:
         )
         self.condition_writes = Counter(
             "podlb_condition_writes_total",
-            "Condition writes by condition type and outcome (written, skipped, gone, error)",
+            "Condition writes by condition type and outcome "
+            "(written, skipped, deferred, gone, error)",
             ["condition", "outcome"],
             registry=r,
         )

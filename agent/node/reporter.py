@@ -330,7 +330,7 @@ class ConditionReporter:
                 self._pending.retry(
                     key, echo, self.clock.monotonic() if since is None else since, cls
                 )
-            self.on_write("skipped", planned[0].reason)
+            self.on_write("deferred", planned[0].reason)
             return
         delay = self.bucket.delay()
         if delay > 0:

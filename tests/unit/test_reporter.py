@@ -347,3 +347,16 @@ def test_a_pod_forgotten_while_it_is_written_leaves_nothing_behind() -> None:
     reporter.set_desired(key("a"), want("a", HEALTHY))
     reporter.write_queued()
     assert written(sink, "a") == [HEALTHY] and reporter._wrote == {}
+
+
+def test_a_deferred_write_is_counted_apart() -> None:
+    outcomes: list[str] = []
+    cache = {key("a"): pod("a", REGISTERING)}
+    reporter = ConditionReporter(
+        LB_READY, FakeStatusSink(), cache.get, FakeClock(), on_write=lambda o, r: outcomes.append(o)
+    )
+    reporter.set_desired(key("a"), want("a", HEALTHY))
+    reporter.write_queued()
+    reporter.mark_dirty(key("a"))
+    reporter.write_queued()
+    assert outcomes == ["written", "deferred"]
