@@ -16,7 +16,7 @@ from agent.errors import PodlbError
 from agent.metrics import Metrics, PodView
 from agent.model import Pod, PodKey, Service, Snapshot
 
-from .readiness import evaluate, find_namespace, opted_in, serving_ports
+from .readiness import direct_by_namespace, evaluate, find_namespace, opted_in, serving_ports
 from .reporter import ConditionReporter, Desired
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class NodeAgent:
         snap = self.snapshot()
         if snap is None or not self.synced():
             return
-        services = list(self.services())
+        direct = direct_by_namespace(self.services())
         views: dict[PodKey, PodView] = {}
         for pod in self.pods():
             if pod.node_name != self.node_name:
@@ -124,6 +124,7 @@ class NodeAgent:
             # hook: it keeps its view (and drain listener) while its namespace is there.
             if pod.phase in ("Succeeded", "Failed") and not (pod.stopped_by_kubelet and ns):
                 continue
+            services = [s for s in direct.get(pod.namespace, ()) if s.selects(pod)]
             if not opted_in(pod, services):
                 views[pod.key] = PodView(pod, ns, False, None, None, frozenset())
                 continue

@@ -37,6 +37,16 @@ def is_direct(service: Service) -> bool:
     return direct_mode(service)[0]
 
 
+def direct_by_namespace(services: Iterable[Service]) -> dict[str, list[Service]]:
+    """The direct Services, by namespace: a Service selects only pods of its own, and a node
+    agent looks through them for each of its pods (1,000 Services x 110 pods per scan)."""
+    out: dict[str, list[Service]] = {}
+    for s in services:
+        if is_direct(s):
+            out.setdefault(s.namespace, []).append(s)
+    return out
+
+
 def direct_services_for(pod: Pod, services: Iterable[Service]) -> list[Service]:
     return [s for s in services if is_direct(s) and s.selects(pod)]
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from agent.model import (
@@ -17,6 +19,7 @@ from agent.model import (
 )
 from agent.node.readiness import (
     Reason,
+    direct_by_namespace,
     evaluate,
     find_namespace,
     is_direct,
@@ -125,6 +128,15 @@ def test_opted_in_by_gate_or_direct_service_only() -> None:
     assert not opted_in(pod(), [svc({})])
     assert not opted_in(pod(labels=(("app", "other"),)), [svc(DIRECT)])
     assert not opted_in(pod(host_network=True, readiness_gates=("podlb.io/lb-ready",)), [])
+
+
+def test_direct_services_by_namespace() -> None:
+    """What a node agent looks through for each of its pods: the direct Services of the pod's
+    namespace (a Service selects no pod of another)."""
+    other_ns = replace(svc(DIRECT), namespace="blog", name="web2")
+    got = direct_by_namespace([svc(DIRECT), svc({}), other_ns])
+    assert got == {"shop": [svc(DIRECT)], "blog": [other_ns]}
+    assert not other_ns.selects(pod())  # same labels, another namespace
 
 
 def test_serving_ports_by_name_number_and_fallback() -> None:
