@@ -17,9 +17,7 @@ changed (agent.lb.haproxy_state.PoolReader). At 30,000 pods and 10,000 backends 
 a few pods changed takes 0.15 s of CPU in one process, against 0.53 s recomputing everything
 (before reading HAProxy: 0.1 s, against 0.25 s). Nor is all of an LB read every round: a
 QuickObserve LB (HAProxy) is read whole every ``full_read_s``, and a round in between reads
-only the pools that may have changed (backends changed, a change in flight, a server out of
-rotation or failing checks, a pod waiting for the LB) and takes the others as last read; a
-restarted instance, or one that could not be read, is read whole at the next round.
+only the pools that may have changed (agent.leader.reads).
 
 LB changes are applied asynchronously (agent.leader.applier.PoolApplier): a slow LB API (a
 cloud's takes seconds) must not hold the next round, so one pod's drain never delays another's
@@ -49,12 +47,9 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast
 from agent.clock import Clock
 from agent.errors import PodlbError
 from agent.lb.base import (
-    AdminState,
-    Health,
     LBProvider,
     Mode,
     PoolState,
-    QuickObserve,
     RestartAware,
     Staging,
     canonical_ip,
@@ -67,6 +62,7 @@ from .applier import PoolApplier
 from .desired import DesiredPools, Finding, Limits, PoolSpec
 from .election import LeaderScope
 from .findings import Findings
+from .reads import FULL_READ_S, LeaderReads, Observed, PoolKey
 from .routing import HAPROXY, Problem
 from .sinks import EventSink, LeaderMetrics
 from .verdicts import REGISTERING_HOLD_S, VerdictWriter
@@ -74,9 +70,6 @@ from .verdicts import REGISTERING_HOLD_S, VerdictWriter
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 P = ParamSpec("P")
-PoolKey = tuple[str, str]  # (provider, pool)
-Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
-FULL_READ_S = 2.0  # Leader.full_read_s
 
 
 def _freeze_gc() -> None:
@@ -166,7 +159,7 @@ class Leader:
     # back and write the admitted pods' lb-ready in the same round (0: never).
     admit_wait_s: float = 0.25
     # A QuickObserve LB (HAProxy) is read whole at least this often; a round in between reads
-    # only the pools that may have changed since (see _quiet) and takes the others as read.
+    # only the pools that may have changed since (agent.leader.reads).
     full_read_s: float = FULL_READ_S
     _full_rounds: int = 0  # rounds run on synced informers
     _term: Term | None = None  # fences every LB call of the term this leader runs in
@@ -178,21 +171,11 @@ class Leader:
     _registered: dict[str, frozenset[str]] = field(default_factory=dict)
     # (provider, instance) -> its process id at the last probe; None: not reachable then
     _lb_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
-    # per QuickObserve provider: what the last round read of every pool, and when all was read
-    _last_read: Observed = field(default_factory=dict)
-    _read_whole_at: dict[str, float] = field(default_factory=dict)
-    # LB instances found restarted or back by probe_lbs (its thread alone counts), and as
-    # many as the rounds have seen: the next round reads all when they differ
-    _restarts: int = 0
-    _restarts_read: int = 0
-    _last_specs: Mapping[PoolKey, PoolSpec] = field(default_factory=dict)  # the round's pools
-    # (provider, instance, pool) -> its state last round, found with every server in rotation
-    _in_rotation: dict[tuple[str, str, str], PoolState] = field(default_factory=dict)
-    _rotating: dict[tuple[str, str, str], PoolState] = field(default_factory=dict)  # this round's
     _desired: DesiredPools = field(init=False)  # the desired pools, remembered per Service
     _verdicts: VerdictWriter = field(init=False)  # every pod's lb-ready
     _findings: Findings = field(init=False)  # problems found, as Events
     _applier: PoolApplier = field(init=False)  # each pool's plan, applied
+    _reads: LeaderReads = field(init=False)  # what each round reads of the LBs
 
     def __post_init__(self) -> None:
         self._desired = DesiredPools(self.default_provider)
@@ -209,6 +192,9 @@ class Leader:
             drain_timeout_s=self.drain_timeout_s, admit_wait_s=self.admit_wait_s,
             failed=self._failed,
         )  # fmt: skip
+        self._reads = LeaderReads(
+            self.clock, self._applier, self._verdicts, self.metrics, full_read_s=self.full_read_s
+        )
 
     def poke(self, key: object = None) -> None:
         del key
@@ -218,7 +204,7 @@ class Leader:
     def run(self, scope: LeaderScope) -> None:
         """Leader work: informers, the condition writer and rounds, until the scope stops."""
         self._term = self._applier.term = scope.term
-        self._last_read.clear()  # another leader may have changed the LBs since: read all
+        self._reads.forget()  # another leader may have changed the LBs since: read all
         caches: list[Cache[Any]] = [self.services, self.slices, self.pods]
         failed = self._failed
 
@@ -309,7 +295,7 @@ class Leader:
                         "leader: %s %s restarted or reloaded (process %s, was %s): reconciling it",
                         name, instance, now, self._lb_ids[key] or "unreachable",
                     )  # fmt: skip
-                    self._restarts += 1
+                    self._reads.restarted()
                     self._wake.set()
                 self._lb_ids[key] = now
                 down |= now is None
@@ -334,7 +320,9 @@ class Leader:
             self._findings.end_round()
             self.metrics.reconcile(self.clock.monotonic() - t0, "ok")
             return False
-        observed, reachable = self._observe(set(by_key) | set(self._owned), by_key)
+        observed, reachable = self._reads.observe(
+            self.providers, set(by_key) | set(self._owned), by_key
+        )
         registered: dict[str, frozenset[str]] = {}
         for per_instance in observed.values():
             for per_pool in per_instance.values():
@@ -378,22 +366,10 @@ class Leader:
         pods: Mapping[PodKey, Pod],
         services: Sequence[Service],
     ) -> None:
-        """The pools this round admitted servers in (their changes landed: PoolApplier.
-        admissions), read again, and their pods' lb-ready decided again with them: an
-        admitted pod turns Healthy in this round, not in the next. A pool that cannot be read
-        is left to the next round."""
-        by_instance: dict[tuple[str, str], list[str]] = {}
-        for provider, instance, pool in admitted:
-            if instance in observed.get(provider, {}):
-                by_instance.setdefault((provider, instance), []).append(pool)
-        fresh = dict(observed)  # provider -> instance -> pool -> state, copied where read again
-        for (provider, instance), names in by_instance.items():
-            try:
-                got = self.providers[provider].observe_pools(instance, names)
-            except PodlbError as exc:
-                log.debug("leader: %s %s not read back: %s", provider, instance, exc)
-                continue
-            fresh[provider] = {**fresh[provider], instance: {**fresh[provider][instance], **got}}
+        """The pools this round admitted servers in, read again (LeaderReads.read_back), and
+        their pods' lb-ready decided again with them: an admitted pod turns Healthy in this
+        round, not in the next. A pool that cannot be read is left to the next round."""
+        fresh = self._reads.read_back(self.providers, admitted, observed)
         again = {
             (provider, pool)
             for provider, per_instance in fresh.items()
@@ -448,91 +424,6 @@ class Leader:
         if kept:
             self.metrics.fail_static("service_unrouted")
         return by_key, kept, findings
-
-    def _observe(
-        self, keys: set[PoolKey], specs: Mapping[PoolKey, PoolSpec]
-    ) -> tuple[Observed, set[str]]:
-        """provider -> instance -> pool -> state for the reachable instances; and the
-        providers whose instances all were. A QuickObserve provider read whole less than
-        :attr:`full_read_s` ago is read only where a pool may have changed (:meth:`_quiet`)."""
-        out: Observed = {}
-        reachable: set[str] = set()
-        now = self.clock.monotonic()
-        restarts = self._restarts
-        read_all, self._restarts_read = restarts != self._restarts_read, restarts
-        changing = self._applier.changing()
-        for name, provider in self.providers.items():
-            pools = {pool for prov, pool in keys if prov == name}
-            last = self._last_read.get(name)
-            if read_all or now - self._read_whole_at.get(name, now - self.full_read_s) >= (
-                self.full_read_s
-            ):
-                last = None
-            out[name] = {}
-            ok = True
-            for instance in provider.instances():
-                seen = last.get(instance) if last is not None else None
-                if seen is not None:
-                    quiet = {
-                        p
-                        for p in pools
-                        if (name, instance, p) not in changing
-                        and self._quiet(name, instance, p, seen, specs)
-                    }
-                    pools_read = pools - quiet
-                else:
-                    quiet, pools_read = set(), pools
-                try:
-                    got = provider.observe_pools(instance, pools_read) if pools_read else {}
-                except PodlbError as exc:
-                    ok = False
-                    self.metrics.fail_static("lb_unreachable")
-                    log.warning(
-                        "leader: %s %s not observed: %s (its pools left as they are)",
-                        name, instance, exc,
-                    )  # fmt: skip
-                    continue
-                out[name][instance] = {p: seen[p] for p in quiet} | got if seen else got
-            if ok:
-                reachable.add(name)
-            if ok and isinstance(provider, QuickObserve) and provider.observes_quickly():
-                self._last_read[name] = out[name]
-                if last is None:
-                    self._read_whole_at[name] = now
-            else:  # read whole next round
-                self._last_read.pop(name, None)
-        self._last_specs = specs
-        self._in_rotation, self._rotating = self._rotating, {}
-        return out, reachable
-
-    def _quiet(
-        self,
-        provider: str,
-        instance: str,
-        pool: str,
-        seen: Mapping[str, PoolState],
-        specs: Mapping[PoolKey, PoolSpec],
-    ) -> bool:
-        """Whether a pool can be taken as the last round read it (no change of podlb's is in
-        flight or landed since: the caller asks PoolApplier.changing): read then (and on the
-        LB), its spec the very one of then (no backend changed), every server in rotation and
-        none down, no pod of it waiting for the LB (Registering, Unhealthy, Draining: what
-        changes without an event), and nothing to do in it (settled). A change made on the LB
-        behind podlb's back (a check failing) is seen at the next whole read."""
-        key, at = (provider, pool), (provider, instance, pool)
-        state, spec = seen.get(pool), specs.get(key)
-        if state is None or spec is not self._last_specs.get(key) or self._verdicts.waits(key):
-            return False
-        if self._in_rotation.get(at) is not state:  # (the very state found so last round)
-            for s in state.servers.values():
-                if s.admin is not AdminState.READY or s.health in (Health.DOWN, Health.UNKNOWN):
-                    return False
-        self._rotating[at] = state
-        if spec is None or not (spec.backends or spec.others):
-            return not state.servers  # pool gone, or no backend: nothing left to take out
-        return spec.mode is not Mode.MANAGE or self._applier.settled(
-            (provider, instance, pool), spec
-        )
 
     def _pool_found(
         self,

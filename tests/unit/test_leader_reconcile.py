@@ -417,7 +417,7 @@ def test_an_lb_restart_or_a_failed_read_makes_the_next_round_read_all() -> None:
     ld, _sink = two_pools(lb)
     settle(ld, lb)
     lb.reads.clear()
-    ld._restarts += 1  # what probe_lbs counts when an instance restarted or is back
+    ld._reads.restarted()  # what probe_lbs says when an instance restarted or is back
     ld.round()
     ld.round()
     assert lb.reads == [{POOL, API_POOL}]
