@@ -64,9 +64,7 @@ class PoolApplier:
     # this round's ENABLE batches on QuickObserve LBs
     _admitting: list[tuple[Future[None], PoolAt]] = field(default_factory=list)
     _seen: set[PoolAt] = field(default_factory=set)  # pools planned (or skipped) this round
-    # pools with changes in flight (how many), and those a change landed in since changing()
-    _pool_changes: dict[PoolAt, int] = field(default_factory=dict)
-    _landed: set[PoolAt] = field(default_factory=set)
+    _landed: set[PoolAt] = field(default_factory=set)  # a change landed in, since changing()
 
     def begin_round(self) -> int:
         self._seen = set()
@@ -89,7 +87,7 @@ class PoolApplier:
         """The pools with a change in flight, or one landed since the last call: what the LB
         has of them is not what was read before (the leader reads them again)."""
         with self._lock:
-            out = self._landed | self._pool_changes.keys()
+            out = self._landed | {(p, i, pool) for p, i, pool, _server in self._in_flight}
             self._landed = set()
         return out
 
@@ -151,8 +149,6 @@ class PoolApplier:
                 and self._done_in.get(key, 0) < round_no
             ]
             self._in_flight |= {(*at, a.server) for a in actions}
-            if actions:
-                self._pool_changes[at] = self._pool_changes.get(at, 0) + len(actions)
         if not actions:
             return draining or bool(planned)
         self._submit(at, lb, actions)
@@ -242,9 +238,6 @@ class PoolApplier:
                     self._in_flight.discard(key)
                     # The round running now may have observed the LB before this change.
                     self._done_in[key] = self._round_no
-                left = self._pool_changes.pop(at, 0) - len(actions)
-                if left > 0:
-                    self._pool_changes[at] = left
                 self._landed.add(at)
             self.wake()
 

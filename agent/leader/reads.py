@@ -22,14 +22,13 @@ from agent.clock import Clock
 from agent.errors import PodlbError
 from agent.lb.base import AdminState, Health, LBProvider, Mode, PoolState, QuickObserve
 
-from .applier import PoolApplier
+from .applier import PoolApplier, PoolAt
 from .desired import PoolSpec
 from .sinks import LeaderMetrics
 from .verdicts import VerdictWriter
 
 log = logging.getLogger(__name__)
 PoolKey = tuple[str, str]  # (provider, pool)
-PoolAt = tuple[str, str, str]  # (provider, instance, pool)
 Observed = dict[str, dict[str, dict[str, PoolState]]]  # provider -> instance -> pool -> state
 FULL_READ_S = 2.0  # LeaderReads.full_read_s
 
@@ -125,14 +124,16 @@ class LeaderReads:
 
     def read_back(
         self, providers: Mapping[str, LBProvider], admitted: Iterable[PoolAt], observed: Observed
-    ) -> Observed:
+    ) -> tuple[Observed, set[PoolKey]]:
         """``observed`` with the pools this round admitted servers in read again (their changes
-        landed: PoolApplier.admissions); an instance that cannot be read keeps what it had."""
+        landed: PoolApplier.admissions), and the (provider, pool)s read; an instance that
+        cannot be read keeps what it had."""
         by_instance: dict[tuple[str, str], list[str]] = {}
         for provider, instance, pool in admitted:
             if instance in observed.get(provider, {}):
                 by_instance.setdefault((provider, instance), []).append(pool)
         fresh = dict(observed)  # copied where read again
+        read: set[PoolKey] = set()
         for (provider, instance), names in by_instance.items():
             try:
                 got = providers[provider].observe_pools(instance, names)
@@ -140,7 +141,8 @@ class LeaderReads:
                 log.debug("leader: %s %s not read back: %s", provider, instance, exc)
                 continue
             fresh[provider] = {**fresh[provider], instance: {**fresh[provider][instance], **got}}
-        return fresh
+            read |= {(provider, pool) for pool in got}
+        return fresh, read
 
     def _quiet(
         self,

@@ -369,15 +369,7 @@ class Leader:
         """The pools this round admitted servers in, read again (LeaderReads.read_back), and
         their pods' lb-ready decided again with them: an admitted pod turns Healthy in this
         round, not in the next. A pool that cannot be read is left to the next round."""
-        fresh = self._reads.read_back(self.providers, admitted, observed)
-        again = {
-            (provider, pool)
-            for provider, per_instance in fresh.items()
-            for instance, per_pool in per_instance.items()
-            if per_pool is not observed[provider][instance]
-            for pool, state in per_pool.items()
-            if state is not observed[provider][instance].get(pool)
-        }
+        fresh, again = self._reads.read_back(self.providers, admitted, observed)
         if again and not self._verdicts.write_again(again, specs, fresh, pods):
             self._verdicts.write(specs.values(), fresh, pods, services)  # a pod of two pools
 
