@@ -70,6 +70,14 @@ class Metrics:
             ["verb", "resource", "code"],
             registry=r,
         )
+        self.api_request_duration = Histogram(
+            "podlb_kube_request_duration_seconds",
+            "Time of Kubernetes API requests to their answer, by verb and resource (a watch: "
+            "to its stream's start)",
+            ["verb", "resource"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
         self.condition_writes = Counter(
             "podlb_condition_writes_total",
             "Condition writes by condition type and outcome "
@@ -223,6 +231,9 @@ class Metrics:
 
     def observe_request(self, verb: str, resource: str, code: str) -> None:
         self.api_requests.labels(verb, resource, code).inc()
+
+    def time_request(self, verb: str, resource: str, seconds: float) -> None:
+        self.api_request_duration.labels(verb, resource).observe(seconds)
 
     def observe_drain(self, record: DrainRecord) -> None:
         """One drain record. A refusal of a pod nobody knows (no uid) is not labelled with the

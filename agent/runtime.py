@@ -495,7 +495,7 @@ def run(settings: RunSettings, *, install_signals: bool = True) -> int:
     clock = Clock()
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    calls = Calls(metrics.observe_request)
+    calls = Calls(metrics.observe_request, metrics.time_request)
     token = None
     if settings.kube_token_file:
         with open(settings.kube_token_file, encoding="utf-8") as f:

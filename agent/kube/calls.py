@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -29,21 +30,38 @@ def _noop(verb: str, resource: str, code: str) -> None:
     del verb, resource, code
 
 
-class Calls:
-    """Runs API calls, turns library errors into ours and reports (verb, resource, code)."""
+class DurationObserver(Protocol):
+    def __call__(self, verb: str, resource: str, seconds: float) -> None: ...
 
-    def __init__(self, observe: RequestObserver = _noop) -> None:
+
+def _no_duration(verb: str, resource: str, seconds: float) -> None:
+    del verb, resource, seconds
+
+
+class Calls:
+    """Runs API calls, turns library errors into ours and reports (verb, resource, code),
+    and how long each call took, answered or not (to its answer's headers: a list read in
+    pieces, :meth:`read`, or a watch's stream, are not in it)."""
+
+    def __init__(
+        self, observe: RequestObserver = _noop, timed: DurationObserver = _no_duration
+    ) -> None:
         self.observe = observe
+        self.timed = timed
 
     def __call__(self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        t0 = time.monotonic()
         try:
             result = fn(*args, **kw)
         except ApiException as exc:
+            self.timed(verb, resource, time.monotonic() - t0)
             self.observe(verb, resource, str(exc.status or 0))
             raise classify(exc, f"{verb} {resource}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            self.timed(verb, resource, time.monotonic() - t0)
             self.observe(verb, resource, "error")
             raise TransientError(f"{verb} {resource}: {exc}") from exc
+        self.timed(verb, resource, time.monotonic() - t0)
         self.observe(verb, resource, "200")
         return result
 

@@ -1,17 +1,19 @@
 """Reading an answer's body: whole, in one buffer (a chunked list page is not held three times
-over), and a body cut short is a transient error."""
+over), and a body cut short is a transient error; every call timed."""
 
 from __future__ import annotations
 
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import urllib3
+from kubernetes.client.exceptions import ApiException
 
-from agent.errors import TransientError
+from agent.errors import PodlbError, TransientError
 from agent.kube.calls import Calls
 
 BODY = b'{"items": [' + b",".join(b'{"n": %d, "pad": "%s"}' % (i, b"x" * 200) for i in range(20000))
@@ -73,3 +75,26 @@ def test_a_body_cut_short_is_transient(server: str) -> None:
     with pytest.raises(TransientError, match="list pods: reading the answer"):
         Calls(lambda *call: seen.append(call)).read("list", "pods", resp)
     assert seen == [("list", "pods", "error")]
+
+
+def test_every_call_is_timed_answered_or_not() -> None:
+    """podlb_kube_request_duration_seconds: a slow API server shows in the condition writes'
+    time (a readiness gate waits on them), whether the call was answered or failed."""
+    timed: list[tuple[str, str, float]] = []
+    calls = Calls(timed=lambda verb, resource, s: timed.append((verb, resource, s)))
+
+    def slow() -> str:
+        time.sleep(0.05)
+        return "ok"
+
+    def refused() -> None:
+        time.sleep(0.05)
+        raise ApiException(status=500, reason="boom")
+
+    assert calls("patch", "pods/status", slow) == "ok"
+    with pytest.raises(PodlbError):
+        calls("patch", "pods/status", refused)
+    with pytest.raises(TransientError):
+        calls("get", "pods", lambda: (_ for _ in ()).throw(OSError("reset")))
+    assert [(v, r) for v, r, _ in timed] == [("patch", "pods/status")] * 2 + [("get", "pods")]
+    assert all(s >= 0.05 for _, _, s in timed[:2]) and timed[2][2] < 0.05
