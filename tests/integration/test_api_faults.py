@@ -176,7 +176,12 @@ def test_a_wedged_leader_steps_down_is_replaced_and_recovers() -> None:
                 p.wait_ready()
             [leader] = wait_for(lambda: (ls := leaders(procs)) and len(ls) == 1 and ls, 15)
             other = next(p for p in procs if p is not leader)
-            wait_for(lambda: (datapath(core, f"web-{leader.node[-1]}") or {}).get("status"), 15)
+            # Its datapath seen ready before the wedge (an earlier NoPodIP, written before the
+            # pod had its IP, would read as the write after the heal: failed so at load 4).
+            wait_for(
+                lambda: (datapath(core, f"web-{leader.node[-1]}") or {}).get("status") == "True",
+                15, "the leader's pod datapath-ready",
+            )  # fmt: skip
 
             user = f"system:serviceaccount:{AGENT_NAMESPACE}:agent-{leader.node}"
             t0 = time.monotonic()
