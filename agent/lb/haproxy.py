@@ -245,11 +245,11 @@ class HAProxyProvider:
         self.remove_poll_s = remove_poll_s
         self._clock = clock or Clock()
         self._on_command = on_command
-        # per instance: its servers as last read whole (a leader reads all every few seconds)
+        # per instance: its servers as last read, whole or a few backends at a time
         self._readers: dict[str, PoolReader] = {}
-        self._few_readers: dict[str, PoolReader] = {}  # per instance: observe_pools' few
-        # observe_pools: up to this many backends read one by one, past it all at once
-        self.observe_each_max = 64
+        # observe_pools: up to this many backends read one by one, past it all at once (a
+        # leader round reads a share of them all: at 1,000 backends, a hundred or more)
+        self.observe_each_max = 512
         # observe_all: past this many backends with servers out of rotation, one `show stat`
         # of all (each command costs a round trip; all of them, 4 MB at 10,000 servers)
         self.stat_per_backend_max = 64
@@ -388,8 +388,8 @@ class HAProxyProvider:
         """The backends ``pools`` names that exist. Up to :attr:`observe_each_max` of them,
         each is read alone (``show servers state <backend>``, the commands on one connection,
         and ``show stat`` as :meth:`observe_all` asks it); past that, every backend at once
-        (three commands), narrowed to ``pools``. A leader round reads the few pools that may
-        have changed since the last, and all of them every few seconds."""
+        (three commands), narrowed to ``pools``. A leader round reads the pools that may have
+        changed since the last, and a share of the others: each is read every few seconds."""
         wanted = set(pools)
         if len(wanted) > self.observe_each_max:
             return {n: st for n, st in self.observe_all(instance).items() if n in wanted}
@@ -408,11 +408,13 @@ class HAProxyProvider:
                 states.append(answer.text)
             elif answer.reason != "no_backend":
                 raise PermanentError(f"HAProxy {instance}: show servers state: {answer.text}")
+        reader = self._readers.setdefault(instance, PoolReader())
+        reader.drop(set(names) - set(found))
         if not found:
             return {}
-        reader = self._few_readers.setdefault(instance, PoolReader())
         try:
-            return reader.read(join_states(states), partial(self._stat_texts, instance), found)
+            text = join_states(states)
+            return reader.read(text, partial(self._stat_texts, instance), found, whole=False)
         except ValueError as e:
             raise PermanentError(f"HAProxy {instance}: unexpected answer: {e}") from e
 

@@ -391,13 +391,23 @@ class PoolReader:
     whose ``show stat`` columns matter (:func:`out_of_rotation_pools`): ``show stat`` of
     10,000 servers is 4 MB, read and split every round for the few servers being drained. A
     server of another backend then reads ``sessions=None`` (not read: podlb counts sessions
-    only of servers out of rotation)."""
+    only of servers out of rotation).
+
+    An answer is of every backend (``whole``), or of some (``show servers state <backend>``
+    for each of ``backends``, joined): the servers known are then replaced for those alone, so
+    reads of a few backends and reads of all share what is known. It never grows past the
+    servers of the backends last read, whole or one by one."""
 
     def __init__(self) -> None:
-        self._known: dict[str, ObservedServer] = {}
+        self._known: dict[str, dict[str, ObservedServer]] = {}  # backend -> line key -> server
 
     def read(
-        self, state: str, stat: str | StatSource, backends: Iterable[str] = ()
+        self,
+        state: str,
+        stat: str | StatSource,
+        backends: Iterable[str] = (),
+        *,
+        whole: bool = True,
     ) -> dict[str, PoolState]:
         if isinstance(stat, str):
             answers: Iterable[str] = (stat,)
@@ -408,17 +418,21 @@ class PoolReader:
         stats = {(px, sv): (st, sc) for a in answers for px, sv, st, sc in _stat_fields(a)}
         ix, lines = _state_lines(state)
         pools: dict[str, dict[str, ObservedServer]] = {b: {} for b in backends}
-        known: dict[str, ObservedServer] = {}
+        known: dict[str, dict[str, ObservedServer]] = {b: {} for b in pools}
+        backend, was, now = "", {}, {}  # the lines of a backend come together
         for line in lines:
             fields = _state_fields(ix, line)
             if fields is None:
                 continue
+            if fields[0] != backend:
+                backend = fields[0]
+                was, now = self._known.get(backend, {}), known.setdefault(backend, {})
             unread = asked is not None and fields[0] not in asked  # sessions not read
             # (a backend not asked is not read even when `show stat` of all came back)
             st = None if unread else stats.get((fields[0], fields[1]))
             # one string, not a tuple of 12 (10,000 of those held 8 MB between rounds)
             key = " ".join(fields + st if st is not None else (*fields, "-" if unread else ""))
-            server = self._known.get(key)
+            server = was.get(key)
             if server is None:
                 row = _state_row(fields, line)
                 srow = None
@@ -430,7 +444,15 @@ class PoolReader:
                 server = _observed(row, srow)
                 if unread:
                     server = replace(server, sessions=None)
-            known[key] = server
+            now[key] = server
             pools.setdefault(fields[0], {})[fields[1]] = server
-        self._known = known  # only the servers of this answer: it never grows past them
+        if whole:
+            self._known = known  # only the servers of this answer: it never grows past them
+        else:
+            self._known.update(known)
         return {b: PoolState(b, servers) for b, servers in pools.items()}
+
+    def drop(self, backends: Iterable[str]) -> None:
+        """Forget the servers of ``backends`` (asked for one by one, and gone)."""
+        for b in backends:
+            self._known.pop(b, None)

@@ -1,20 +1,26 @@
 """What the leader reads of its LBs each round (agent/leader/reconcile.py).
 
 Every pool of every instance, each round, on an LB that is slow to read (a cloud's describe
-calls). A QuickObserve LB (HAProxy: one short command a backend) is read whole every
-``full_read_s``; a round in between reads only the pools that may have changed and takes the
-others as last read: at 10,000 servers reading all of them was a third of each round. A pool
-may have changed when its backends did, when a change of podlb's is in flight or landed in it
-since, when a server of it is out of rotation or down, or when a pod of it waits for the LB
-(Registering, Unhealthy, Draining: what changes without an event). A change made on the LB
-behind podlb's back (a check failing) is seen at the next whole read; a restarted instance
-(LeaderReads.restarted, from the leader's probe) and one that could not be read are read whole
-at the next round. After an admission, the pools it landed in are read back (read_back).
+calls). A QuickObserve LB (HAProxy: one short command a backend) is read whole at a term's
+start; then each round reads the pools that may have changed, and of the others those read
+longest ago, as many as keep every pool read at least every ``full_read_s`` (its share of the
+sweep: the pools times the time since the last round over ``full_read_s``); it takes the rest
+as last read. At 10,000 servers reading all of them was a third of each round, and reading
+them all at once every ``full_read_s`` made one round in six or so a quarter of a second
+longer than the others, which a pod made ready then waited for. A pool may have changed when
+its backends did, when a change of podlb's is in flight or landed in it since, when a server of
+it is out of rotation or down, or when a pod of it waits for the LB (Registering, Unhealthy,
+Draining: what changes without an event). A change made on the LB behind podlb's back (a check
+failing) is seen within ``full_read_s``; a restarted instance (LeaderReads.restarted, from the
+leader's probe) and one that could not be read are read whole at the next round. After an
+admission, the pools it landed in are read back (read_back).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -43,9 +49,11 @@ class LeaderReads:
     verdicts: VerdictWriter  # which pools have a pod waiting for the LB
     metrics: LeaderMetrics = field(default_factory=LeaderMetrics)
     full_read_s: float = FULL_READ_S
-    # per QuickObserve provider: what the last round read of every pool, and when all was read
+    # per QuickObserve provider: what the last round read of every pool, each pool's last
+    # read (the oldest first), and when the last round read it
     _last_read: Observed = field(default_factory=dict)
-    _read_whole_at: dict[str, float] = field(default_factory=dict)
+    _read_at: dict[str, OrderedDict[str, float]] = field(default_factory=dict)
+    _round_at: dict[str, float] = field(default_factory=dict)
     # LB instances found restarted or back (the prober's thread alone counts), and as many as
     # the rounds have seen: the next round reads all when they differ
     _restarts: int = 0
@@ -70,8 +78,8 @@ class LeaderReads:
         specs: Mapping[PoolKey, PoolSpec],
     ) -> tuple[Observed, set[str]]:
         """provider -> instance -> pool -> state for the reachable instances; and the
-        providers whose instances all were. A QuickObserve provider read whole less than
-        :attr:`full_read_s` ago is read only where a pool may have changed (:meth:`_quiet`)."""
+        providers whose instances all were. A QuickObserve provider read before is read only
+        where a pool may have changed (:meth:`_quiet`) and where its sweep is (:meth:`_due`)."""
         out: Observed = {}
         reachable: set[str] = set()
         now = self.clock.monotonic()
@@ -80,20 +88,18 @@ class LeaderReads:
         changing = self.applier.changing()
         for name, provider in providers.items():
             pools = {pool for prov, pool in keys if prov == name}
-            last = self._last_read.get(name)
-            if read_all or now - self._read_whole_at.get(name, now - self.full_read_s) >= (
-                self.full_read_s
-            ):
-                last = None
+            last = None if read_all else self._last_read.get(name)
+            due = self._due(name, pools, now) if last is not None else pools
             out[name] = {}
             ok = True
+            taken: set[str] = set()  # pools taken as last read, on some instance
             for instance in provider.instances():
                 seen = last.get(instance) if last is not None else None
                 quiet: set[str] = set()
                 if seen is not None:
                     quiet = {
                         p
-                        for p in pools
+                        for p in pools - due
                         if (name, instance, p) not in changing
                         and self._quiet(name, instance, p, seen, specs)
                     }
@@ -109,18 +115,44 @@ class LeaderReads:
                     continue
                 if seen is not None:
                     got = {p: seen[p] for p in quiet} | got
+                taken |= quiet
                 out[name][instance] = got
             if ok:
                 reachable.add(name)
             if ok and isinstance(provider, QuickObserve) and provider.observes_quickly():
                 self._last_read[name] = out[name]
-                if last is None:
-                    self._read_whole_at[name] = now
+                self._swept(name, pools, pools - taken, now)
             else:  # read whole next round
                 self._last_read.pop(name, None)
         self._last_specs = specs
         self._in_rotation, self._rotating = self._rotating, {}
         return out, reachable
+
+    def _due(self, provider: str, pools: set[str], now: float) -> set[str]:
+        """The sweep's share of this round: the pools read longest ago, as many as the pools
+        times the time since the last round over :attr:`full_read_s`, and every pool read
+        :attr:`full_read_s` ago or more (or never)."""
+        read_at = self._read_at.get(provider, OrderedDict())
+        since = now - self._round_at.get(provider, now - self.full_read_s)
+        share = math.ceil(len(pools) * min(1.0, since / self.full_read_s))
+        due = pools - read_at.keys()
+        for pool, at in read_at.items():  # the oldest first
+            if len(due) >= share and now - at < self.full_read_s:
+                break
+            if pool in pools:
+                due.add(pool)
+        return due
+
+    def _swept(self, provider: str, pools: set[str], read: set[str], now: float) -> None:
+        """Note the round's reads: ``read`` on every instance now (the sweep's share, and the
+        pools that may have changed), and pools gone from ``pools`` forgotten."""
+        read_at = self._read_at.setdefault(provider, OrderedDict())
+        for pool in read:
+            read_at[pool] = now
+            read_at.move_to_end(pool)
+        for pool in read_at.keys() - pools:
+            del read_at[pool]
+        self._round_at[provider] = now
 
     def read_back(
         self, providers: Mapping[str, LBProvider], admitted: Iterable[PoolAt], observed: Observed

@@ -16,8 +16,8 @@ the same of it (agent.leader.verdicts); HAProxy's servers are re-read only where
 changed (agent.lb.haproxy_state.PoolReader). At 30,000 pods and 10,000 backends a round where
 a few pods changed takes 0.15 s of CPU in one process, against 0.53 s recomputing everything
 (before reading HAProxy: 0.1 s, against 0.25 s). Nor is all of an LB read every round: a
-QuickObserve LB (HAProxy) is read whole every ``full_read_s``, and a round in between reads
-only the pools that may have changed (agent.leader.reads).
+QuickObserve LB (HAProxy) is read whole at a term's start; then a round reads the pools that may
+have changed and its share of a sweep that reads each within ``full_read_s`` (agent.leader.reads).
 
 LB changes are applied asynchronously (agent.leader.applier.PoolApplier): a slow LB API (a
 cloud's takes seconds) must not hold the next round, so one pod's drain never delays another's
@@ -158,8 +158,8 @@ class Leader:
     # How long a round waits for its ENABLEs on a QuickObserve LB to land, to read their pools
     # back and write the admitted pods' lb-ready in the same round (0: never).
     admit_wait_s: float = 0.25
-    # A QuickObserve LB (HAProxy) is read whole at least this often; a round in between reads
-    # only the pools that may have changed since (agent.leader.reads).
+    # Each pool of a QuickObserve LB (HAProxy) is read at least this often, a share of them
+    # each round, besides those that may have changed since the last (agent.leader.reads).
     full_read_s: float = FULL_READ_S
     _full_rounds: int = 0  # rounds run on synced informers
     _term: Term | None = None  # fences every LB call of the term this leader runs in

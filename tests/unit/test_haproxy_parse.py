@@ -308,6 +308,25 @@ def test_the_pool_reader_reads_what_build_pools_does_and_rereads_what_changed() 
         reader.read("No such proxy.\n\n", STAT_ALL)
 
 
+def test_reads_of_a_few_backends_and_of_all_share_what_the_reader_knows() -> None:
+    """A leader reads a share of the backends each round and all of them only at a term's
+    start: a few backends read one by one keep the servers of the others as they were known
+    (not built again at the next read of all), and a backend gone is forgotten."""
+    reader = PoolReader()
+    backends = parse_backends(BACKENDS)
+    whole = reader.read(STATE, STAT_ALL, backends)
+    few = reader.read(STATE, STAT_ALL, ["be"], whole=False)
+    assert few == {"be": whole["be"]}
+    assert all(few["be"].servers[n] is s for n, s in whole["be"].servers.items())
+    again = reader.read(STATE, STAT_ALL, backends)
+    assert all(again["be"].servers[n] is s for n, s in whole["be"].servers.items())
+    reader.drop(["be"])
+    assert all(
+        reader.read(STATE, STAT_ALL, backends)["be"].servers[n] is not s
+        for n, s in whole["be"].servers.items()
+    )
+
+
 def test_the_pool_reader_asks_show_stat_only_of_backends_with_servers_out_of_rotation() -> None:
     """`show stat` is 4 MB at 10,000 servers, read every round for the few being drained: it is
     asked only of the backends with a server drained, in maintenance or down."""
