@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 from agent.clock import Clock
 from agent.errors import PodlbError
@@ -27,8 +28,10 @@ from agent.lb.base import (
     Op,
     PoolState,
     QuickObserve,
+    canonical_ip,
 )
 from agent.lb.fence import Term, TermEnded, bound
+from agent.model import Pod, PodKey
 
 from .desired import PoolSpec
 from .plan import plan_pool
@@ -37,6 +40,34 @@ from .sinks import LeaderMetrics
 log = logging.getLogger(__name__)
 RETIRING = frozenset({Op.DRAIN, Op.REMOVE})  # actions that take servers out
 PoolAt = tuple[str, str, str]  # (provider, instance, pool)
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class LiveAddresses(Container[str]):
+    """IPs of the pods that exist, gathered on the first question (few rounds ask one: only
+    a drained server on an LB that counts no sessions needs it)."""
+
+    def __init__(self, pods: Mapping[PodKey, Pod]) -> None:
+        self.pods = pods
+        self._ips: frozenset[str] | None = None
+
+    def __contains__(self, address: object) -> bool:
+        if self._ips is None:
+            self._ips = frozenset(canonical_ip(ip) for p in self.pods.values() for ip in p.ips)
+        return address in self._ips
+
+
+class InlineExecutor(Executor):
+    """Runs each job at once in the caller (the default: rounds driven by hand in tests)."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
 
 
 @dataclass

@@ -38,11 +38,11 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from agent.clock import Clock
 from agent.errors import PodlbError
@@ -52,13 +52,12 @@ from agent.lb.base import (
     PoolState,
     RestartAware,
     Staging,
-    canonical_ip,
 )
 from agent.lb.fence import Term, TermEnded, bound
 from agent.model import EndpointSlice, Pod, PodKey, Service, direct_mode
 from agent.node.reporter import ConditionReporter
 
-from .applier import PoolApplier
+from .applier import InlineExecutor, LiveAddresses, PoolApplier
 from .desired import DesiredPools, Finding, Limits, PoolSpec
 from .election import LeaderScope
 from .findings import Findings
@@ -69,7 +68,6 @@ from .verdicts import REGISTERING_HOLD_S, VerdictWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-P = ParamSpec("P")
 
 
 def _freeze_gc() -> None:
@@ -84,32 +82,6 @@ def _freeze_gc() -> None:
         "leader: %d objects exempted from full garbage collections (%.2fs)",
         gc.get_freeze_count(), time.monotonic() - t0,
     )  # fmt: skip
-
-
-class LiveAddresses(Container[str]):
-    """IPs of the pods that exist, gathered on the first question (few rounds ask one: only
-    a drained server on an LB that counts no sessions needs it)."""
-
-    def __init__(self, pods: Mapping[PodKey, Pod]) -> None:
-        self.pods = pods
-        self._ips: frozenset[str] | None = None
-
-    def __contains__(self, address: object) -> bool:
-        if self._ips is None:
-            self._ips = frozenset(canonical_ip(ip) for p in self.pods.values() for ip in p.ips)
-        return address in self._ips
-
-
-class InlineExecutor(Executor):
-    """Runs each job at once in the caller (the default: rounds driven by hand in tests)."""
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        future: Future[T] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
 
 
 class Cache(Protocol[T]):  # what the loop needs of an informer
@@ -329,17 +301,40 @@ class Leader:
                 for pool, st in per_pool.items():
                     registered[pool] = registered.get(pool, frozenset()) | frozenset(st.servers)
         self._registered = registered
-        # Verdicts first: they come from what the LB reported, and a drain waiting for
-        # "Deregistered" should not also wait for this round's LB calls.
+        # The plans first: their changes go to the workers, and land while the verdicts are
+        # decided (from what the LB showed before them; a drain's Deregistered waits for no LB
+        # call of this round), so the ENABLEs read back below have landed sooner.
+        busy = self._apply_all(by_key, kept, findings, observed, round_no, pods, services)
         complete = {name: observed[name] for name in reachable}
-        busy = self._verdicts.write(by_key.values(), complete, pods, services)
+        busy |= self._verdicts.write(by_key.values(), complete, pods, services)
+        if admitted := self._applier.admissions():
+            self._read_back(admitted, by_key, complete, pods, services)
+        self._findings.end_round()
+        outcome = "ok" if len(reachable) == len(self.providers) else "lb_error"
+        self.metrics.reconcile(self.clock.monotonic() - t0, outcome)
+        return self._applier.end_round(round_no) or busy
+
+    def _apply_all(
+        self,
+        specs: Mapping[PoolKey, PoolSpec],
+        kept: set[PoolKey],
+        findings: list[Finding],
+        observed: Observed,
+        round_no: int,
+        pods: Mapping[PodKey, Pod],
+        services: Sequence[Service],
+    ) -> bool:
+        """Each managed pool's plan (a pool gone from ``specs`` is emptied, one ``kept`` left
+        as it is, one contested by two Services left alone) handed to the applier, on every
+        instance that showed it; True while one is busy."""
+        busy = False
         contested = {f.pool for f in findings if f.problem is Problem.POOL_CONFLICT}
         live = LiveAddresses(pods)
         for name, per_instance in observed.items():
-            keys = sorted(k for k in (set(by_key) | set(self._owned)) - kept if k[0] == name)
+            keys = sorted(k for k in (set(specs) | set(self._owned)) - kept if k[0] == name)
             for instance, per_pool in per_instance.items():
                 for key in keys:
-                    want = by_key.get(key)
+                    want = specs.get(key)
                     if key[1] in contested or not self._pool_found(
                         name, instance, key[1], want, per_pool, services
                     ):
@@ -351,12 +346,7 @@ class Leader:
                             round_no, live=live,
                             fail_static=partial(self._fail_static, want, state, pods, services),
                         )  # fmt: skip
-        if admitted := self._applier.admissions():
-            self._read_back(admitted, by_key, complete, pods, services)
-        self._findings.end_round()
-        outcome = "ok" if len(reachable) == len(self.providers) else "lb_error"
-        self.metrics.reconcile(self.clock.monotonic() - t0, outcome)
-        return self._applier.end_round(round_no) or busy
+        return busy
 
     def _read_back(
         self,

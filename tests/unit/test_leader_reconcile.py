@@ -190,6 +190,23 @@ def test_round_registers_on_every_instance_then_reports_healthy() -> None:
     assert lb.applied == []  # nothing changes: no LB command
 
 
+def test_a_rounds_lb_changes_are_handed_over_before_its_verdicts_are_decided() -> None:
+    """The changes run on the workers while the verdicts are decided: an ENABLE read back in
+    the same round has landed sooner (the verdicts come from what the LB showed before)."""
+    lb = FakeLB({"h1": {POOL: {}}})
+    ld, _sink = leader([pod("a")], [slice_for({"a": "10.0.0.1"})], lb)
+    handed: list[int] = []
+    decide = ld._verdicts.write
+
+    def write(*args: Any) -> bool:
+        handed.append(len(lb.applied))
+        return decide(*args)
+
+    ld._verdicts.write = write  # type: ignore[method-assign]
+    ld.round()
+    assert handed == [1] and lb.applied[0][2:] == (Op.ADD, A)
+
+
 def test_an_admission_within_the_hold_is_one_write() -> None:
     """Registering is held back while a pod has waited less than the hold: an admission that
     lands within it writes Healthy alone (under churn, the write in between was half the
