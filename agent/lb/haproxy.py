@@ -1,9 +1,9 @@
 """HAProxy provider: pools are HAProxy backends, driven through the Runtime API (stats socket).
 
-Only this module talks to HAProxy. The decisions are pure functions over text, in
-:mod:`agent.lb.haproxy_state` (what HAProxy reports) and :mod:`agent.lb.haproxy_commands`
-(what podlb sends and how HAProxy answers), re-exported here and tested with answers captured
-from HAProxy 2.6.12:
+Only this module talks to HAProxy (through its sockets, :mod:`agent.lb.haproxy_socket`). The
+decisions are pure functions over text, in :mod:`agent.lb.haproxy_state` (what HAProxy
+reports) and :mod:`agent.lb.haproxy_commands` (what podlb sends and how HAProxy answers),
+re-exported here and tested with answers captured from HAProxy 2.6.12:
 
 * :func:`parse_servers_state` (``show servers state``), :func:`parse_stat_csv` (``show stat``),
   :func:`parse_backends` (``show backend``) and :func:`build_pools` -> :class:`PoolState`;
@@ -13,25 +13,22 @@ from HAProxy 2.6.12:
 * :func:`process_id` (``show info``) tells a restarted or reloaded process, which has lost the
   servers added at run time, from the one podlb last saw.
 
-I/O: observations use one connection per command (non-interactive mode, the answer ends at
-EOF, so no answer text can be mistaken for a delimiter). :meth:`HAProxyProvider.apply` sends a
-whole batch on one connection in interactive (``prompt``) mode, pipelined: every answer ends
-with ``"\\n> "``. An ADD is ``add server`` then, only if that succeeded, ``enable health`` and
-``enable server``; a STAGE the same with ``set server .. state drain`` instead of ``enable
-server``, in one phase (health-checked, no new traffic; the ENABLE that admits it is one
-phase too); a REMOVE is ``set server .. state maint`` then, only once nothing refers to the
-server any more (:func:`removal_blockers` over ``show sess`` and ``show stat``), ``del
-server``. So a batch runs in two phases, and a server named twice in one batch splits it in
-sequential batches.
+I/O (:mod:`agent.lb.haproxy_socket`): a single command is one connection (non-interactive
+mode, the answer ends at EOF, so no answer text can be mistaken for a delimiter); several go
+on one connection in interactive (``prompt``) mode, pipelined: every answer ends with
+``"\\n> "``. :meth:`HAProxyProvider.apply` sends a whole batch so. An ADD is ``add server``
+then, only if that succeeded, ``enable health`` and ``enable server``; a STAGE the same with
+``set server .. state drain`` instead of ``enable server``, in one phase (health-checked, no
+new traffic; the ENABLE that admits it is one phase too); a REMOVE is ``set server .. state
+maint`` then, only once nothing refers to the server any more (:func:`removal_blockers` over
+``show sess`` and ``show stat``), ``del server``. So a batch runs in two phases, and a server
+named twice in one batch splits it in sequential batches.
 """
 
 from __future__ import annotations
 
 import logging
-import selectors
-import socket
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from functools import partial
 
 from agent.clock import Clock
@@ -43,7 +40,6 @@ from agent.lb.base import (
     PoolState,
     split_batches,
 )
-from agent.lb.fence import fenced_call
 from agent.lb.haproxy_commands import (
     FAILURES,
     Answer,
@@ -54,6 +50,13 @@ from agent.lb.haproxy_commands import (
     retried_answer,
     split_answers,
     valid_name,
+)
+from agent.lb.haproxy_socket import (
+    Endpoint,
+    Incomplete,
+    exchange_many,
+    exchange_one,
+    parse_endpoint,
 )
 from agent.lb.haproxy_state import (
     PoolReader,
@@ -75,121 +78,6 @@ from agent.lb.haproxy_state import (
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER_OPTIONS = "check inter 1s fastinter 100ms downinter 200ms fall 2 rise 2"
-
-
-# -- endpoints ----------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A Runtime API address: ``unix:/path`` or ``tcp:HOST:PORT`` (``tcp:[::1]:9999``)."""
-
-    raw: str
-    path: str | None = None
-    host: str | None = None
-    port: int | None = None
-
-    def connect(self, timeout: float) -> socket.socket:
-        if self.path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(self.path)
-            except OSError:
-                sock.close()
-                raise
-            return sock
-        assert self.host is not None and self.port is not None
-        return socket.create_connection((self.host, self.port), timeout=timeout)
-
-
-def parse_endpoint(raw: str) -> Endpoint:
-    """Validate one endpoint string; ``ValueError`` with the accepted forms otherwise."""
-    expected = "expected unix:/path/to/socket or tcp:HOST:PORT"
-    kind, sep, rest = raw.partition(":")
-    if not sep or not rest:
-        raise ValueError(f"bad HAProxy runtime endpoint {raw!r}: {expected}")
-    if kind == "unix":
-        if "\0" in rest:
-            raise ValueError(f"bad HAProxy runtime endpoint {raw!r}: NUL in path")
-        return Endpoint(raw, path=rest)
-    if kind == "tcp":
-        host, sep, port_s = rest.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-            raise ValueError(f"bad HAProxy runtime endpoint {raw!r}: {expected}")
-        return Endpoint(raw, host=host, port=int(port_s))
-    raise ValueError(f"bad HAProxy runtime endpoint {raw!r}: {expected}")
-
-
-# -- I/O ----------------------------------------------------------------------------------
-class _Incomplete(Exception):
-    """The connection failed after ``answers`` (for the first commands) came back."""
-
-    def __init__(self, answers: list[str], cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.answers = answers
-        self.cause = cause
-
-
-@fenced_call("HAProxy runtime API command")
-def _exchange_one(ep: Endpoint, cmd: str, timeout: float) -> str:
-    """One command in non-interactive mode: the answer is everything up to EOF."""
-    try:
-        with ep.connect(timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(cmd.encode() + b"\n")
-            answer = bytearray()  # grows in place: no list of pieces joined into a copy
-            while data := sock.recv(1 << 16):
-                answer += data
-    except OSError as e:
-        raise _Incomplete([], e) from e
-    return answer.decode(errors="replace")
-
-
-@fenced_call("HAProxy runtime API commands")
-def _exchange_many(ep: Endpoint, commands: Sequence[str], timeout: float) -> list[str]:
-    """Commands pipelined on one interactive connection; reads while it writes, so a large
-    batch cannot deadlock on full socket buffers. ``timeout``: longest time without progress."""
-    payload = memoryview(("prompt\n" + "".join(c + "\n" for c in commands) + "quit\n").encode())
-    answers: list[str] = []
-    want = len(commands) + 1  # the empty answer of "prompt" comes first
-    got = 0
-    buf = bytearray()
-    try:
-        sock = ep.connect(timeout)
-    except OSError as e:
-        raise _Incomplete([], e) from e
-    sel = selectors.DefaultSelector()
-    try:
-        sock.setblocking(False)
-        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        while got < want:
-            events = sel.select(timeout)
-            if not events:
-                raise TimeoutError(f"no answer for {timeout}s")
-            for _key, mask in events:
-                if mask & selectors.EVENT_WRITE and payload:
-                    n = sock.send(payload[: 1 << 18])
-                    payload = payload[n:]
-                    if not payload:
-                        sel.modify(sock, selectors.EVENT_READ)
-                if mask & selectors.EVENT_READ:
-                    data = sock.recv(1 << 20)
-                    if not data:
-                        raise ConnectionError("HAProxy closed the connection")
-                    buf += data
-                    new, used = split_answers(bytes(buf))
-                    del buf[:used]
-                    for text in new:
-                        if got > 0:
-                            answers.append(text)
-                        got += 1
-    except OSError as e:
-        raise _Incomplete(answers, e) from e
-    finally:
-        sel.close()
-        sock.close()
-    return answers
 
 
 class HAProxyProvider:
@@ -300,11 +188,11 @@ class HAProxyProvider:
             rest = commands[len(answers) :]
             try:
                 if interactive:
-                    answers += _exchange_many(ep, rest, self.timeout_s)
+                    answers += exchange_many(ep, rest, self.timeout_s)
                 else:
-                    answers.append(_exchange_one(ep, rest[0], self.timeout_s))
+                    answers.append(exchange_one(ep, rest[0], self.timeout_s))
                 continue
-            except _Incomplete as e:
+            except Incomplete as e:
                 answers += e.answers
                 if e.answers:
                     failures = 0
@@ -423,8 +311,8 @@ class HAProxyProvider:
         at most ``timeout_s``; ``TransientError`` when the instance cannot be reached."""
         cmd = "show info"
         try:
-            text = _exchange_one(self._endpoint(instance), cmd, self.timeout_s)
-        except _Incomplete as e:
+            text = exchange_one(self._endpoint(instance), cmd, self.timeout_s)
+        except Incomplete as e:
             self._note(instance, cmd, "error")
             raise TransientError(f"HAProxy {instance}: {cmd!r} failed: {e.cause!r}") from e.cause
         try:
