@@ -86,11 +86,17 @@ def lb(cluster: Cluster) -> Iterator[NodeLB]:
 
 
 @pytest.fixture(scope="package")
-def podlb(cluster: Cluster, lb: NodeLB) -> Iterator[Podlb]:
+def deployment(cluster: Cluster, lb: NodeLB) -> Iterator[Podlb]:
     del lb
     deployed = Podlb(cluster)
-    deployed.install()
     try:
         yield deployed
     finally:
         deployed.uninstall()
+
+
+@pytest.fixture(scope="module")
+def podlb(deployment: Podlb) -> Podlb:
+    """The default install, in place when a module starts (one may replace it: the split)."""
+    deployment.install()
+    return deployment

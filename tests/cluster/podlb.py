@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,6 +60,14 @@ def node_haproxy() -> Iterator[NodeLB]:
         yield NodeLB(haproxy, api)
 
 
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def until(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
     """:func:`tests.testbed.waiting.wait_for`, but an exception from ``check`` (the cluster's
     API not answering yet) counts as "not yet"; the timeout says what ``check`` last gave."""
@@ -113,15 +122,49 @@ class Podlb:
         self.api = cluster.api_client()
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
+        self.installed: Path | None = None  # the overlay in place
 
-    def install(self) -> None:
-        self.cluster.kubectl("apply", "-k", str(OVERLAY), timeout=120)
+    def install(self, overlay: Path = OVERLAY) -> None:
+        """``overlay`` in place, an agent Ready: nothing to do when it is already, else what
+        another overlay installed is removed first (the first install the next test module
+        needs pays for the removal, not the last module that replaced the default)."""
+        if self.installed == overlay:
+            return
+        if self.installed is not None:
+            self.remove()
+        until(
+            "the last install removed",
+            lambda: (
+                not self.cluster.kubectl(
+                    "get", "namespace", AGENT_NS, "--ignore-not-found", "-o", "name", check=False
+                )
+            ),
+            120,
+            0.5,
+        )
+        # A force-deleted pod's process lives on a moment: the next agent needs its port 9808.
+        until("the old agent's port free", lambda: not _listening(NODE_IP, 9808), 60, 0.2)
+        self.cluster.kubectl("apply", "-k", str(overlay), timeout=120)
         self.wait_ready()
         self.cluster.kubectl("create", "namespace", APP_NS, check=False)
+        self.installed = overlay
+
+    def remove(self) -> None:
+        """The install removed at once, not waited for (:meth:`install` waits): its pods are
+        force-deleted (nothing drains between tests)."""
+        if self.installed is None:
+            return
+        self.cluster.kubectl("delete", "-k", str(self.installed), "--ignore-not-found",
+                             "--wait=false", timeout=120, check=False)  # fmt: skip
+        self.cluster.kubectl("-n", AGENT_NS, "delete", "pods", "--all", "--grace-period=0",
+                             "--force", "--ignore-not-found", timeout=60, check=False)  # fmt: skip
+        self.installed = None
 
     def uninstall(self) -> None:
         self.cluster.kubectl("delete", "namespace", APP_NS, "--wait=false", check=False)
-        self.cluster.kubectl("delete", "-k", str(OVERLAY), "--wait=false", check=False)
+        if self.installed is not None:
+            self.cluster.kubectl("delete", "-k", str(self.installed), "--wait=false", check=False)
+            self.installed = None
 
     def agent_pods(self) -> list[Any]:
         pods = self.core.list_namespaced_pod(AGENT_NS, label_selector=AGENT_SELECTOR).items

@@ -4,7 +4,6 @@ with its own ServiceAccount, and the node-restriction policy, on the real cluste
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,13 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.cluster.cluster import NODE, NODE_IP, Cluster
+from tests.cluster.cluster import NODE, Cluster
 from tests.cluster.images import APP
 from tests.cluster.podlb import (
     AGENT_NS,
     APP_NS,
     DATAPATH_READY,
     LB_READY,
-    OVERLAY,
     SPLIT_OVERLAY,
     NodeLB,
     Podlb,
@@ -52,46 +50,15 @@ def _ready(pod: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def split(cluster: Cluster, podlb: Podlb, lb: NodeLB) -> Iterator[Podlb]:
-    """The default install replaced by the split one; the default comes back afterwards."""
+    """The default install replaced by the split one, removed afterwards (the next module's
+    ``podlb`` puts the default back, if one comes)."""
     del lb
-    _uninstall(cluster, OVERLAY)
-    cluster.kubectl("apply", "-k", str(SPLIT_OVERLAY), timeout=120)
+    podlb.install(SPLIT_OVERLAY)
     try:
-        podlb.wait_ready()
         until("2 leader pods Ready", lambda: sum(map(_ready, _leader_pods(podlb))) == 2, 120)
-        cluster.kubectl("create", "namespace", APP_NS, check=False)
         yield podlb
     finally:
-        _uninstall(cluster, SPLIT_OVERLAY)
-        podlb.install()
-
-
-def _uninstall(cluster: Cluster, overlay: Path) -> None:
-    """Remove an install at once: its pods are force-deleted (nothing drains between tests)."""
-    cluster.kubectl("delete", "-k", str(overlay), "--ignore-not-found", "--wait=false",
-                    timeout=120, check=False)  # fmt: skip
-    cluster.kubectl("-n", AGENT_NS, "delete", "pods", "--all", "--grace-period=0", "--force",
-                    "--ignore-not-found", timeout=60, check=False)  # fmt: skip
-    until(
-        f"{overlay.name} removed",
-        lambda: (
-            not cluster.kubectl(
-                "get", "namespace", AGENT_NS, "--ignore-not-found", "-o", "name", check=False
-            )
-        ),
-        120,
-        0.5,
-    )
-    # A force-deleted pod's process lives on a moment: the next agent needs its port 9808.
-    until("the old agent's port free", lambda: not _listening(NODE_IP, 9808), 60, 0.2)
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+        podlb.remove()
 
 
 def test_each_role_can_do_exactly_its_part(split: Podlb) -> None:
