@@ -139,6 +139,9 @@ class VerdictWriter:
     # A pod's Registering is handed over only once it has waited this long at the gate: most
     # admissions land within a round or two, and the write in between (with its Event) was
     # half the lb-ready writes under churn, queued before the Healthy that unblocks the pod.
+    # So is the first NotRegistered of a pod that carries no lb-ready yet: a new pod of a
+    # rollout is ready a moment later, and its first write is then Healthy (a pod that stays
+    # unready gets its NotRegistered this long after podlb first saw it).
     registering_hold_s: float = REGISTERING_HOLD_S
     # (provider, instance, pool) -> servers of pods in rotation it lacked last round
     _lost: dict[tuple[str, str, str], frozenset[str]] = field(default_factory=dict)
@@ -148,6 +151,8 @@ class VerdictWriter:
     _memo: dict[tuple[str, str], _PoolMemo] = field(default_factory=dict)  # (provider, pool)
     _handed: dict[PodKey, tuple[str, LBVerdict]] = field(default_factory=dict)  # uid, verdict
     _alone: set[PodKey] = field(default_factory=set)  # pods behind one pool, at the last write
+    # pods whose first NotRegistered is held back: pod -> (uid, since when, monotonic)
+    _unready_since: dict[PodKey, tuple[str, float]] = field(default_factory=dict)
 
     def write(
         self,
@@ -178,9 +183,9 @@ class VerdictWriter:
         busy = any(v.reason in _POLL for v in verdicts.values()) or any(
             not gated[pod].ready for spec in pools for pod in spec.early if pod in gated
         )
-        self._handed = self._hand_over(gated, pods, {})
+        self._handed = self._hand_over(gated, pods, {}, every_pod=True)
         self.metrics.backends(Counter[str](v.reason for v in gated.values()))  # StrEnums
-        return busy
+        return busy or bool(self._unready_since)  # a held NotRegistered: look again soon
 
     def write_again(
         self,
@@ -213,7 +218,7 @@ class VerdictWriter:
             self._memo[key] = memo
         if changed:
             gated = self._gate([specs[k] for k, _ in again], changed, pods, every_pod=False)
-            self._handed = self._hand_over(gated, pods, self._handed)
+            self._handed = self._hand_over(gated, pods, self._handed, every_pod=False)
         return True
 
     def _hand_over(
@@ -221,12 +226,18 @@ class VerdictWriter:
         gated: Mapping[PodKey, LBVerdict],
         pods: Mapping[PodKey, Pod],
         kept: dict[PodKey, tuple[str, LBVerdict]],
+        *,
+        every_pod: bool,
     ) -> dict[PodKey, tuple[str, LBVerdict]]:
         """Hand each verdict that changed to the writer; what was handed over, by pod, added
-        to ``kept`` (empty: these are all of them, the others are forgotten)."""
+        to ``kept`` (``every_pod``: these are all of them, the others are forgotten)."""
         handed = kept
         last_handed = self._handed
         now = self.clock.monotonic()
+        unready = self._unready_since
+        self._unready_since = (
+            {} if every_pod else {k: since for k, since in unready.items() if k not in gated}
+        )
         for key, v in gated.items():
             last = last_handed.get(key)
             if last is not None and last[1] is v:  # a remembered verdict: handed over already
@@ -239,6 +250,13 @@ class VerdictWriter:
                 if last is not None:  # what it has stays, and is compared again next round
                     handed[key] = last
                 continue
+            if v.reason is LBReason.NOT_REGISTERED and last is None and not pod.condition(LB_READY):
+                uid, since = unready.get(key, (pod.uid, now))
+                if uid != pod.uid:
+                    since = now
+                if now - since < self.registering_hold_s:
+                    self._unready_since[key] = (pod.uid, since)
+                    continue
             handed[key] = (pod.uid, v)
             self.reporter.set_desired(key, Desired(pod.uid, v.status, v.reason.value, v.message))
         return handed

@@ -192,7 +192,9 @@ def test_a_pod_not_ready_yet_is_health_checked_out_of_rotation(
         staged = f"{kubelet.record('web-1', 'shop').ip}_8080"
         wait_for(lambda: lb.servers(POOL).get(staged, {}).get("status") == "DRAIN", 20, "staged")
         assert conditions(api, "web-1").get("ContainersReady") == "False"
-        assert conditions(api, "web-1").get(GATE) == "False"
+        # its NotRegistered is held 2 s after the leader first saw it (a new pod is ready
+        # sooner, and its first write is then Healthy): written for a pod that stays unready
+        wait_for(lambda: conditions(api, "web-1").get(GATE) == "False", 10, "NotRegistered")
         res = run_load(lb.url, mode="new", concurrency=2, count=60, timeout=2.0)
         assert set(res.by_pod) == {"web-0"} and res.errors_total == 0, res.summary()
         core.delete_namespaced_pod("web-1", "shop")

@@ -37,7 +37,7 @@ from agent.model import (
     ServicePort,
     SlicePort,
 )
-from agent.node.reporter import ConditionReporter
+from agent.node.reporter import ConditionReporter, Desired
 from tests.fakes import FakeStatusSink
 
 T = TypeVar("T")
@@ -219,6 +219,41 @@ def test_an_admission_within_the_hold_is_one_write() -> None:
     ld.round()
     write_all(ld)
     assert [(k.name, c.reason) for k, c in sink.writes] == [("a", "Healthy")]
+
+
+def test_a_new_pods_first_not_registered_is_held_like_registering() -> None:
+    """A rollout's new pod is ready a moment after podlb first sees it: its first lb-ready
+    write is then Healthy, not NotRegistered before it (a write and an Event less per pod);
+    a pod that stays unready gets its NotRegistered once the hold is over."""
+    lb = FakeLB({"h1": {POOL: {}}})
+    ld, sink = leader(
+        [pod("a", cr="False"), pod("b", cr="False")],
+        [slice_for({"a": "10.0.0.1", "b": "10.0.0.2"})], lb, registering_hold_s=2.0,
+    )  # fmt: skip
+    assert ld.round() is True  # NotRegistered held: look again soon
+    write_all(ld)
+    assert sink.writes == []
+    ld.pods._items[0] = pod("a")  # type: ignore[attr-defined]
+    ld.clock.advance(1.0)  # type: ignore[attr-defined]
+    for _ in range(2):  # a added, then in rotation
+        ld.round()
+        write_all(ld)
+    assert [(k.name, c.reason) for k, c in sink.writes] == [("a", "Healthy")]
+    ld.clock.advance(1.0)  # type: ignore[attr-defined]
+    ld.round()
+    write_all(ld)
+    assert [(k.name, c.reason) for k, c in sink.writes][1:] == [("b", "NotRegistered")]
+    # a pod that carries lb-ready already (an earlier term wrote it) is not held
+    carried = Condition(LB_READY, "False", "NotRegistered")
+    ld2, _sink2 = leader(
+        [replace(pod("c", cr="False"), conditions=(
+            Condition("ContainersReady", "False"), carried))],
+        [slice_for({"c": "10.0.0.3"})], lb, registering_hold_s=2.0,
+    )  # fmt: skip
+    ld2.round()
+    assert (ld2.reporter.desired(PodKey(NS, "c")) or Desired("", "", "", "")).reason == (
+        "NotRegistered"
+    )
 
 
 class QuickLB(FakeLB):
