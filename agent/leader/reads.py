@@ -3,17 +3,18 @@
 Every pool of every instance, each round, on an LB that is slow to read (a cloud's describe
 calls). A QuickObserve LB (HAProxy: one short command a backend) is read whole at a term's
 start; then each round reads the pools that may have changed, and of the others those read
-longest ago, as many as keep every pool read at least every ``full_read_s`` (its share of the
-sweep: the pools times the time since the last round over ``full_read_s``); it takes the rest
-as last read. At 10,000 servers reading all of them was a third of each round, and reading
-them all at once every ``full_read_s`` made one round in six or so a quarter of a second
-longer than the others, which a pod made ready then waited for. A pool may have changed when
+longest ago, as many as keep each pool's last read younger than ``full_read_s`` at every
+round's start (its share of the sweep: the pools times the time since the last round over
+``full_read_s``); it takes the rest as last read. At 10,000 servers reading all of them was a
+third of each round, and reading them all at once every ``full_read_s`` made one round in six
+or so 0.1-0.15 s longer than the others (more on a busy machine), which a pod made ready then
+waited for. A pool may have changed when
 its backends did, when a change of podlb's is in flight or landed in it since, when a server of
 it is out of rotation or down, or when a pod of it waits for the LB (Registering, Unhealthy,
 Draining: what changes without an event). A change made on the LB behind podlb's back (a check
-failing) is seen within ``full_read_s``; a restarted instance (LeaderReads.restarted, from the
-leader's probe) and one that could not be read are read whole at the next round. After an
-admission, the pools it landed in are read back (read_back).
+failing) is seen within ``full_read_s`` and a round; a restarted instance
+(LeaderReads.restarted, from the leader's probe) and one that could not be read are read whole
+at the next round. After an admission, the pools it landed in are read back (read_back).
 """
 
 from __future__ import annotations

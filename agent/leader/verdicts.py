@@ -40,6 +40,7 @@ _POLL = (LBReason.REGISTERING, LBReason.DRAINING)  # verdicts that change withou
 # a pool with one of these verdicts may change on the LB without an event (checks, sessions)
 _WAITS = frozenset({LBReason.REGISTERING, LBReason.UNHEALTHY, LBReason.DRAINING})
 REGISTERING_HOLD_S = 2.0  # VerdictWriter.registering_hold_s
+_FIRST_HELD = (LBReason.NOT_REGISTERED, LBReason.REGISTERING)  # while a pod has none written
 
 
 class Admitted:
@@ -246,17 +247,20 @@ class VerdictWriter:
             pod = pods.get(key)
             if pod is None:
                 continue
+            # Nothing written yet (none handed over to this pod, none on it): its first
+            # NotRegistered waits out the hold, timed from when it was first seen so, while it
+            # stays unwritten (a readiness that flaps does not start the clock again).
+            fresh = (last is None or last[0] != pod.uid) and not pod.condition(LB_READY)
+            if fresh and v.reason in _FIRST_HELD:
+                uid, since = unready.get(key, (pod.uid, now))
+                since = since if uid == pod.uid else now
+                self._unready_since[key] = (pod.uid, since)
+                if v.reason is LBReason.NOT_REGISTERED and now - since < self.registering_hold_s:
+                    continue
             if v.reason is LBReason.REGISTERING and self._held(key, pod, now):
                 if last is not None:  # what it has stays, and is compared again next round
                     handed[key] = last
                 continue
-            if v.reason is LBReason.NOT_REGISTERED and last is None and not pod.condition(LB_READY):
-                uid, since = unready.get(key, (pod.uid, now))
-                if uid != pod.uid:
-                    since = now
-                if now - since < self.registering_hold_s:
-                    self._unready_since[key] = (pod.uid, since)
-                    continue
             handed[key] = (pod.uid, v)
             self.reporter.set_desired(key, Desired(pod.uid, v.status, v.reason.value, v.message))
         return handed

@@ -243,6 +243,22 @@ def test_a_new_pods_first_not_registered_is_held_like_registering() -> None:
     ld.round()
     write_all(ld)
     assert [(k.name, c.reason) for k, c in sink.writes][1:] == [("b", "NotRegistered")]
+    ld.pods._items[1] = replace(pod("b", cr="False"), uid="u-b2")  # type: ignore[attr-defined]
+    ld.round()  # b recreated under its name (a StatefulSet's): held as new
+    write_all(ld)
+    assert len(sink.writes) == 2
+    # a readiness that flaps does not start the hold again: timed from the first sighting
+    ld3, sink3 = leader(
+        [pod("d", cr="False")], [slice_for({"d": "10.0.0.4"})], FakeLB({"h1": {POOL: {}}}),
+        registering_hold_s=2.0,
+    )  # fmt: skip
+    ld3._applier.executor = HeldExecutor()  # its ADD never lands: Registering while ready
+    for cr, step in (("False", 0.0), ("True", 1.0), ("False", 0.5), ("False", 0.6)):
+        ld3.pods._items[0] = pod("d", cr=cr)  # type: ignore[attr-defined]
+        ld3.clock.advance(step)  # type: ignore[attr-defined]
+        ld3.round()
+        write_all(ld3)
+    assert [(k.name, c.reason) for k, c in sink3.writes] == [("d", "NotRegistered")]
     # a pod that carries lb-ready already (an earlier term wrote it) is not held
     carried = Condition(LB_READY, "False", "NotRegistered")
     ld2, _sink2 = leader(
