@@ -8,13 +8,13 @@ round's start (its share of the sweep: the pools times the time since the last r
 ``full_read_s``); it takes the rest as last read. At 10,000 servers reading all of them was a
 third of each round, and reading them all at once every ``full_read_s`` made one round in six
 or so 0.1-0.15 s longer than the others (more on a busy machine), which a pod made ready then
-waited for. A pool may have changed when
-its backends did, when a change of podlb's is in flight or landed in it since, when a server of
-it is out of rotation or down, or when a pod of it waits for the LB (Registering, Unhealthy,
-Draining: what changes without an event). A change made on the LB behind podlb's back (a check
-failing) is seen within ``full_read_s`` and a round; a restarted instance
-(LeaderReads.restarted, from the leader's probe) and one that could not be read are read whole
-at the next round. After an admission, the pools it landed in are read back (read_back).
+waited for. A pool may have changed when its backends did, when a change of podlb's is in
+flight or landed in it since, when a server of it is out of rotation or down, or when a pod of
+it waits for the LB (Registering, Unhealthy, Draining: what changes without an event). A change
+made on the LB behind podlb's back (a check failing) is seen within ``full_read_s`` and a
+round; a restarted instance (LeaderReads.restarted, from the leader's probe) and one that could
+not be read are read whole at the next round. After an admission, the pools it landed in are
+read back (read_back).
 """
 
 from __future__ import annotations

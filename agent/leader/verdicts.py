@@ -152,7 +152,8 @@ class VerdictWriter:
     _memo: dict[tuple[str, str], _PoolMemo] = field(default_factory=dict)  # (provider, pool)
     _handed: dict[PodKey, tuple[str, LBVerdict]] = field(default_factory=dict)  # uid, verdict
     _alone: set[PodKey] = field(default_factory=set)  # pods behind one pool, at the last write
-    # pods whose first NotRegistered is held back: pod -> (uid, since when, monotonic)
+    # pods with nothing written yet, at NotRegistered or Registering: since when (monotonic),
+    # by pod and uid; their first NotRegistered is held until registering_hold_s from then
     _unready_since: dict[PodKey, tuple[str, float]] = field(default_factory=dict)
 
     def write(
