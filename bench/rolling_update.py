@@ -10,7 +10,9 @@ i.e. how long the LB took to accept it through the readiness gate.
 
 Under the table, for each mode with drain hooks: how many drains ended by
 ``deregistered+quiet`` (the LB confirmed and the pod went quiet) rather than by a timer, read
-from the agents' drain records (``/v1/drains``), and how each other one ended and why.
+from the agents' drain records (``/v1/drains``), and how each other one ended and why; each
+mode's first failed requests, at the local time they were sent (to find them in the agents'
+logs).
 
 Targets: zero failures with podlb; median drain under 3 s; rollout at least 5x faster
 than ``sleep 40``; at least 95 % of the drains ended by ``deregistered+quiet``.
@@ -44,6 +46,7 @@ import json
 import os
 import statistics
 import sys
+import time
 
 from agent.report import format_table
 from bench._setup import CHILD_EHASH, child_ehash, prepare
@@ -126,6 +129,24 @@ def drain_endings(results: list[ScenarioResult]) -> list[str]:
                     f"  {d['namespace']}/{d['pod']}: {d['outcome']} after {d['seconds']:.2f}s: "
                     f"{d['message']}"
                 )
+    return lines
+
+
+def failed_requests(results: list[ScenarioResult], most: int = 5) -> list[str]:
+    """Each mode's first failed requests, at the local time they were sent (the agents' logs
+    carry the same clock, to the millisecond), with their kind and what the client saw."""
+    lines = []
+    for r in results:
+        for name, load in (("new connection", r.new_conn), ("keep-alive", r.keepalive)):
+            if load is None or not load.error_events:
+                continue
+            shown = load.error_events[:most]
+            more = len(load.error_events) - len(shown)
+            lines.append(f"{r.mode}: failed {name} requests{f' (first {most})' if more else ''}:")
+            for t, kind, detail in shown:
+                at = load.started_at + t
+                stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+                lines.append(f"  {stamp} {kind}: {detail[:120]}")
     return lines
 
 
@@ -283,7 +304,7 @@ def main() -> int:
             f"load: {load}"
         )
         print(table(results, args.sleep))
-        for line in drain_endings(results) + register_breakdown(results):
+        for line in drain_endings(results) + register_breakdown(results) + failed_requests(results):
             print(line)
         for mode, (before, after) in LOADS.items():
             print(f"{mode}: load average (1 min) {before:.1f} before, {after:.1f} after")

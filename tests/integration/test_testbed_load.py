@@ -83,9 +83,19 @@ def test_background_stop_early(apps: list[int]) -> None:
 
 def test_refused_and_timeout(apps: list[int]) -> None:
     closed = free_port()
+    before = time.time()
     res = run_load(f"http://127.0.0.1:{closed}/", count=5, concurrency=1)
     assert res.errors["refused"] == 5 and res.ok == 0
     assert [e[1] for e in res.error_events] == ["refused"] * 5
+    # each failure's wall-clock time (to find it in the agents' logs): started_at + its time
+    assert before <= res.started_at <= res.started_at + res.error_events[-1][0] <= time.time()
+    from bench.rolling_update import failed_requests
+    from tests.testbed.rollout import ScenarioResult
+
+    lines = failed_requests([ScenarioResult("podlb", 1, 1.0, new_conn=res)], most=2)
+    stamp = time.strftime("%H:%M:%S", time.localtime(res.started_at + res.error_events[0][0]))
+    assert lines[0] == "podlb: failed new connection requests (first 2):" and len(lines) == 3
+    assert lines[1].startswith(f"  {stamp}.") and " refused: " in lines[1]
     res = run_load(f"http://127.0.0.1:{apps[0]}/?delay_ms=500", count=2, timeout=0.1)
     assert res.errors["timeout"] == 2, res.summary()
 

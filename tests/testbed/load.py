@@ -98,6 +98,7 @@ class LoadResult:
     p99_ms: float
     max_ms: float
     error_events: tuple[tuple[float, str, str], ...] = field(default=())
+    started_at: float = 0.0  # the run's start, wall clock (time.time()): to match agents' logs
 
     @property
     def errors_total(self) -> int:
@@ -179,6 +180,7 @@ class LoadGenerator:
         self._workers = [_Worker() for _ in range(concurrency)]
         self._threads: list[threading.Thread] = []
         self._t0 = 0.0
+        self._t0_wall = 0.0
         self._result: LoadResult | None = None
 
     # -- control ------------------------------------------------------------------------
@@ -186,6 +188,7 @@ class LoadGenerator:
         if self._threads:
             raise RuntimeError("already started")
         self._t0 = time.monotonic()
+        self._t0_wall = time.time()
         for i, w in enumerate(self._workers):
             t = threading.Thread(target=self._run, args=(w,), name=f"load-{i}", daemon=True)
             self._threads.append(t)
@@ -330,6 +333,7 @@ class LoadGenerator:
             p99_ms=percentile(lat, 99),
             max_ms=lat[-1] if lat else 0.0,
             error_events=tuple(events[: self.MAX_EVENTS]),
+            started_at=self._t0_wall,
         )
 
 
