@@ -54,14 +54,13 @@ class Calls:
         try:
             result = fn(*args, **kw)
         except ApiException as exc:
-            self.timed(verb, resource, time.monotonic() - t0)
             self.observe(verb, resource, str(exc.status or 0))
             raise classify(exc, f"{verb} {resource}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            self.timed(verb, resource, time.monotonic() - t0)
             self.observe(verb, resource, "error")
             raise TransientError(f"{verb} {resource}: {exc}") from exc
-        self.timed(verb, resource, time.monotonic() - t0)
+        finally:
+            self.timed(verb, resource, time.monotonic() - t0)
         self.observe(verb, resource, "200")
         return result
 
