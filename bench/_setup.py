@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,9 @@ def child_ehash(entries: int) -> Iterator[None]:
         yield
     finally:
         Path(CHILD_EHASH).write_text(old)
+
+
+def log_clock(t: float) -> str:
+    """Wall-clock time ``t`` as the agents' text logs print it (local, ``HH:MM:SS.mmm``), to
+    find a benchmark's sample or failure in them."""
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"

@@ -46,10 +46,9 @@ import json
 import os
 import statistics
 import sys
-import time
 
 from agent.report import format_table
-from bench._setup import CHILD_EHASH, child_ehash, prepare
+from bench._setup import CHILD_EHASH, child_ehash, log_clock, prepare
 from tests.cluster.cluster import running_cluster
 from tests.cluster.images import agent_image, app_image, pause_image
 from tests.cluster.podlb import Podlb, node_haproxy
@@ -144,9 +143,7 @@ def failed_requests(results: list[ScenarioResult], most: int = 5) -> list[str]:
             more = len(load.error_events) - len(shown)
             lines.append(f"{r.mode}: failed {name} requests{f' (first {most})' if more else ''}:")
             for t, kind, detail in shown:
-                at = load.started_at + t
-                stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
-                lines.append(f"  {stamp} {kind}: {detail[:120]}")
+                lines.append(f"  {log_clock(load.started_at + t)} {kind}: {detail[:120]}")
     return lines
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import leader_scale as package
-from bench._setup import check_sink, prepare
+from bench._setup import check_sink, log_clock, prepare
 from bench.leader_scale.backends import Backends, percentile
 from bench.leader_scale.objects import (
     GATE,
@@ -364,8 +364,7 @@ def measure(s: Setup, agent_dir: Path, out: dict[str, Any]) -> None:
             # one through the leader: pod, ContainersReady sent (local time), seconds to lb-ready.
             with (s.work / f"lb-ready-{int(time.time())}.tsv").open("w") as f:
                 for pod, sent, took in s.backends.samples:
-                    stamp = time.strftime("%H:%M:%S", time.localtime(sent))
-                    f.write(f"{pod}\t{stamp}.{int(sent % 1 * 1000):03d}\t{took:.3f}\n")
+                    f.write(f"{pod}\t{log_clock(sent)}\t{took:.3f}\n")
             with contextlib.suppress(OSError):  # the leader's own view of its lb-ready writes
                 text = leader.metrics()
                 for q in (0.5, 0.99):

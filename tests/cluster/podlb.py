@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from tests.cluster.cluster import NODE_IP, Cluster
 from tests.cluster.images import APP
 from tests.testbed.haproxy import HAProxy
 from tests.testbed.slowlb import SlowRuntimeProxy
-from tests.testbed.waiting import wait_for
+from tests.testbed.waiting import tcp_alive, wait_for
 
 OVERLAY = Path(__file__).parent / "overlay"
 SPLIT_OVERLAY = Path(__file__).parent / "overlay-split"
@@ -58,14 +57,6 @@ def node_haproxy() -> Iterator[NodeLB]:
         SlowRuntimeProxy(haproxy.socket_path, 0.0, tcp_port=RUNTIME_PORT, tcp_host=NODE_IP) as api,
     ):
         yield NodeLB(haproxy, api)
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 def until(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
@@ -143,7 +134,7 @@ class Podlb:
             0.5,
         )
         # A force-deleted pod's process lives on a moment: the next agent needs its port 9808.
-        until("the old agent's port free", lambda: not _listening(NODE_IP, 9808), 60, 0.2)
+        until("the old agent's port free", lambda: not tcp_alive(NODE_IP, 9808, 1.0), 60, 0.2)
         self.cluster.kubectl("apply", "-k", str(overlay), timeout=120)
         self.wait_ready()
         self.cluster.kubectl("create", "namespace", APP_NS, check=False)
