@@ -12,7 +12,8 @@ Under the table, for each mode with drain hooks: how many drains ended by
 ``deregistered+quiet`` (the LB confirmed and the pod went quiet) rather than by a timer, read
 from the agents' drain records (``/v1/drains``), and how each other one ended and why; each
 mode's first failed requests, at the local time they were sent (to find them in the agents'
-logs).
+logs), and HAProxy's log of the sessions that ended abnormally (server, timers, termination
+state). ``--keep-logs DIR`` keeps each mode's agent and HAProxy logs.
 
 Targets: zero failures with podlb; median drain under 3 s; rollout at least 5x faster
 than ``sleep 40``; at least 95 % of the drains ended by ``deregistered+quiet``.
@@ -46,6 +47,7 @@ import json
 import os
 import statistics
 import sys
+from pathlib import Path
 
 from agent.report import format_table
 from bench._setup import CHILD_EHASH, child_ehash, log_clock, prepare
@@ -144,6 +146,11 @@ def failed_requests(results: list[ScenarioResult], most: int = 5) -> list[str]:
             lines.append(f"{r.mode}: failed {name} requests{f' (first {most})' if more else ''}:")
             for t, kind, detail in shown:
                 lines.append(f"  {log_clock(load.started_at + t)} {kind}: {detail[:120]}")
+        if r.lb_abnormal:
+            shown = r.lb_abnormal[:most]
+            more = f" (first {most} of {len(r.lb_abnormal)})" if len(r.lb_abnormal) > most else ""
+            lines.append(f"{r.mode}: HAProxy's abnormal sessions{more}:")
+            lines += [f"  {line[:200]}" for line in shown]
     return lines
 
 
@@ -170,7 +177,7 @@ def run_on_testbed(modes: list[str], args: argparse.Namespace) -> list[ScenarioR
             run_scenario(
                 mode, replicas=args.replicas, sleep_s=args.sleep, lb_delay_s=args.lb_delay,
                 log=say, max_surge=args.max_surge, server_options=args.server_options,
-                agent_args=args.agent_args.split(),
+                agent_args=args.agent_args.split(), keep_logs=args.keep_logs,
             )
         )  # fmt: skip
         LOADS[mode] = (before, os.getloadavg()[0])
@@ -231,6 +238,12 @@ def main() -> int:
         "--log-level info' "
         "(the product's defaults; the testbed runs them with 0.5 and debug)",
     )
+    parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        metavar="DIR",
+        help="copy each mode's agent and HAProxy logs into DIR (testbed)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--cluster", action="store_true", help="on the real single-node cluster (tests/cluster)"
@@ -245,6 +258,8 @@ def main() -> int:
             parser.error(f"unknown mode {m!r} (choose from {', '.join(allowed)})")
     if args.agent_args and args.cluster:
         parser.error("--agent-args: testbed only (the real node runs the DaemonSet's flags)")
+    if args.keep_logs and args.cluster:
+        parser.error("--keep-logs: testbed only (on the real node: kubectl logs)")
     if args.tcp_child_ehash and (args.cluster or not os.path.exists(CHILD_EHASH)):
         parser.error("--tcp-child-ehash: testbed only, on Linux 6.1 or later")
     if args.cluster:

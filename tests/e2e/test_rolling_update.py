@@ -22,6 +22,8 @@ def test_rolling_update_with_podlb_loses_nothing_and_drains_fast() -> None:
     assert result.signal_ended() == (6, 6), result.drains
     assert all(d["deregistered_s"] is not None for d in result.drains), result.drains
     assert sum(d["new_connections"] for d in result.drains) == 0, result.drains
+    # Nor did HAProxy end a session abnormally (no failed connect, abort or timeout there).
+    assert result.lb_abnormal == []
 
 
 def test_rolling_update_without_hook_and_gate_fails() -> None:
@@ -34,6 +36,10 @@ def test_rolling_update_without_hook_and_gate_fails() -> None:
         result.errors(),
         result.new_conn.error_events[:5] if result.new_conn else None,
     )
+    # HAProxy's side of them: each 503 the clients got is in its log, with the server it picked.
+    assert result.lb_abnormal
+    assert len(result.lb_abnormal) >= result.errors().get("5xx", 0), result.errors()
+    assert all("shop.web.http/" in line for line in result.lb_abnormal), result.lb_abnormal[:3]
 
 
 def test_exec_hook_variant_loses_nothing() -> None:

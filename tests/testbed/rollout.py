@@ -25,11 +25,13 @@ the race podlb exists to remove.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
@@ -52,6 +54,12 @@ CLB_ID = "lb-rollout"
 # HAProxy configured like a cloud L4 LB behaves: health checks every 500 ms, 2 failures to go
 # DOWN, and no retry on another server (a cloud LB does not replay a refused connection).
 HAPROXY_SERVER_OPTIONS = "check inter 500ms fall 2 rise 1"
+# HAProxy logs each session that ended abnormally (a timeout, an abort, a failed connect, a 5xx)
+# to its stdout, with its server, timers and termination state: the LB's side of a failed request.
+LB_LOGGING = {
+    "global": ("log stdout format raw local0",),
+    "defaults": ("log global", "option httplog", "option dontlog-normal"),
+}
 
 
 @dataclass
@@ -69,6 +77,8 @@ class ScenarioResult:
     lb_ready_s: list[float] = field(default_factory=list)
     new_conn: LoadResult | None = None
     keepalive: LoadResult | None = None
+    # HAProxy's log lines of the sessions that ended abnormally during the rollout
+    lb_abnormal: list[str] = field(default_factory=list)
     # The agents' drain records (GET /v1/drains) of the old pods: how each drain ended
     drains: list[dict[str, Any]] = field(default_factory=list)
     # podlb's pod status writes during the rollout, by condition type (the agents' metrics),
@@ -134,6 +144,7 @@ class ScenarioResult:
             "drains": self.drains,
             "status_writes": self.status_writes,
             "pods_rolled": self.pods_rolled,
+            "lb_abnormal": self.lb_abnormal,
         }
 
 
@@ -223,10 +234,12 @@ def run_scenario(
     max_surge: str = "1",
     server_options: str = HAPROXY_SERVER_OPTIONS,
     agent_args: Sequence[str] = (),
+    keep_logs: Path | None = None,
 ) -> ScenarioResult:
     """Set up everything, run the rollout under load (``max_surge``: a count or ``25%``;
     ``server_options``: HAProxy's health checks; ``agent_args``: more flags for the agents),
-    tear everything down."""
+    tear everything down. ``keep_logs``: a directory the agents' and HAProxy's logs are
+    copied to before the teardown (``<mode>-<file>``)."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {MODES}")
     say = log or (lambda msg: None)
@@ -239,7 +252,8 @@ def run_scenario(
         HAProxy(
             backends=(POOL,),
             server_options=server_options,
-            extra_defaults=("retries 0",),
+            extra_global=LB_LOGGING["global"],
+            extra_defaults=("retries 0", *LB_LOGGING["defaults"]),
         ) as lb,
         _lb_api(mode, lb, api.api_client(), lb_delay_s, server_options) as (lb_args, env),
     ):
@@ -255,11 +269,28 @@ def run_scenario(
                 namespace="shop", replicas=replicas, nodes=list(nodes),
                 timeout=max(600, 4 * replicas),
             )  # fmt: skip
-            with app:
-                return _roll(
-                    mode, app, procs, lb, kubelet, template(mode, "v2", sleep_s, grace, url),
-                    surge(max_surge, replicas), concurrency, say,
-                )  # fmt: skip
+            try:
+                with app:
+                    return _roll(
+                        mode, app, procs, lb, kubelet, template(mode, "v2", sleep_s, grace, url),
+                        surge(max_surge, replicas), concurrency, say,
+                    )  # fmt: skip
+            finally:
+                if keep_logs is not None:
+                    _keep_logs(keep_logs, mode, procs, lb)
+
+
+def _keep_logs(into: Path, mode: str, procs: Sequence[AgentProcess], lb: HAProxy) -> None:
+    into.mkdir(parents=True, exist_ok=True)
+    for p in procs:
+        shutil.copyfile(p.log_path, into / f"{mode}-{p.identity}.log")
+    shutil.copyfile(lb.log_path, into / f"{mode}-haproxy.log")
+
+
+def abnormal_sessions(lb_log: str, frontend: str) -> list[str]:
+    """The session lines of HAProxy's log (:data:`LB_LOGGING` logs only abnormal ones) that
+    went through ``frontend``; its other lines (servers going UP or DOWN) are left out."""
+    return [line for line in lb_log.splitlines() if f"] {frontend} " in line]
 
 
 def _roll(
@@ -304,6 +335,7 @@ def _roll(
     result.status_writes, result.pods_rolled = status_writes, len(report.pods)
     result.new_conn = new_conn.result()
     result.keepalive = keepalive.result()
+    result.lb_abnormal = abnormal_sessions(lb.log(), f"fe_{POOL}")
     new = [t.name for t in report.pods.values() if t.template_hash == report.new_hash]
     for name in new:
         rec = kubelet.records.get(f"shop/{name}")
