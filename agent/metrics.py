@@ -57,6 +57,13 @@ class Metrics:
         self.scan_errors = Counter(
             "podlb_scan_errors_total", "Scans that failed as a whole", registry=r
         )
+        self.scan_verdicts_deferred = Counter(
+            "podlb_scan_verdicts_deferred_total",
+            "False datapath verdicts not written because the pod changed while the scan they "
+            "came from ran (the next scan, due at once, decides), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.scan_namespace_errors = Counter(
             "podlb_scan_namespace_errors_total",
             "Namespaces that exist but could not be read in a scan (their last good view is "

@@ -320,7 +320,8 @@ def build_node(
         deletions.observe(PodKey(*key), pods.get(key))
         if reporter_ref:
             reporter_ref[0].mark_dirty(PodKey(*key))
-        poke(key)
+        if agent_ref:
+            agent_ref[0].pod_changed(PodKey(*key))
 
     def on_resync() -> None:
         metrics.informer_synced.labels("pods").set(1)

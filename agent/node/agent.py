@@ -1,7 +1,14 @@
 """The node agent's decisions loop: scan namespaces, match them to local pods, decide readiness.
 
-Watch events only mark work (``poke``); each pass recomputes every local pod's view from the
-latest snapshot and the informer caches, and hands the desired condition to the reporter.
+Watch events only mark work (``poke``, ``pod_changed``); each pass recomputes every local pod's
+view from the latest snapshot and the informer caches, and hands the desired condition to the
+reporter.
+
+A scan may predate what the pod object says: a pod that got its IP, or whose app started
+listening (ContainersReady), while the scan ran is matched against namespaces read before. Its
+False verdict from that scan (``NamespaceNotFound``, ``NotListening``, ...) is not written; the
+next scan, due at once (the change woke the loop), decides. Without this a ready pod was marked
+False for a scan's time, and the leader took it out of its pool and put it back.
 """
 
 from __future__ import annotations
@@ -16,7 +23,14 @@ from agent.errors import PodlbError
 from agent.metrics import Metrics, PodView
 from agent.model import Pod, PodKey, Service, Snapshot
 
-from .readiness import direct_by_namespace, evaluate, find_namespace, opted_in, serving_ports
+from .readiness import (
+    Reason,
+    direct_by_namespace,
+    evaluate,
+    find_namespace,
+    opted_in,
+    serving_ports,
+)
 from .reporter import ConditionReporter, Desired
 
 log = logging.getLogger(__name__)
@@ -56,11 +70,21 @@ class NodeAgent:
         self._views: dict[PodKey, PodView] = {}
         self._wake = threading.Event()
         self.scans = 0
+        self._scans_begun = 0
+        # pod -> how many scans had begun when it last changed (see the module's docstring)
+        self._changed: dict[PodKey, int] = {}
 
     # -- inputs ---------------------------------------------------------------------------
     def poke(self, key: object = None) -> None:
         """Something changed (a pod, a Service): re-decide soon, with a fresh scan."""
         del key
+        self._wake.set()
+
+    def pod_changed(self, key: PodKey) -> None:
+        """A pod's watch event: re-decide soon; a False verdict for it from a scan under way
+        now waits for the next one."""
+        with self._lock:
+            self._changed[key] = self._scans_begun
         self._wake.set()
 
     def ready(self) -> bool:
@@ -92,6 +116,9 @@ class NodeAgent:
                 self.clock.wait(stop, 0.1)
 
     def scan_once(self) -> None:
+        with self._lock:
+            self._scans_begun += 1
+            scan = self._scans_begun
         try:
             snap = self.scanner.scan()
         except PodlbError as exc:
@@ -107,13 +134,18 @@ class NodeAgent:
         with self._lock:
             self._snapshot = snap
         self.scans += 1
-        self.decide()
+        self.decide(scan)
 
-    def decide(self) -> None:
-        """Recompute every local pod's view and desired condition (level-triggered)."""
+    def decide(self, scan: int | None = None) -> None:
+        """Recompute every local pod's view and desired condition (level-triggered) from the
+        snapshot of ``scan`` (the number of scans begun when it began)."""
         snap = self.snapshot()
         if snap is None or not self.synced():
             return
+        with self._lock:
+            changed = self._changed
+            self._changed = {k: n for k, n in changed.items() if scan is None or n > scan}
+            previous = self._views
         direct = direct_by_namespace(self.services())
         views: dict[PodKey, PodView] = {}
         for pod in self.pods():
@@ -131,6 +163,15 @@ class NodeAgent:
             ports = serving_ports(pod, services)
             verdict = evaluate(pod, ns, ports)
             views[pod.key] = PodView(pod, ns, True, verdict.ready, verdict.reason.value, ports)
+            if (
+                not verdict.ready
+                and verdict.reason is not Reason.NO_POD_IP  # from the pod object, not the scan
+                and scan is not None
+                and changed.get(pod.key, 0) >= scan
+                and _inputs(previous.get(pod.key)) != _inputs(pod)
+            ):
+                self.metrics.scan_verdicts_deferred.labels(verdict.reason.value).inc()
+                continue
             self.reporter.set_desired(
                 pod.key, Desired(pod.uid, verdict.status, verdict.reason.value, verdict.message)
             )
@@ -155,3 +196,14 @@ class NodeAgent:
         if ns is None:
             return None
         return ns.paths, ns.inode, serving_ports(pod, list(self.services()))
+
+
+def _inputs(pod: Pod | PodView | None) -> tuple[object, ...] | None:
+    """What of a pod a scan is matched against: its UID and IPs, and ContainersReady (its app
+    listens)."""
+    if isinstance(pod, PodView):
+        pod = pod.pod
+    if pod is None:
+        return None
+    cr = pod.condition("ContainersReady")
+    return pod.uid, pod.ips, cr.status if cr else None

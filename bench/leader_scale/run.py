@@ -1,5 +1,5 @@
-"""The run: the cluster filled, the LB prefilled, the agents started, convergence, churn and
-the figures at rest."""
+"""The run: the cluster filled, the LB prefilled, the agents started, convergence and churn
+(the figures taken from the agents: :mod:`bench.leader_scale.figures`)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import leader_scale as package
-from bench._setup import check_sink, log_clock, prepare
-from bench.leader_scale.backends import Backends, percentile
+from bench._setup import check_sink, prepare
+from bench.leader_scale.backends import Backends
+from bench.leader_scale.figures import after_churn, at_rest
 from bench.leader_scale.objects import (
     GATE,
     NAMESPACES,
@@ -35,13 +36,11 @@ from bench.leader_scale.procs import (
     Agent,
     Api,
     free_port,
-    histogram_bound,
     is_leader,
     loadavg,
     metric_sum,
     mib,
     precompile,
-    requests_by_kind,
     run_parallel,
 )
 from bench.leader_scale.report import report
@@ -355,51 +354,8 @@ def measure(s: Setup, agent_dir: Path, out: dict[str, Any]) -> None:
             print(f"  churn for {args.churn_s:.0f}s", file=sys.stderr)
             churn(s, agents)
             time.sleep(10)  # the last flips settle
-            out["leader_rss_after_churn_mib"] = mib(leader.rss_kib())
-            lat = list(s.backends.latencies)
-            out["lb_ready_p50_s"] = percentile(lat, 0.5)
-            out["lb_ready_p99_s"] = percentile(lat, 0.99)
-            out["lb_ready_samples"] = len(lat)
-            # Each sample beside the agents' logs (which carry milliseconds), to follow a slow
-            # one through the leader: pod, ContainersReady sent (local time), seconds to lb-ready.
-            with (s.work / f"lb-ready-{int(time.time())}.tsv").open("w") as f:
-                for pod, sent, took in s.backends.samples:
-                    f.write(f"{pod}\t{log_clock(sent)}\t{took:.3f}\n")
-            with contextlib.suppress(OSError):  # the leader's own view of its lb-ready writes
-                text = leader.metrics()
-                for q in (0.5, 0.99):
-                    out[f"write_wait_p{q * 100:.0f}_s"] = histogram_bound(
-                        text, "podlb_condition_write_wait_seconds", q, condition=GATE
-                    )
-                for q in (0.5, 0.99):  # the patches themselves: the API server's part
-                    out[f"patch_p{q * 100:.0f}_s"] = histogram_bound(
-                        text, "podlb_kube_request_duration_seconds", q,
-                        verb="patch", resource="pods/status",
-                    )  # fmt: skip
-                for q in (0.5, 0.99):  # every round of the leader's term so far
-                    out[f"round_p{q * 100:.0f}_s"] = histogram_bound(
-                        text, "podlb_leader_reconcile_duration_seconds", q, outcome="ok"
-                    )
-                out["lb_ready_writes"] = metric_sum(
-                    text, "podlb_condition_writes_total", condition=GATE, outcome="written"
-                )
-            time.sleep(10)  # at rest
-            m0 = {a.name: requests_by_kind(a.metrics()) for a in agents}
-            c0 = {a.name: a.cpu_s() for a in agents}
-            time.sleep(args.window)
-            for a in agents:
-                a.poll()
-                m1 = requests_by_kind(a.metrics())
-                rates = {
-                    k: round((v - m0[a.name].get(k, 0.0)) / args.window, 2)
-                    for k, v in sorted(m1.items())
-                    if v > m0[a.name].get(k, 0.0)
-                }
-                out[f"{a.name}_requests_per_s"] = round(sum(rates.values()), 2)
-                out[f"{a.name}_requests"] = rates
-                out[f"{a.name}_cpu_pct"] = round(100 * (a.cpu_s() - c0[a.name]) / args.window, 1)
-                out[f"{a.name}_rss_peak_mib"] = mib(a.peak_kib)
-                out[f"{a.name}_rss_steady_mib"] = mib(a.rss_kib())
+            after_churn(s.backends, leader, s.work, out)
+            at_rest(agents, args.window, out)
             out["loadavg_end"] = loadavg()
         finally:
             for a in agents:
