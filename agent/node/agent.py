@@ -4,6 +4,11 @@ Watch events only mark work (``poke``, ``pod_changed``); each pass recomputes ev
 view from the latest snapshot and the informer caches, and hands the desired condition to the
 reporter.
 
+A pod being created (no condition of ours yet, not ContainersReady) gets no False verdict: it
+has no IP, or its app does not listen, yet, as expected; its first condition is the verdict once
+its containers are ready. A False written then cost a write and an Event per pod, and, written
+late (the writers take it last), could land after the pod was ready and take it out of its pool.
+
 A scan may predate what the pod object says: a pod that got its IP, or whose app started
 listening (ContainersReady), while the scan ran is matched against namespaces read before. Its
 False verdict from that scan (``NamespaceNotFound``, ``NotListening``, ...) is not written; the
@@ -136,7 +141,7 @@ class NodeAgent:
         self.scans += 1
         self.decide(scan)
 
-    def decide(self, scan: int | None = None) -> None:
+    def decide(self, scan: int) -> None:
         """Recompute every local pod's view and desired condition (level-triggered) from the
         snapshot of ``scan`` (the number of scans begun when it began)."""
         snap = self.snapshot()
@@ -144,7 +149,7 @@ class NodeAgent:
             return
         with self._lock:
             changed = self._changed
-            self._changed = {k: n for k, n in changed.items() if scan is None or n > scan}
+            self._changed = {k: n for k, n in changed.items() if n > scan}
             previous = self._views
         direct = direct_by_namespace(self.services())
         views: dict[PodKey, PodView] = {}
@@ -163,18 +168,10 @@ class NodeAgent:
             ports = serving_ports(pod, services)
             verdict = evaluate(pod, ns, ports)
             views[pod.key] = PodView(pod, ns, True, verdict.ready, verdict.reason.value, ports)
-            if (
-                not verdict.ready
-                and verdict.reason is not Reason.NO_POD_IP  # from the pod object, not the scan
-                and scan is not None
-                and changed.get(pod.key, 0) >= scan
-                and _inputs(previous.get(pod.key)) != _inputs(pod)
-            ):
-                self.metrics.scan_verdicts_deferred.labels(verdict.reason.value).inc()
-                continue
-            self.reporter.set_desired(
-                pod.key, Desired(pod.uid, verdict.status, verdict.reason.value, verdict.message)
-            )
+            if verdict.ready or self._writes_false(pod, verdict.reason, scan, changed, previous):
+                self.reporter.set_desired(
+                    pod.key, Desired(pod.uid, verdict.status, verdict.reason.value, verdict.message)
+                )
         with self._lock:
             gone = set(self._views) - set(views)
             self._views = views
@@ -184,6 +181,31 @@ class NodeAgent:
             if not view.opted_in:
                 self.reporter.forget(key)
         self.on_decided(list(views.values()))
+
+    def _writes_false(
+        self,
+        pod: Pod,
+        reason: Reason,
+        scan: int,
+        changed: dict[PodKey, int],
+        previous: dict[PodKey, PodView],
+    ) -> bool:
+        """Whether a False verdict is to be written now (see the module's docstring)."""
+        desired = self.reporter.desired(pod.key)
+        if (
+            pod.condition(self.reporter.condition_type) is None
+            and (desired is None or desired.uid != pod.uid)
+            and not _containers_ready(pod)
+        ):
+            return False  # being created: no IP or no listener yet is expected, not news
+        if (
+            reason is not Reason.NO_POD_IP  # from the pod object, not the scan
+            and changed.get(pod.key, 0) >= scan
+            and _inputs(previous.get(pod.key)) != _inputs(None, pod)
+        ):
+            self.metrics.scan_verdicts_deferred.labels(reason.value).inc()
+            return False
+        return True
 
     def netns_of(self, pod: Pod) -> tuple[tuple[str, ...], int, frozenset[int]] | None:
         """The pod's namespace (paths, inode) and serving ports (for the drain), from the last
@@ -198,12 +220,13 @@ class NodeAgent:
         return ns.paths, ns.inode, serving_ports(pod, list(self.services()))
 
 
-def _inputs(pod: Pod | PodView | None) -> tuple[object, ...] | None:
+def _containers_ready(pod: Pod) -> bool:
+    cr = pod.condition("ContainersReady")
+    return cr is not None and cr.status == "True"
+
+
+def _inputs(view: PodView | None, pod: Pod | None = None) -> tuple[object, ...] | None:
     """What of a pod a scan is matched against: its UID and IPs, and ContainersReady (its app
     listens)."""
-    if isinstance(pod, PodView):
-        pod = pod.pod
-    if pod is None:
-        return None
-    cr = pod.condition("ContainersReady")
-    return pod.uid, pod.ips, cr.status if cr else None
+    pod = view.pod if view is not None else pod
+    return None if pod is None else (pod.uid, pod.ips, _containers_ready(pod))

@@ -1,4 +1,5 @@
-"""The node agent's loop: a scan that predates a pod's change does not mark the pod False."""
+"""The node agent's loop: a pod being created gets no False verdict, and a scan that predates a
+pod's change does not mark the pod False."""
 
 from __future__ import annotations
 
@@ -94,15 +95,43 @@ class Node:
         return value or 0.0
 
 
+def test_a_pod_being_created_gets_no_false_verdict() -> None:
+    node = Node(STARTING)
+    node.agent.scan_once()
+    assert node.reason() is None  # no IP yet: nothing to tell
+    node.change(replace(READY, conditions=()))  # an IP, its app not listening yet
+    node.scanner.namespaces = (replace(netns(), tcp=TcpState(())),)
+    node.agent.scan_once()
+    assert node.reason() is None
+    node.change(READY)
+    node.scanner.namespaces = (netns(),)
+    node.agent.scan_once()
+    assert node.reason() == "Ready"  # its first condition: the verdict once it is ready
+
+
+def test_a_pod_with_a_condition_or_one_on_its_way_gets_its_false_verdict() -> None:
+    had = replace(STARTING, conditions=(Condition(DATAPATH_READY, "True", "Ready"),))
+    node = Node(had)
+    node.agent.scan_once()
+    assert node.reason() == "NoPodIP"  # it had one: the change is news
+    node = Node(READY)
+    node.scanner.namespaces = (netns(),)
+    node.agent.scan_once()
+    assert node.reason() == "Ready"  # queued, not written yet (the pod shows no condition)
+    node.change(replace(READY, conditions=(Condition("ContainersReady", "False"),)))
+    node.scanner.namespaces = (replace(netns(), tcp=TcpState(())),)
+    node.agent.scan_once()
+    assert node.reason() == "NotListening"  # not the queued True
+
+
 def test_a_pod_ready_while_the_scan_ran_is_not_marked_false_by_it() -> None:
     node = Node(STARTING)
     node.agent.scan_once()
-    assert node.reason() == "NoPodIP"
     # The pod gets its IP and its app listens while a scan runs that read the namespaces
     # before the pod's namespace was there.
     node.scanner.during = lambda: node.change(READY)
     node.agent.scan_once()
-    assert node.reason() == "NoPodIP"  # not NamespaceNotFound: that scan predates the pod
+    assert node.reason() is None  # not NamespaceNotFound: that scan predates the pod
     assert node.deferred("NamespaceNotFound") == 1
     node.scanner.namespaces = (netns(),)
     node.agent.scan_once()  # the next scan, which the change woke
