@@ -8,6 +8,8 @@ A pod being created (no condition of ours yet, not ContainersReady) gets no Fals
 has no IP, or its app does not listen, yet, as expected; its first condition is the verdict once
 its containers are ready. A False written then cost a write and an Event per pod, and, written
 late (the writers take it last), could land after the pod was ready and take it out of its pool.
+Nor does a pod being stopped (deleted, or stopped by its kubelet): its app stops listening
+because it is stopped, and the leader drains such a pod whatever its datapath says.
 
 A scan may predate what the pod object says: a pod that got its IP, or whose app started
 listening (ContainersReady), while the scan ran is matched against namespaces read before. Its
@@ -191,6 +193,8 @@ class NodeAgent:
         previous: dict[PodKey, PodView],
     ) -> bool:
         """Whether a False verdict is to be written now (see the module's docstring)."""
+        if pod.leaving:
+            return False  # it stops listening because it is stopped: no news
         desired = self.reporter.desired(pod.key)
         if (
             pod.condition(self.reporter.condition_type) is None

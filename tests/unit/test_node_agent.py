@@ -170,3 +170,17 @@ def test_a_change_before_the_scan_began_does_not_hold_its_verdict() -> None:
     node.agent.scan_once()
     assert node.reason() == "NamespaceNotFound"
     assert node.deferred("NamespaceNotFound") == 0
+
+
+def test_a_pod_being_stopped_gets_no_false_verdict() -> None:
+    """Its app stops listening because it is stopped: that is no news worth a write and an
+    Event for each pod of a rollout, and the leader does not read it (a stopping pod is a
+    draining backend whatever its datapath says)."""
+    node = Node(READY)
+    node.scanner.namespaces = (netns(),)
+    node.agent.scan_once()
+    assert node.reason() == "Ready"
+    node.change(replace(READY, terminating=True))
+    node.scanner.namespaces = (replace(netns(), tcp=TcpState(())),)
+    node.agent.scan_once()
+    assert node.reason() == "Ready"
