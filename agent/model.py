@@ -252,6 +252,13 @@ class Pod:
         return self._stopped
 
     @property
+    def containers_ready(self) -> bool:
+        """``ContainersReady`` is True: its containers pass their readiness probes (not
+        ``Ready``, which also waits on readiness gates, podlb's own among them)."""
+        cond = self.condition("ContainersReady")
+        return cond is not None and cond.status == "True"
+
+    @property
     def leaving(self) -> bool:
         """Being stopped: deleted through the API, or stopped by its kubelet."""
         return self.terminating or self.stopped_by_kubelet

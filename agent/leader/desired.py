@@ -119,13 +119,8 @@ def datapath_ok(pod: Pod) -> bool:
     return dp is None or dp.status != "False"
 
 
-def containers_ready(pod: Pod) -> bool:
-    cr = pod.condition("ContainersReady")
-    return cr is not None and cr.status == "True"
-
-
 def is_backend(pod: Pod) -> bool:
-    return containers_ready(pod) and datapath_ok(pod)
+    return pod.containers_ready and datapath_ok(pod)
 
 
 def never_added(pod: Pod) -> bool:
@@ -293,7 +288,7 @@ def _service_pools(
         # datapath included). A ready pod the datapath holds out is not early.
         early = frozenset(
             b.pod for b in spec.staged.values()
-            if gate.admit is Admit.CHECKED and not containers_ready(pods[b.pod])
+            if gate.admit is Admit.CHECKED and not pods[b.pod].containers_ready
         )  # fmt: skip
         pools.append(
             replace(spec, provider=where.provider, mode=where.mode, gate=gate, early=early)

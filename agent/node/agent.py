@@ -195,17 +195,14 @@ class NodeAgent:
         """Whether a False verdict is to be written now (see the module's docstring)."""
         if pod.leaving:
             return False  # it stops listening because it is stopped: no news
-        desired = self.reporter.desired(pod.key)
-        if (
-            pod.condition(self.reporter.condition_type) is None
-            and (desired is None or desired.uid != pod.uid)
-            and not _containers_ready(pod)
-        ):
-            return False  # being created: no IP or no listener yet is expected, not news
+        if not pod.containers_ready and pod.condition(self.reporter.condition_type) is None:
+            desired = self.reporter.desired(pod.key)
+            if desired is None or desired.uid != pod.uid:
+                return False  # being created: no IP or no listener yet is expected, not news
         if (
             reason is not Reason.NO_POD_IP  # from the pod object, not the scan
             and changed.get(pod.key, 0) >= scan
-            and _inputs(previous.get(pod.key)) != _inputs(None, pod)
+            and _inputs(view.pod if (view := previous.get(pod.key)) else None) != _inputs(pod)
         ):
             self.metrics.scan_verdicts_deferred.labels(reason.value).inc()
             return False
@@ -224,13 +221,7 @@ class NodeAgent:
         return ns.paths, ns.inode, serving_ports(pod, list(self.services()))
 
 
-def _containers_ready(pod: Pod) -> bool:
-    cr = pod.condition("ContainersReady")
-    return cr is not None and cr.status == "True"
-
-
-def _inputs(view: PodView | None, pod: Pod | None = None) -> tuple[object, ...] | None:
+def _inputs(pod: Pod | None) -> tuple[object, ...] | None:
     """What of a pod a scan is matched against: its UID and IPs, and ContainersReady (its app
     listens)."""
-    pod = view.pod if view is not None else pod
-    return None if pod is None else (pod.uid, pod.ips, _containers_ready(pod))
+    return None if pod is None else (pod.uid, pod.ips, pod.containers_ready)
